@@ -1,0 +1,100 @@
+import type { Attributes, EffectiveSettings } from '../domain/settings.js';
+
+/** A disk of a VM as the directory describes it (sstDisk entries below ou=devices). */
+export interface DiskEntry {
+  dn: string;
+  /** target device, e.g. vda */
+  target: string;
+  /** disk | cdrom | floppy */
+  device: string;
+  /** file | block | network */
+  type: string;
+  sourceFile: string | undefined;
+  driverType: string | undefined;
+}
+
+export interface VmEntry {
+  dn: string;
+  /** sstVirtualMachine: the libvirt domain name. */
+  name: string;
+  node: string;
+  pool: string;
+  /** sstVirtualMachineType, e.g. persistent → directory vm-persistent */
+  type: string;
+  disks: DiskEntry[];
+  attributes: Attributes;
+}
+
+/** One backup (or restore) workflow: ou=<leaf>,ou=backup,<vm>. */
+export interface LeafEntry {
+  dn: string;
+  vm: string;
+  /** the RDN value, YYYYMMDDTHHMMSSZ */
+  leaf: string;
+  /** sstProvisioningMode; may be anything a human or an old tool wrote */
+  mode: string;
+  /** sstProvisioningState: "0" or a timestamp */
+  state: string;
+  returnValue: number | undefined;
+  /** sstProvisioningExecutionTime parsed: { snapshot: 1.2, downtime: 0.4, … } seconds */
+  executionTime: Record<string, number>;
+  /** modifyTimestamp of the entry as a Date, for timeouts */
+  modifiedAt: Date | undefined;
+}
+
+/** Values written together with a mode change. */
+export interface ModeChangeExtras {
+  state?: string;
+  returnValue?: number;
+  /** merged into sstProvisioningExecutionTime (one value per key) */
+  executionTime?: Record<string, number>;
+}
+
+/**
+ * Everything the daemons and the CLI need from the directory. Only
+ * src/directory imports ldapts; everything else speaks to this interface.
+ */
+export interface BackupDirectory {
+  readonly baseDn: string;
+  /** VMs below ou=virtual machines; with `node`, only those whose sstNode equals it. */
+  listVms(filter?: { node?: string }): Promise<VmEntry[]>;
+  getVm(name: string): Promise<VmEntry | undefined>;
+  /** VM → pool → global lookup (domain/settings.ts resolveSettings). */
+  effectiveSettings(vm: VmEntry): Promise<EffectiveSettings>;
+  /** Leaves of one VM, oldest first. */
+  listLeaves(vm: string): Promise<LeafEntry[]>;
+  /** Leaves of many VMs (e.g. all on one node) in as few searches as possible. */
+  listLeavesOfVms(vms: string[]): Promise<LeafEntry[]>;
+  getLeaf(dn: string): Promise<LeafEntry | undefined>;
+  /**
+   * Add ou=<leaf>,ou=backup,<vm> with mode `initialize` (creating ou=backup if
+   * missing). Returns false when the leaf exists already (deterministic name:
+   * a duplicate fails at the server).
+   */
+  createLeaf(vm: string, leaf: string): Promise<boolean>;
+  /**
+   * Compare-and-swap of sstProvisioningMode in one modify: delete `expected`,
+   * add `next`, replace the extras. Returns false when the mode was not
+   * `expected` any more (noSuchAttribute): someone else owns the step.
+   */
+  casMode(dn: string, expected: string, next: string, extras?: ModeChangeExtras): Promise<boolean>;
+  /** Delete a leaf (and anything below it). */
+  deleteLeaf(dn: string): Promise<void>;
+  /** The VM's subtree as LDIF, without its ou=backup subtree. */
+  exportVmLdif(vm: string): Promise<string>;
+  /** Set or clear sstBackupExcludeFromBackup on the VM's own ou=backup (creating it if needed). */
+  setExcluded(vm: string, excluded: boolean): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** A change notification: only a key; the receiver re-reads the world (reconcile). */
+export interface ChangeEvent {
+  kind: 'leaf' | 'vm' | 'settings' | 'resync';
+  dn: string;
+}
+
+/** Delivers changes the daemon cares about. Polling now; RFC 4533 push later behind the same interface. */
+export interface ChangeFeed {
+  start(onChange: (e: ChangeEvent) => void): Promise<void>;
+  stop(): Promise<void>;
+}

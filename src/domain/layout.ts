@@ -1,0 +1,63 @@
+import path from 'node:path';
+import { assertSafeName } from './names.js';
+
+/**
+ * Where the files of one backup live, in the original stoney cloud layout:
+ *   retain: <retain>/<vm-type>/<pool>/<vm>/<leaf>/<file>
+ *   backup: <root>/<vm-type>/<pool>/<vm>/<leaf>/<file>.<leaf>
+ */
+export interface BackupLayoutInput {
+  rootDirectory: string;
+  retainDirectory: string;
+  vmType: string;
+  pool: string;
+  vm: string;
+  leaf: string;
+}
+
+export const NO_STATE_MARKER = 'Machine is not runnung, no state file';
+export const MANIFEST_NAME = 'manifest.json';
+
+export class BackupLayout {
+  readonly vmType: string;
+  readonly pool: string;
+  readonly vm: string;
+  readonly leaf: string;
+  constructor(private readonly input: BackupLayoutInput) {
+    this.vmType = assertSafeName('VM type', input.vmType);
+    this.pool = assertSafeName('storage pool', input.pool);
+    this.vm = assertSafeName('VM name', input.vm);
+    this.leaf = assertSafeName('leaf', input.leaf);
+  }
+  /** <retain>/<vm-type>/<pool>/<vm>/<leaf> */
+  get retainDir(): string {
+    return path.join(this.input.retainDirectory, this.vmType, this.pool, this.vm, this.leaf);
+  }
+  /** <root>/<vm-type>/<pool>/<vm> — one subdirectory per backup. */
+  get vmBackupDir(): string {
+    return path.join(this.input.rootDirectory, this.vmType, this.pool, this.vm);
+  }
+  /** <root>/<vm-type>/<pool>/<vm>/<leaf> */
+  get backupDir(): string {
+    return path.join(this.vmBackupDir, this.leaf);
+  }
+  get stateFileName(): string {
+    return `${this.vm}.state`;
+  }
+  get xmlFileName(): string {
+    return `${this.vm}.xml`;
+  }
+  get ldifFileName(): string {
+    return `${this.vm}.ldif`;
+  }
+  retainPath(fileName: string): string {
+    return path.join(this.retainDir, assertSafeName('file name', fileName));
+  }
+  /** Final name of a retained file in the backup directory: `<file>.<leaf>`. */
+  backupPath(fileName: string): string {
+    return path.join(this.backupDir, `${assertSafeName('file name', fileName)}.${this.leaf}`);
+  }
+  get manifestPath(): string {
+    return path.join(this.backupDir, MANIFEST_NAME);
+  }
+}

@@ -1,0 +1,174 @@
+import { directoryFromUrl } from './fileUrl.js';
+import { BackupError } from './errors.js';
+import { ReturnCode } from './returnCodes.js';
+
+/** Raw LDAP attributes as the directory layer hands them over: lower-cased names, string values. */
+export type Attributes = Record<string, string[]>;
+
+export interface CronSettings {
+  minute: string;
+  hour: string;
+  day: string;
+  month: string;
+  dayOfWeek: string;
+  active: boolean;
+  /** DN of the entry the schedule came from (VM, pool or global ou=backup). */
+  sourceDn: string;
+}
+
+export interface BackupSettings {
+  /** DN of the entry the settings came from (VM, pool or global ou=backup). */
+  sourceDn: string;
+  rootDirectory: string;
+  retainDirectory: string;
+  ramDiskLocation: string | undefined;
+  numberOfIterations: number;
+  restoreWithoutState: boolean;
+  forceStart: boolean;
+  /** MiB/s for the block pull; 0 = unlimited. */
+  bandwidthMerge: number;
+  diskImageFormat: string;
+  image: { owner: string; group: string; mode: number };
+  directory: { owner: string; group: string; mode: number };
+}
+
+export const defaultBackupSettings: Omit<BackupSettings, 'sourceDn'> = {
+  rootDirectory: '/var/backup/virtualization',
+  retainDirectory: '/var/virtualization/retain',
+  ramDiskLocation: undefined,
+  numberOfIterations: 1,
+  restoreWithoutState: false,
+  forceStart: false,
+  bandwidthMerge: 0,
+  diskImageFormat: 'qcow2',
+  image: { owner: 'root', group: 'vm-storage', mode: 0o660 },
+  directory: { owner: 'root', group: 'vm-storage', mode: 0o770 },
+};
+
+/** Attributes of sstVirtualizationBackupObjectClass other than the exclusion flag. */
+export const backupSettingAttributes = [
+  'sstbackuprootdirectory', 'sstbackupretaindirectory', 'sstbackupramdisklocation',
+  'sstbackupnumberofiterations', 'sstrestorevmwithoutstate',
+  'sstvirtualizationvirtualmachineforcestart', 'sstvirtualizationbandwidthmerge',
+  'sstvirtualizationdiskimageformat', 'sstvirtualizationdiskimageowner',
+  'sstvirtualizationdiskimagegroup', 'sstvirtualizationdiskimagepermission',
+  'sstvirtualizationdiskimagedirectoryowner', 'sstvirtualizationdiskimagedirectorygroup',
+  'sstvirtualizationdiskimagedirectorypermission',
+] as const;
+
+export const cronAttributes = ['sstcronminute', 'sstcronhour', 'sstcronday', 'sstcronmonth', 'sstcrondayofweek', 'sstcronactive'] as const;
+
+function first(a: Attributes, name: string): string | undefined {
+  return a[name]?.[0];
+}
+
+export function hasObjectClass(a: Attributes, cls: string): boolean {
+  return (a['objectclass'] ?? []).some((c) => c.toLowerCase() === cls.toLowerCase());
+}
+
+export function parseBoolean(attribute: string, v: string | undefined, fallback: boolean): boolean {
+  if (v === undefined) return fallback;
+  const u = v.toUpperCase();
+  if (u === 'TRUE') return true;
+  if (u === 'FALSE') return false;
+  throw new BackupError(`${attribute}: ${JSON.stringify(v)} is not TRUE or FALSE`, ReturnCode.unsupportedConfigurationParameter);
+}
+
+function parseInteger(attribute: string, v: string | undefined, fallback: number, min: number): number {
+  if (v === undefined) return fallback;
+  if (!/^-?\d+$/.test(v.trim()) || Number(v) < min) {
+    throw new BackupError(`${attribute}: ${JSON.stringify(v)} is not an integer ≥ ${min}`, ReturnCode.unsupportedConfigurationParameter);
+  }
+  return Number(v);
+}
+
+function parseMode(attribute: string, v: string | undefined, fallback: number): number {
+  if (v === undefined) return fallback;
+  if (!/^0?[0-7]{3,4}$/.test(v.trim())) {
+    throw new BackupError(`${attribute}: ${JSON.stringify(v)} is not an octal file mode`, ReturnCode.unsupportedConfigurationParameter);
+  }
+  return parseInt(v, 8);
+}
+
+/** True when an ou=backup entry carries backup settings (not only the exclusion flag). */
+export function carriesBackupSettings(a: Attributes): boolean {
+  return hasObjectClass(a, 'sstVirtualizationBackupObjectClass') && backupSettingAttributes.some((n) => a[n] !== undefined);
+}
+
+export function carriesCron(a: Attributes): boolean {
+  return hasObjectClass(a, 'sstCronObjectClass') && a['sstcronminute'] !== undefined;
+}
+
+/** Settings from one ou=backup entry; missing attributes take the defaults. Throws BackupError on bad values. */
+export function backupSettingsFromAttributes(sourceDn: string, a: Attributes): BackupSettings {
+  const d = defaultBackupSettings;
+  const ram = first(a, 'sstbackupramdisklocation');
+  return {
+    sourceDn,
+    rootDirectory: directoryFromUrl('sstBackupRootDirectory', first(a, 'sstbackuprootdirectory') ?? d.rootDirectory),
+    retainDirectory: directoryFromUrl('sstBackupRetainDirectory', first(a, 'sstbackupretaindirectory') ?? d.retainDirectory),
+    ramDiskLocation: ram === undefined ? undefined : directoryFromUrl('sstBackupRamDiskLocation', ram),
+    numberOfIterations: parseInteger('sstBackupNumberOfIterations', first(a, 'sstbackupnumberofiterations'), d.numberOfIterations, 1),
+    restoreWithoutState: parseBoolean('sstRestoreVMWithoutState', first(a, 'sstrestorevmwithoutstate'), d.restoreWithoutState),
+    forceStart: parseBoolean('sstVirtualizationVirtualMachineForceStart', first(a, 'sstvirtualizationvirtualmachineforcestart'), d.forceStart),
+    bandwidthMerge: parseInteger('sstVirtualizationBandwidthMerge', first(a, 'sstvirtualizationbandwidthmerge'), d.bandwidthMerge, 0),
+    diskImageFormat: first(a, 'sstvirtualizationdiskimageformat') ?? d.diskImageFormat,
+    image: {
+      owner: first(a, 'sstvirtualizationdiskimageowner') ?? d.image.owner,
+      group: first(a, 'sstvirtualizationdiskimagegroup') ?? d.image.group,
+      mode: parseMode('sstVirtualizationDiskImagePermission', first(a, 'sstvirtualizationdiskimagepermission'), d.image.mode),
+    },
+    directory: {
+      owner: first(a, 'sstvirtualizationdiskimagedirectoryowner') ?? d.directory.owner,
+      group: first(a, 'sstvirtualizationdiskimagedirectorygroup') ?? d.directory.group,
+      mode: parseMode('sstVirtualizationDiskImageDirectoryPermission', first(a, 'sstvirtualizationdiskimagedirectorypermission'), d.directory.mode),
+    },
+  };
+}
+
+export function cronFromAttributes(sourceDn: string, a: Attributes): CronSettings {
+  const field = (n: string) => first(a, n) ?? '*';
+  return {
+    sourceDn,
+    minute: field('sstcronminute'),
+    hour: field('sstcronhour'),
+    day: field('sstcronday'),
+    month: field('sstcronmonth'),
+    dayOfWeek: field('sstcrondayofweek'),
+    active: parseBoolean('sstCronActive', first(a, 'sstcronactive'), false),
+  };
+}
+
+/**
+ * The settings lookup of the stoney cloud: the VM's own ou=backup, else its
+ * pool's, else the global one; the first level that carries settings is used
+ * whole. The exclusion flag and the cron schedule are looked up the same way
+ * but independently, because the seed's exclusion entry carries nothing else.
+ */
+export interface SettingsLevels {
+  vm?: { dn: string; attributes: Attributes };
+  pool?: { dn: string; attributes: Attributes };
+  global?: { dn: string; attributes: Attributes };
+}
+
+export interface EffectiveSettings {
+  backup: BackupSettings;
+  cron: CronSettings | undefined;
+  excluded: boolean;
+}
+
+export function resolveSettings(levels: SettingsLevels): EffectiveSettings {
+  const ordered = [levels.vm, levels.pool, levels.global].filter((l): l is { dn: string; attributes: Attributes } => l !== undefined);
+  const settingsLevel = ordered.find((l) => carriesBackupSettings(l.attributes));
+  const cronLevel = ordered.find((l) => carriesCron(l.attributes));
+  const exclusionLevel = ordered.find((l) => l.attributes['sstbackupexcludefrombackup'] !== undefined);
+  return {
+    backup: settingsLevel
+      ? backupSettingsFromAttributes(settingsLevel.dn, settingsLevel.attributes)
+      : { sourceDn: '(defaults)', ...defaultBackupSettings },
+    cron: cronLevel ? cronFromAttributes(cronLevel.dn, cronLevel.attributes) : undefined,
+    excluded: exclusionLevel
+      ? parseBoolean('sstBackupExcludeFromBackup', exclusionLevel.attributes['sstbackupexcludefrombackup']?.[0], false)
+      : false,
+  };
+}

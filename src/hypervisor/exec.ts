@@ -1,0 +1,64 @@
+import { execa } from 'execa';
+import type { Logger } from 'pino';
+
+/**
+ * The one place where stoney-backup starts processes. Argument arrays only
+ * (never a shell), a timeout on everything, stderr kept for the error.
+ */
+export interface RunOptions {
+  timeoutMs?: number;
+  /** exit codes that are not a failure (e.g. qemu-io's) */
+  okExitCodes?: number[];
+  input?: string;
+  signal?: AbortSignal;
+  logger?: Logger;
+  env?: Record<string, string>;
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  durationMs: number;
+}
+
+export class CommandError extends Error {
+  override name = 'CommandError';
+  constructor(
+    readonly command: string[],
+    readonly exitCode: number | undefined,
+    readonly stderr: string,
+    readonly stdout: string,
+    readonly reason: string,
+  ) {
+    super(`${command.join(' ')}: ${reason}${stderr.trim() ? `: ${stderr.trim()}` : ''}`);
+  }
+}
+
+const DEFAULT_TIMEOUT_MS = 10 * 60 * 1000;
+
+export async function run(command: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
+  const argv = [command, ...args];
+  const started = performance.now();
+  const result = await execa(command, args, {
+    reject: false,
+    timeout: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+    input: opts.input,
+    cancelSignal: opts.signal,
+    env: { LC_ALL: 'C', ...opts.env },
+    stripFinalNewline: false,
+  });
+  const durationMs = Math.round(performance.now() - started);
+  const stdout = String(result.stdout ?? '');
+  const stderr = String(result.stderr ?? '');
+  const exitCode = result.exitCode ?? -1;
+  opts.logger?.debug({ cmd: argv, exitCode, durationMs }, 'exec');
+  const ok = opts.okExitCodes ?? [0];
+  if (result.timedOut) throw new CommandError(argv, undefined, stderr, stdout, `timed out after ${opts.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms`);
+  if (result.isCanceled) throw new CommandError(argv, undefined, stderr, stdout, 'cancelled');
+  if (result.failed && result.exitCode === undefined) {
+    throw new CommandError(argv, undefined, stderr, stdout, result.shortMessage ?? 'could not run');
+  }
+  if (!ok.includes(exitCode)) throw new CommandError(argv, exitCode, stderr, stdout, `exit code ${exitCode}`);
+  return { stdout, stderr, exitCode, durationMs };
+}

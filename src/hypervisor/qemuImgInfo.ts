@@ -1,0 +1,25 @@
+/** The parts of `qemu-img info --output=json` we rely on. */
+export interface ImageInfo {
+  format: string;
+  virtualSize: number;
+  actualSize: number | undefined;
+  /** absolute backing path as qemu resolves it, or undefined */
+  backingFile: string | undefined;
+  backingFormat: string | undefined;
+}
+
+export function parseQemuImgInfo(json: string): ImageInfo {
+  const o = JSON.parse(json) as Record<string, unknown>;
+  const str = (k: string) => (typeof o[k] === 'string' ? (o[k] as string) : undefined);
+  const num = (k: string) => (typeof o[k] === 'number' ? (o[k] as number) : undefined);
+  const format = str('format');
+  const virtualSize = num('virtual-size');
+  if (format === undefined || virtualSize === undefined) throw new Error('qemu-img info: unexpected output');
+  return {
+    format,
+    virtualSize,
+    actualSize: num('actual-size'),
+    backingFile: str('full-backing-filename') ?? str('backing-filename'),
+    backingFormat: str('backing-filename-format'),
+  };
+}
