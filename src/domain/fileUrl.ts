@@ -8,6 +8,9 @@ import { ReturnCode } from './returnCodes.js';
  * A bare absolute path is accepted too (the original accepted both for the RAM disk).
  */
 export function directoryFromUrl(attribute: string, value: string): string {
+  if (value.includes('\0')) {
+    throw new BackupError(`${attribute}: ${JSON.stringify(value)} contains a NUL byte`, ReturnCode.unsupportedConfigurationParameter);
+  }
   if (value.startsWith('/')) return path.normalize(value);
   let url: URL;
   try {
@@ -21,5 +24,15 @@ export function directoryFromUrl(attribute: string, value: string): string {
       ReturnCode.unsupportedFileTransferProtocol,
     );
   }
-  return path.normalize(fileURLToPath(url));
+  if (url.host !== '' && url.host !== 'localhost') {
+    throw new BackupError(`${attribute}: ${JSON.stringify(value)} names host ${url.host}; only local file:/// URLs are supported`, ReturnCode.unsupportedFileTransferProtocol);
+  }
+  let p: string;
+  try {
+    p = fileURLToPath(url);
+  } catch (err) {
+    throw new BackupError(`${attribute}: ${JSON.stringify(value)} is not a usable path: ${(err as Error).message}`, ReturnCode.unsupportedConfigurationParameter);
+  }
+  if (p.includes('\0')) throw new BackupError(`${attribute}: ${JSON.stringify(value)} contains a NUL byte`, ReturnCode.unsupportedConfigurationParameter);
+  return path.normalize(p);
 }

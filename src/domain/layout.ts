@@ -1,5 +1,8 @@
 import path from 'node:path';
 import { assertSafeName } from './names.js';
+import { isLeafName } from './leafName.js';
+import { BackupError } from './errors.js';
+import { ReturnCode } from './returnCodes.js';
 
 /**
  * Where the files of one backup live, in the original stoney cloud layout:
@@ -15,6 +18,12 @@ export interface BackupLayoutInput {
   leaf: string;
 }
 
+/** sstVirtualMachineType → directory name under the image, retain and backup roots. */
+export function vmTypeDirectory(type: string): string {
+  const known = new Map([['persistent', 'vm-persistent'], ['dynamic', 'vm-dynamic'], ['template', 'vm-templates'], ['templates', 'vm-templates']]);
+  return known.get(type) ?? (type.startsWith('vm-') ? type : `vm-${type}`);
+}
+
 export const NO_STATE_MARKER = 'Machine is not runnung, no state file';
 export const MANIFEST_NAME = 'manifest.json';
 
@@ -27,7 +36,8 @@ export class BackupLayout {
     this.vmType = assertSafeName('VM type', input.vmType);
     this.pool = assertSafeName('storage pool', input.pool);
     this.vm = assertSafeName('VM name', input.vm);
-    this.leaf = assertSafeName('leaf', input.leaf);
+    if (!isLeafName(input.leaf)) throw new BackupError(`leaf ${JSON.stringify(input.leaf)} is not a YYYYMMDDTHHMMSSZ name`, ReturnCode.unsafeName);
+    this.leaf = input.leaf;
   }
   /** <retain>/<vm-type>/<pool>/<vm>/<leaf> */
   get retainDir(): string {

@@ -17,7 +17,8 @@ export function isLeafName(s: string): boolean {
 export function parseLeafName(s: string): DateTime | undefined {
   if (!pattern.test(s)) return undefined;
   const dt = DateTime.fromFormat(s, format, { zone: 'utc' });
-  return dt.isValid ? dt : undefined;
+  // luxon accepts hour 24 (→ next day): only names that format back to themselves are leaf names.
+  return dt.isValid && dt.toFormat(format) === s ? dt : undefined;
 }
 
 /** sstProvisioningState when a step ends: now, in the leaf format. */

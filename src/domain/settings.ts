@@ -165,7 +165,7 @@ export function resolveSettings(levels: SettingsLevels): EffectiveSettings {
   return {
     backup: settingsLevel
       ? backupSettingsFromAttributes(settingsLevel.dn, settingsLevel.attributes)
-      : { sourceDn: '(defaults)', ...defaultBackupSettings },
+      : { sourceDn: '(defaults)', ...defaultBackupSettings, image: { ...defaultBackupSettings.image }, directory: { ...defaultBackupSettings.directory } },
     cron: cronLevel ? cronFromAttributes(cronLevel.dn, cronLevel.attributes) : undefined,
     excluded: exclusionLevel
       ? parseBoolean('sstBackupExcludeFromBackup', exclusionLevel.attributes['sstbackupexcludefrombackup']?.[0], false)
