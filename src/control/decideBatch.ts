@@ -1,0 +1,83 @@
+import { controlDecision, timeoutTarget } from '../../workflows/backupMachine.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import type { LeafEntry } from '../directory/types.js';
+
+export interface BatchPolicy {
+  /** leaves of one batch in merge/retain at the same time (the seed: one after another) */
+  mergeConcurrency: number;
+  /** a command nobody claimed for this long is failed */
+  claimTimeoutMs: number;
+  /** a working mode without a report for this long is failed */
+  stepTimeoutMs: number;
+}
+
+export const defaultBatchPolicy: BatchPolicy = {
+  mergeConcurrency: 1,
+  claimTimeoutMs: 5 * 60 * 1000,
+  stepTimeoutMs: 6 * 60 * 60 * 1000,
+};
+
+/** One compare-and-swap the control side should write. */
+export interface ModeWrite {
+  dn: string;
+  vm: string;
+  expected: string;
+  next: string;
+  /** "0" when handing a step over, a timestamp otherwise */
+  state: 'handover' | 'now';
+  returnValue?: number;
+  reason: string;
+}
+
+const snapshotPhase = new Set(['initialize', 'initialized', 'snapshot', 'snapshotting']);
+const mergeRetainInFlight = new Set(['merge', 'merging', 'merged', 'retain', 'retaining']);
+const commands = new Set(['snapshot', 'merge', 'retain']);
+const working = new Set(['snapshotting', 'merging', 'retaining']);
+
+/**
+ * The control side's decisions for one batch: the leaves of VMs planned for
+ * the same instant (they share the leaf name). Pure: the daemon re-reads the
+ * leaves, calls this and writes the result; running it twice on the same
+ * directory state gives the same writes, and the CAS makes stale writes fail.
+ *
+ * Rules (seed, "Backup multiple machines at the same time"): every VM is
+ * snapshotted first; only when no leaf of the batch is still before or in its
+ * snapshot are the successful ones merged and retained, `mergeConcurrency`
+ * at a time; a failed step ends that VM's backup where it failed.
+ */
+export function decideBatch(leaves: LeafEntry[], policy: BatchPolicy, now: Date): ModeWrite[] {
+  const writes: ModeWrite[] = [];
+  const snapshotsPending = leaves.some((l) => snapshotPhase.has(l.mode));
+  let inFlight = leaves.filter((l) => mergeRetainInFlight.has(l.mode)).length;
+  const ordered = [...leaves].sort((a, b) => a.vm.localeCompare(b.vm));
+  for (const l of ordered) {
+    const age = l.modifiedAt ? now.getTime() - l.modifiedAt.getTime() : 0;
+    if (commands.has(l.mode) && age > policy.claimTimeoutMs) {
+      const next = timeoutTarget(l.mode, ReturnCode.stepTimedOut);
+      if (next) writes.push({ dn: l.dn, vm: l.vm, expected: l.mode, next, state: 'now', returnValue: ReturnCode.stepTimedOut, reason: `no node claimed ${l.mode} within ${policy.claimTimeoutMs / 1000} s` });
+      continue;
+    }
+    if (working.has(l.mode) && age > policy.stepTimeoutMs) {
+      const next = timeoutTarget(l.mode, ReturnCode.stepTimedOut);
+      if (next) writes.push({ dn: l.dn, vm: l.vm, expected: l.mode, next, state: 'now', returnValue: ReturnCode.stepTimedOut, reason: `no report for ${l.mode} within ${policy.stepTimeoutMs / 1000} s` });
+      continue;
+    }
+    const d = controlDecision(l.mode, l.returnValue ?? 0);
+    if (d?.kind !== 'write') continue;
+    if (d.next === 'merge') {
+      if (snapshotsPending || inFlight >= policy.mergeConcurrency) continue;
+      inFlight += 1;
+    }
+    const handover = commands.has(d.next);
+    writes.push({ dn: l.dn, vm: l.vm, expected: l.mode, next: d.next, state: handover ? 'handover' : 'now', reason: d.event });
+  }
+  return writes;
+}
+
+/** True when every leaf of the batch has ended (finished, or failed where it stopped). */
+export function batchDone(leaves: LeafEntry[]): boolean {
+  return leaves.every((l) => {
+    const d = controlDecision(l.mode, l.returnValue ?? 0);
+    return d === undefined || d.kind === 'done';
+  });
+}

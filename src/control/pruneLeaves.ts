@@ -1,0 +1,20 @@
+import type { Logger } from 'pino';
+import { selectBackupsToPrune } from '../domain/retention.js';
+import type { BackupDirectory, VmEntry } from '../directory/types.js';
+
+/**
+ * Keep sstBackupNumberOfIterations finished backups of a VM in the directory;
+ * older leaves go. (The node's retain step prunes the backup directories by
+ * the same number.)
+ */
+export async function pruneLeaves(directory: BackupDirectory, vm: VmEntry, logger: Logger): Promise<string[]> {
+  const keep = (await directory.effectiveSettings(vm)).backup.numberOfIterations;
+  const leaves = await directory.listLeaves(vm.name);
+  const prune = new Set(selectBackupsToPrune(leaves, keep));
+  for (const l of leaves) {
+    if (!prune.has(l.leaf)) continue;
+    await directory.deleteLeaf(l.dn);
+    logger.info({ vm: vm.name, leaf: l.leaf, keep }, 'pruned old backup leaf');
+  }
+  return [...prune];
+}

@@ -1,0 +1,169 @@
+import type { Logger } from 'pino';
+import { BackupError, errorCode, errorMessage } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import { isLeafMode, NodeStepModes, type NodeStep } from '../domain/modes.js';
+import { protocolTimestamp } from '../domain/leafName.js';
+import { BackupLayout, vmTypeDirectory } from '../domain/layout.js';
+import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, VmEntry } from '../directory/types.js';
+import type { Virsh } from '../hypervisor/Virsh.js';
+import type { QemuImg } from '../hypervisor/QemuImg.js';
+import { nodeClaim } from '../../workflows/backupMachine.js';
+import { KeyedWorkQueue } from './KeyedWorkQueue.js';
+import { snapshotStep } from './snapshotStep.js';
+import { mergeStep } from './mergeStep.js';
+import { retainStep } from './retainStep.js';
+import { recoverInterruptedStep } from './recoverInterruptedStep.js';
+import type { StepContext, StepProgress, StepResult } from './StepContext.js';
+
+export interface NodeDaemonOptions {
+  nodeName: string;
+  directory: BackupDirectory;
+  feed: ChangeFeed;
+  virsh: Virsh;
+  qemuImg: QemuImg;
+  imageRoots: string[];
+  logger: Logger;
+  /** steps running at once on this node (never two for one VM) */
+  concurrency?: number;
+  onProgress?: (p: StepProgress) => void;
+}
+
+const steps: Record<NodeStep, (ctx: StepContext) => Promise<StepResult>> = {
+  snapshot: snapshotStep,
+  merge: mergeStep,
+  retain: retainStep,
+};
+
+function stepOfCommand(mode: string): NodeStep | undefined {
+  return (Object.keys(NodeStepModes) as NodeStep[]).find((s) => NodeStepModes[s].command === mode);
+}
+function stepOfWorking(mode: string): NodeStep | undefined {
+  return (Object.keys(NodeStepModes) as NodeStep[]).find((s) => NodeStepModes[s].working === mode);
+}
+
+/**
+ * The node daemon: claims the commands on leaves of this node's VMs and runs
+ * them. The feed only says which leaf to look at; the daemon re-reads the
+ * leaf and decides from its mode (reconcile). The claim is a compare-and-swap
+ * of the mode, so a leaf seen twice, or by two daemons, runs once.
+ */
+export class NodeDaemon {
+  private readonly queue: KeyedWorkQueue;
+  private readonly log: Logger;
+
+  constructor(private readonly o: NodeDaemonOptions) {
+    this.log = o.logger.child({ node: o.nodeName });
+    this.queue = new KeyedWorkQueue((dn) => this.reconcileLeaf(dn), o.concurrency ?? 4, (dn, err) =>
+      this.log.error({ leafDn: dn, err: errorMessage(err) }, 'reconcile failed'),
+    );
+  }
+
+  async start(): Promise<void> {
+    await this.recoverInterruptedSteps();
+    await this.o.feed.start((e) => this.onChange(e));
+    this.log.info({ imageRoots: this.o.imageRoots }, 'node daemon started');
+  }
+
+  async stop(): Promise<void> {
+    await this.o.feed.stop();
+    await this.queue.stop();
+    this.log.info('node daemon stopped');
+  }
+
+  /** Resolves when no leaf is being worked on or waiting. */
+  idle(): Promise<void> {
+    return this.queue.idle();
+  }
+
+  private onChange(e: ChangeEvent): void {
+    if (e.kind === 'leaf') this.queue.add(e.dn, vmOfLeafDn(e.dn));
+    else if (e.kind === 'resync' || e.kind === 'vm') void this.resync().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'resync failed'));
+  }
+
+  /** Queue every leaf of this node's VMs that has a command waiting. */
+  async resync(): Promise<void> {
+    const vms = await this.o.directory.listVms({ node: this.o.nodeName });
+    const leaves = await this.o.directory.listLeavesOfVms(vms.map((v) => v.name));
+    for (const l of leaves) if (nodeClaim(l.mode) !== undefined || !isLeafMode(l.mode)) this.queue.add(l.dn, l.vm);
+  }
+
+  /** Leaves left in a working mode by a daemon that died: recover them first. */
+  private async recoverInterruptedSteps(): Promise<void> {
+    const vms = await this.o.directory.listVms({ node: this.o.nodeName });
+    const leaves = await this.o.directory.listLeavesOfVms(vms.map((v) => v.name));
+    for (const leaf of leaves) {
+      const step = stepOfWorking(leaf.mode);
+      const vm = vms.find((v) => v.name === leaf.vm);
+      if (!step || !vm) continue;
+      const log = this.log.child({ vm: vm.name, leaf: leaf.leaf, step });
+      log.warn({ mode: leaf.mode }, 'found a step interrupted by a restart; recovering');
+      await this.finishStep(leaf, step, vm, (ctx) => recoverInterruptedStep(ctx, leaf.mode), log);
+    }
+  }
+
+  private async reconcileLeaf(dn: string): Promise<void> {
+    const leaf = await this.o.directory.getLeaf(dn);
+    if (!leaf) return;
+    const vm = await this.o.directory.getVm(leaf.vm);
+    if (!vm || vm.node !== this.o.nodeName) return;
+    const log = this.log.child({ vm: vm.name, leaf: leaf.leaf });
+    if (!isLeafMode(leaf.mode)) {
+      if (leaf.returnValue !== ReturnCode.unknownMode) {
+        log.error({ mode: leaf.mode }, 'leaf has an unknown sstProvisioningMode; leaving it alone');
+        await this.o.directory.casMode(dn, leaf.mode, leaf.mode, { returnValue: ReturnCode.unknownMode, state: protocolTimestamp() });
+      }
+      return;
+    }
+    const step = stepOfCommand(leaf.mode);
+    if (!step || nodeClaim(leaf.mode) === undefined) return;
+    const working = NodeStepModes[step].working;
+    if (!(await this.o.directory.casMode(dn, leaf.mode, working))) {
+      log.debug({ mode: leaf.mode }, 'lost the claim; another process owns the step');
+      return;
+    }
+    await this.finishStep({ ...leaf, mode: working }, step, vm, steps[step], log.child({ step }));
+  }
+
+  /** Run a claimed step and report its end: done mode, time, return value. */
+  private async finishStep(leaf: LeafEntry, step: NodeStep, vm: VmEntry, run: (ctx: StepContext) => Promise<StepResult>, log: Logger): Promise<void> {
+    const t0 = performance.now();
+    let returnValue: number = ReturnCode.success;
+    let executionTime: Record<string, number> = {};
+    try {
+      const ctx = await this.context(vm, leaf.leaf, log);
+      executionTime = (await run(ctx)).executionTime;
+    } catch (err) {
+      returnValue = errorCode(err);
+      log.error({ code: returnValue, err: errorMessage(err), retryable: err instanceof BackupError && err.retryable }, `${step} failed`);
+    }
+    const done = NodeStepModes[step].done;
+    const reported = await this.o.directory.casMode(leaf.dn, NodeStepModes[step].working, done, { state: protocolTimestamp(), returnValue, executionTime });
+    log.info({ mode: done, returnValue, durationMs: Math.round(performance.now() - t0), reported }, `${step} reported`);
+  }
+
+  private async context(vm: VmEntry, leaf: string, logger: Logger): Promise<StepContext> {
+    const settings = (await this.o.directory.effectiveSettings(vm)).backup;
+    const layout = new BackupLayout({
+      rootDirectory: settings.rootDirectory,
+      retainDirectory: settings.retainDirectory,
+      vmType: vmTypeDirectory(vm.type),
+      pool: vm.pool,
+      vm: vm.name,
+      leaf,
+    });
+    return {
+      vm, leaf, settings, layout, logger,
+      directory: this.o.directory,
+      virsh: this.o.virsh,
+      qemuImg: this.o.qemuImg,
+      imageRoots: this.o.imageRoots,
+      onProgress: this.o.onProgress,
+    };
+  }
+}
+
+/** ou=<leaf>,ou=backup,sstVirtualMachine=<vm>,… → the VM's name (the queue's group). */
+export function vmOfLeafDn(dn: string): string {
+  const m = /,\s*ou=backup\s*,\s*sstVirtualMachine=([^,]+)/i.exec(dn);
+  return m?.[1] ?? dn;
+}

@@ -1,0 +1,40 @@
+import type { Logger } from 'pino';
+import type { BackupSettings } from '../domain/settings.js';
+import type { BackupLayout } from '../domain/layout.js';
+import type { BackupDirectory, VmEntry } from '../directory/types.js';
+import type { Virsh } from '../hypervisor/Virsh.js';
+import type { QemuImg } from '../hypervisor/QemuImg.js';
+
+export interface StepProgress {
+  step: string;
+  vm: string;
+  leaf: string;
+  message: string;
+  done?: number;
+  total?: number;
+}
+
+/** What a node step needs: the VM, its settings and layout, and the adapters. */
+export interface StepContext {
+  vm: VmEntry;
+  leaf: string;
+  settings: BackupSettings;
+  layout: BackupLayout;
+  directory: BackupDirectory;
+  virsh: Virsh;
+  qemuImg: QemuImg;
+  /** Disks must live below one of these (absolute paths). */
+  imageRoots: string[];
+  logger: Logger;
+  signal?: AbortSignal;
+  onProgress?: (p: StepProgress) => void;
+}
+
+/** Seconds per phase, written to sstProvisioningExecutionTime. */
+export interface StepResult {
+  executionTime: Record<string, number>;
+}
+
+export function seconds(fromMs: number, toMs: number = performance.now()): number {
+  return Math.round((toMs - fromMs) / 10) / 100;
+}

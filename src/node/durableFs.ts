@@ -1,0 +1,70 @@
+import { open, rename, writeFile, rm, stat, statfs, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { sparseCopy } from './sparseCopy.js';
+
+/** fsync a directory so a rename in it survives a crash. */
+export async function syncDir(dir: string): Promise<void> {
+  const h = await open(dir, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}
+
+/** Write through `<file>.partial`, fsync, rename: readers see all or nothing. */
+export async function writeFileDurably(file: string, content: string | Buffer, mode = 0o640): Promise<void> {
+  const partial = `${file}.partial`;
+  await rm(partial, { force: true });
+  await writeFile(partial, content, { mode, flag: 'wx' });
+  const h = await open(partial, 'r+');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+  await rename(partial, file);
+  await syncDir(path.dirname(file));
+}
+
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+export async function sameFilesystem(a: string, b: string): Promise<boolean> {
+  const [sa, sb] = await Promise.all([stat(a), stat(b)]);
+  return sa.dev === sb.dev;
+}
+
+export async function freeBytes(dir: string): Promise<number> {
+  const s = await statfs(dir);
+  return s.bavail * s.bsize;
+}
+
+/**
+ * Move a file, also across filesystems (copy, fsync, rename, unlink). Used
+ * for the state file on a RAM disk; disks never take this path.
+ */
+export async function moveFile(src: string, dst: string): Promise<void> {
+  try {
+    await rename(src, dst);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+    const partial = `${dst}.partial`;
+    await rm(partial, { force: true });
+    await sparseCopy(src, partial);
+    await rename(partial, dst);
+    await rm(src);
+  }
+  await syncDir(path.dirname(dst));
+}
+
+export async function mkdirp(dir: string, mode: number): Promise<void> {
+  await mkdir(dir, { recursive: true, mode });
+}

@@ -1,0 +1,109 @@
+import { readFile, readdir, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { BackupError } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import { NO_STATE_MARKER } from '../domain/layout.js';
+import { parseDomainDisks } from '../hypervisor/domainXml.js';
+import { exists } from './durableFs.js';
+import { mergeStep, pullRetainedImages } from './mergeStep.js';
+import { retainStep } from './retainStep.js';
+import type { StepContext, StepResult } from './StepContext.js';
+
+/**
+ * A daemon found one of its leaves in a working ("-ing") mode at start: it
+ * died in the middle of the step. Bring the VM back onto an intact chain and
+ * say how the step ends: merge and retain are idempotent and are simply
+ * finished; an interrupted snapshot is rolled back or merged, and failed.
+ */
+export async function recoverInterruptedStep(ctx: StepContext, workingMode: string): Promise<StepResult> {
+  switch (workingMode) {
+    case 'snapshotting':
+      await recoverSnapshot(ctx);
+      throw new BackupError('the snapshot was interrupted by a daemon restart; the VM was brought back onto an intact chain', ReturnCode.interruptedByRestart);
+    case 'merging':
+      return recoverMerge(ctx);
+    case 'retaining':
+      if (!(await exists(ctx.layout.retainDir)) && (await exists(ctx.layout.manifestPath))) return { executionTime: {} };
+      return retainStep(ctx);
+    default:
+      throw new BackupError(`no recovery for mode ${workingMode}`, ReturnCode.unknownMode);
+  }
+}
+
+async function isRealStateFile(file: string): Promise<boolean> {
+  if (!(await exists(file))) return false;
+  const head = await readFile(file, { encoding: 'utf8', flag: 'r' }).then((s) => s.slice(0, 64)).catch(() => '');
+  return !head.startsWith(NO_STATE_MARKER);
+}
+
+async function recoverSnapshot(ctx: StepContext): Promise<void> {
+  const { vm, virsh, layout, settings, logger } = ctx;
+  if (!(await virsh.domainExists(vm.name))) return;
+  const state = await virsh.domState(vm.name);
+  const candidates = [layout.retainPath(layout.stateFileName)];
+  if (settings.ramDiskLocation) candidates.push(path.join(settings.ramDiskLocation, `${vm.name}.${ctx.leaf}.state`));
+  const savedState = (await Promise.all(candidates.map(async (f) => ((await isRealStateFile(f)) ? f : undefined)))).find((f) => f !== undefined);
+
+  if (state === 'shut off' || state === 'shutdown' || state === 'crashed') {
+    // Stopped with disks possibly swapped: the guest has not run on the
+    // overlays, so moving the images back loses nothing.
+    await moveImagesBack(ctx);
+    if (savedState) {
+      logger.warn({ vm: vm.name, leaf: ctx.leaf, savedState }, 'recovery: VM was saved but not restored; restoring it on its original images');
+      await virsh.restore(savedState);
+      await rm(savedState, { force: true });
+    }
+  } else {
+    // Running (the restore happened): pull the retained data back in so the
+    // chain no longer depends on retain.
+    await pullRetainedImages(ctx);
+  }
+  await removeRetainDirIfNoImages(ctx);
+}
+
+async function moveImagesBack(ctx: StepContext): Promise<void> {
+  const { virsh, layout, qemuImg, logger } = ctx;
+  for (const d of parseDomainDisks(await virsh.dumpXml(ctx.vm.name, { inactive: true }))) {
+    if (d.type !== 'file' || d.device !== 'disk' || d.source === undefined) continue;
+    const retained = layout.retainPath(path.basename(d.source));
+    if (!(await exists(retained))) continue;
+    if (await exists(d.source)) {
+      const info = await qemuImg.info(d.source, { shared: true });
+      if (info.backingFile !== retained) {
+        throw new BackupError(`recovery: ${d.source} exists and is not our overlay of ${retained}; leaving both for a human`, ReturnCode.wrongStateInformation);
+      }
+      // Keep anything that was written to the overlay by committing it first.
+      await qemuImg.commit(d.source);
+      await rm(d.source);
+    }
+    await rename(retained, d.source);
+    logger.warn({ vm: ctx.vm.name, disk: d.target }, 'recovery: moved the image back from retain');
+  }
+}
+
+async function removeRetainDirIfNoImages(ctx: StepContext): Promise<void> {
+  const { layout } = ctx;
+  if (!(await exists(layout.retainDir))) return;
+  const leftovers = (await readdir(layout.retainDir)).filter(
+    (n) => ![layout.stateFileName, layout.xmlFileName, layout.ldifFileName].includes(n) && !n.endsWith('.partial'),
+  );
+  const referenced = parseDomainDisks(await ctx.virsh.dumpXml(ctx.vm.name)).some((d) => d.backingChain.some((b) => b.startsWith(layout.retainDir + path.sep)));
+  if (!referenced) {
+    await rm(layout.retainDir, { recursive: true, force: true });
+    if (leftovers.length) ctx.logger.info({ vm: ctx.vm.name, removed: leftovers }, 'recovery: removed unreferenced retained images');
+  }
+}
+
+async function recoverMerge(ctx: StepContext): Promise<StepResult> {
+  const { virsh, vm, layout } = ctx;
+  if ((await virsh.domainExists(vm.name)) && (await virsh.domState(vm.name)) === 'paused') {
+    const placeholder = !(await isRealStateFile(layout.retainPath(layout.stateFileName)));
+    if (placeholder) {
+      // We had started this shut-off VM paused for the pull.
+      await pullRetainedImages(ctx);
+      await virsh.destroy(vm.name);
+      return { executionTime: {} };
+    }
+  }
+  return mergeStep(ctx);
+}

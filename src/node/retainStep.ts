@@ -1,0 +1,149 @@
+import { readdir, rename, rm, stat, chmod, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { BackupError, errorMessage } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import { isLeafName } from '../domain/leafName.js';
+import { MANIFEST_NAME } from '../domain/layout.js';
+import { parseDomainDisks } from '../hypervisor/domainXml.js';
+import { chownByName } from '../hypervisor/ownership.js';
+import { isBelow } from './backupDisks.js';
+import { exists, mkdirp, syncDir, writeFileDurably } from './durableFs.js';
+import { sparseCopy } from './sparseCopy.js';
+import { seconds, type StepContext, type StepResult } from './StepContext.js';
+
+export interface ManifestFile {
+  /** final name in the backup directory, `<file>.<leaf>` */
+  name: string;
+  size: number;
+  sha256: string;
+}
+
+export interface BackupManifest {
+  format: 'stoney-backup/1';
+  vm: string;
+  leaf: string;
+  vmType: string;
+  pool: string;
+  createdAt: string;
+  files: ManifestFile[];
+}
+
+/**
+ * Retain: copy every retained file into the backup directory under its final
+ * name (through `.partial`, fsynced, renamed), write the manifest last, then
+ * remove the retain copies and prune old backups. A backup without a
+ * manifest is not finished.
+ */
+export async function retainStep(ctx: StepContext): Promise<StepResult> {
+  const { vm, layout, settings, logger } = ctx;
+  const t0 = performance.now();
+  if (!(await exists(layout.retainDir))) {
+    throw new BackupError(`nothing to retain: ${layout.retainDir} does not exist`, ReturnCode.missingNecessaryFiles);
+  }
+  if (!(await exists(settings.rootDirectory))) {
+    throw new BackupError(`backup root ${settings.rootDirectory} does not exist`, ReturnCode.backupRootMissing);
+  }
+  await refuseWhileReferenced(ctx);
+
+  const names = (await readdir(layout.retainDir)).filter((n) => !n.endsWith('.partial')).sort();
+  for (const required of [layout.stateFileName, layout.xmlFileName, layout.ldifFileName]) {
+    if (!names.includes(required)) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
+  }
+  try {
+    await mkdirp(layout.backupDir, settings.directory.mode);
+    await chownByName(layout.backupDir, settings.directory.owner, settings.directory.group, logger);
+  } catch (err) {
+    throw new BackupError(`cannot create ${layout.backupDir}: ${errorMessage(err)}`, ReturnCode.cannotWriteToBackupLocation, { cause: err });
+  }
+
+  const total = (await Promise.all(names.map(async (n) => (await stat(layout.retainPath(n))).size))).reduce((a, b) => a + b, 0);
+  let before = 0;
+  const files: ManifestFile[] = [];
+  for (const n of names) {
+    const final = layout.backupPath(n);
+    const partial = `${final}.partial`;
+    await rm(partial, { force: true });
+    try {
+      const r = await sparseCopy(
+        layout.retainPath(n),
+        partial,
+        (done) => ctx.onProgress?.({ step: 'retain', vm: vm.name, leaf: ctx.leaf, message: `copying ${n}`, done: before + done, total }),
+        ctx.signal,
+      );
+      await chmod(partial, settings.image.mode);
+      await chownByName(partial, settings.image.owner, settings.image.group, logger);
+      await rename(partial, final);
+      files.push({ name: path.basename(final), size: r.size, sha256: r.sha256 });
+      before += r.size;
+    } catch (err) {
+      await rm(partial, { force: true });
+      throw new BackupError(`cannot copy ${n} to ${layout.backupDir}: ${errorMessage(err)}`, ReturnCode.cannotCopyFileToBackupLocation, { cause: err });
+    }
+  }
+  const manifest: BackupManifest = {
+    format: 'stoney-backup/1',
+    vm: vm.name,
+    leaf: ctx.leaf,
+    vmType: layout.vmType,
+    pool: layout.pool,
+    createdAt: new Date().toISOString(),
+    files,
+  };
+  await writeFileDurably(layout.manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, 0o640);
+  await syncDir(layout.backupDir);
+
+  try {
+    await rm(layout.retainDir, { recursive: true });
+  } catch (err) {
+    throw new BackupError(`backup complete, but ${layout.retainDir} could not be removed: ${errorMessage(err)}`, ReturnCode.notAllFilesDeletedFromRetain, { cause: err });
+  }
+  const pruned = await pruneBackupDirectories(ctx);
+  const result = { executionTime: { retain: seconds(t0) } };
+  logger.info({ vm: vm.name, leaf: ctx.leaf, files: files.length, bytes: total, pruned, ...result.executionTime }, 'retain done');
+  return result;
+}
+
+/** Never copy away (and then delete) a file a live disk chain still uses. */
+async function refuseWhileReferenced(ctx: StepContext): Promise<void> {
+  const { vm, virsh, layout, qemuImg } = ctx;
+  if (!(await virsh.domainExists(vm.name))) return;
+  const running = (await virsh.domState(vm.name)) !== 'shut off';
+  const xmls = [await virsh.dumpXml(vm.name, { inactive: true }), ...(running ? [await virsh.dumpXml(vm.name)] : [])];
+  for (const xml of xmls) {
+    for (const d of parseDomainDisks(xml)) {
+      const refs = [...d.backingChain];
+      if (d.type === 'file' && d.device === 'disk' && d.source !== undefined && (await exists(d.source))) {
+        const info = await qemuImg.info(d.source, { shared: true });
+        if (info.backingFile) refs.push(info.backingFile);
+      }
+      const stale = refs.find((r) => isBelow(layout.retainDir, r));
+      if (stale !== undefined) {
+        throw new BackupError(`disk ${d.target} of ${vm.name} still uses ${stale}; merge first`, ReturnCode.chainStillReferencesRetain);
+      }
+    }
+  }
+}
+
+/**
+ * Keep the newest sstBackupNumberOfIterations backups of this VM on disk.
+ * Only directories named like a leaf and holding a manifest or the original
+ * implementation's files are ever removed; anything else is left alone.
+ */
+export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]> {
+  const { layout, settings } = ctx;
+  const entries = await readdir(layout.vmBackupDir, { withFileTypes: true });
+  const leaves = entries.filter((e) => e.isDirectory() && isLeafName(e.name)).map((e) => e.name).sort();
+  const complete: string[] = [];
+  for (const l of leaves) {
+    if (l === layout.leaf || (await exists(path.join(layout.vmBackupDir, l, MANIFEST_NAME))) || (await exists(path.join(layout.vmBackupDir, l, `${layout.vm}.xml.${l}`)))) complete.push(l);
+  }
+  const keep = new Set(complete.slice(-settings.numberOfIterations));
+  keep.add(layout.leaf);
+  const pruned = complete.filter((l) => !keep.has(l));
+  for (const l of pruned) await rm(path.join(layout.vmBackupDir, l), { recursive: true });
+  return pruned;
+}
+
+export async function readManifest(file: string): Promise<BackupManifest> {
+  return JSON.parse(await readFile(file, 'utf8')) as BackupManifest;
+}

@@ -1,0 +1,212 @@
+import { mkdtemp, rename, rm, chmod, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { BackupError, errorMessage } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import { NO_STATE_MARKER } from '../domain/layout.js';
+import { parseDomainDisks, parseDomainMemoryBytes, stripBackingStores } from '../hypervisor/domainXml.js';
+import { chownByName } from '../hypervisor/ownership.js';
+import { selectBackupDisks, type BackupDisk } from './backupDisks.js';
+import { exists, freeBytes, mkdirp, moveFile, sameFilesystem, syncDir, writeFileDurably } from './durableFs.js';
+import { seconds, type StepContext, type StepResult } from './StepContext.js';
+
+/**
+ * Snapshot: freeze the VM's memory, CPU and disks at one instant with the
+ * shortest possible stop. Everything that does not need the VM stopped
+ * (checks, XML, LDIF, directories) happens before `virsh save`; inside the
+ * stopped window there are only renames, `qemu-img create` of empty
+ * overlays and `virsh restore`. Any failure inside the window is undone so
+ * the VM runs again on its original images.
+ */
+export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
+  const { vm, layout, settings, virsh, logger } = ctx;
+  const t0 = performance.now();
+  const progress = (message: string) => ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message });
+
+  // --- Checks: nothing is touched until all pass.
+  if (!(await virsh.domainExists(vm.name))) {
+    throw new BackupError(`VM ${vm.name} is not defined in libvirt`, ReturnCode.cannotFindMachine);
+  }
+  const runState = await virsh.domState(vm.name);
+  const liveXml = await virsh.dumpXml(vm.name);
+  if (!(await exists(settings.retainDirectory))) {
+    throw new BackupError(`retain directory ${settings.retainDirectory} does not exist`, ReturnCode.retainRootMissing);
+  }
+  const disks = selectBackupDisks(parseDomainDisks(liveXml), ctx.imageRoots, settings.retainDirectory, logger);
+  if (disks.length === 0) logger.warn({ vm: vm.name }, 'VM has no file-backed disk; only its state, XML and LDIF are backed up');
+  for (const d of disks) {
+    if (!(await sameFilesystem(path.dirname(d.source), settings.retainDirectory))) {
+      throw new BackupError(
+        `retain directory ${settings.retainDirectory} is not on the filesystem of ${d.source}; the disk move must be a rename`,
+        ReturnCode.retainNotOnImageFilesystem,
+      );
+    }
+  }
+  try {
+    await mkdirp(layout.retainDir, settings.directory.mode);
+  } catch (err) {
+    throw new BackupError(`cannot create ${layout.retainDir}: ${errorMessage(err)}`, ReturnCode.cannotCreateDirectory, { cause: err });
+  }
+  for (const d of disks) {
+    if (await exists(layout.retainPath(d.fileName))) {
+      throw new BackupError(`${layout.retainPath(d.fileName)} exists already; refusing to overwrite a retained image`, ReturnCode.cannotRenameDiskImage);
+    }
+  }
+
+  // --- Outside the window: XML and directory entry as of now.
+  progress('saving XML and directory entry');
+  const definitionXml = (await virsh.isPersistent(vm.name)) ? await virsh.dumpXml(vm.name, { inactive: true }) : liveXml;
+  try {
+    await writeFileDurably(layout.retainPath(layout.xmlFileName), stripBackingStores(definitionXml));
+  } catch (err) {
+    throw new BackupError(`cannot write the XML: ${errorMessage(err)}`, ReturnCode.cannotSaveXml, { cause: err });
+  }
+  try {
+    await writeFileDurably(layout.retainPath(layout.ldifFileName), await ctx.directory.exportVmLdif(vm.name));
+  } catch (err) {
+    throw new BackupError(`cannot save the directory entry: ${errorMessage(err)}`, ReturnCode.cannotSaveBackendEntry, { cause: err });
+  }
+  const retainState = layout.retainPath(layout.stateFileName);
+
+  let downtime = 0;
+  if (runState === 'running' || runState === 'paused' || runState === 'blocked' || runState === 'idle') {
+    const stateFile = await chooseStateFile(ctx, parseDomainMemoryBytes(liveXml), retainState);
+    const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
+    try {
+      progress(`saving memory state to ${stateFile}`);
+      const tDown = performance.now();
+      try {
+        await virsh.save(vm.name, stateFile);
+      } catch (err) {
+        throw new BackupError(`virsh save failed: ${errorMessage(err)}`, ReturnCode.cannotSaveMachineState, { cause: err });
+      }
+      // From here until restore the VM is stopped.
+      const restoreXml = path.join(tmp, 'restore.xml');
+      const swapped: BackupDisk[] = [];
+      try {
+        await writeFile(restoreXml, stripBackingStores(await virsh.saveImageXml(stateFile)));
+        for (const d of disks) {
+          await swapInOverlay(ctx, d);
+          swapped.push(d);
+        }
+        await virsh.restore(stateFile, restoreXml);
+      } catch (err) {
+        logger.error({ vm: vm.name, leaf: ctx.leaf, err: errorMessage(err) }, 'snapshot failed inside the stopped window; undoing');
+        await undoSwaps(ctx, swapped);
+        await virsh.restore(stateFile); // its embedded XML names the original images, which are back in place
+        await rm(stateFile, { force: true });
+        throw err instanceof BackupError
+          ? err
+          : new BackupError(`cannot restore the VM onto its new overlays: ${errorMessage(err)}`, ReturnCode.cannotRestoreMachine, { cause: err });
+      }
+      downtime = seconds(tDown);
+      await verifyLiveChain(ctx, disks, stateFile);
+      if (stateFile !== retainState) {
+        progress('moving the state file into retain');
+        try {
+          await moveFile(stateFile, retainState);
+        } catch (err) {
+          throw new BackupError(`cannot move the state file to retain: ${errorMessage(err)}`, ReturnCode.cannotCopyStateFileToRetain, { cause: err });
+        }
+      }
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  } else if (runState === 'shut off' || runState === 'shutdown' || runState === 'crashed') {
+    await writeFileDurably(retainState, `${NO_STATE_MARKER}\n`);
+    const swapped: BackupDisk[] = [];
+    try {
+      for (const d of disks) {
+        await swapInOverlay(ctx, d);
+        swapped.push(d);
+      }
+    } catch (err) {
+      await undoSwaps(ctx, swapped);
+      throw err;
+    }
+  } else {
+    throw new BackupError(`VM ${vm.name} is in state "${runState}"; refusing to snapshot`, ReturnCode.cannotLockMachine);
+  }
+  await syncDir(layout.retainDir);
+  const result = { executionTime: { snapshot: seconds(t0), downtime } };
+  logger.info({ vm: vm.name, leaf: ctx.leaf, runState, disks: disks.map((d) => d.target), ...result.executionTime }, 'snapshot done');
+  return result;
+}
+
+/** The RAM disk when it exists and has room (≥ 1.05 × guest RAM), else retain. */
+async function chooseStateFile(ctx: StepContext, memoryBytes: number, retainState: string): Promise<string> {
+  const ram = ctx.settings.ramDiskLocation;
+  if (ram === undefined) return retainState;
+  if (!(await exists(ram))) {
+    ctx.logger.warn({ vm: ctx.vm.name, ramDisk: ram }, 'RAM disk location does not exist; saving the state into retain');
+    return retainState;
+  }
+  const free = await freeBytes(ram);
+  if (free < memoryBytes * 1.05) {
+    ctx.logger.info({ vm: ctx.vm.name, ramDisk: ram, free, memoryBytes }, 'not enough room on the RAM disk; saving the state into retain');
+    return retainState;
+  }
+  return path.join(ram, `${ctx.vm.name}.${ctx.leaf}.state`);
+}
+
+/** Rename the image into retain and put an empty overlay backed by it in its place. */
+async function swapInOverlay(ctx: StepContext, d: BackupDisk): Promise<void> {
+  const retained = ctx.layout.retainPath(d.fileName);
+  const { image } = ctx.settings;
+  try {
+    await rename(d.source, retained);
+  } catch (err) {
+    throw new BackupError(`cannot move ${d.source} to retain: ${errorMessage(err)}`, ReturnCode.cannotRenameDiskImage, { cause: err });
+  }
+  try {
+    await ctx.qemuImg.createOverlay(d.source, retained, d.format);
+  } catch (err) {
+    // Put the image back before anyone can notice it was gone.
+    await rm(d.source, { force: true });
+    await rename(retained, d.source);
+    throw new BackupError(`cannot create the overlay ${d.source}: ${errorMessage(err)}`, ReturnCode.cannotCreateEmptyDiskImage, { cause: err });
+  }
+  try {
+    await chownByName(d.source, image.owner, image.group, ctx.logger);
+  } catch (err) {
+    await rm(d.source, { force: true });
+    await rename(retained, d.source);
+    throw new BackupError(`cannot set owner ${image.owner}:${image.group} on ${d.source}: ${errorMessage(err)}`, ReturnCode.cannotSetImageOwnership, { cause: err });
+  }
+  try {
+    await chmod(d.source, image.mode);
+  } catch (err) {
+    await rm(d.source, { force: true });
+    await rename(retained, d.source);
+    throw new BackupError(`cannot set mode on ${d.source}: ${errorMessage(err)}`, ReturnCode.cannotSetImagePermission, { cause: err });
+  }
+}
+
+/** Remove the (never written) overlays and move the images back, newest first. */
+async function undoSwaps(ctx: StepContext, swapped: BackupDisk[]): Promise<void> {
+  for (const d of [...swapped].reverse()) {
+    await rm(d.source, { force: true });
+    await rename(ctx.layout.retainPath(d.fileName), d.source);
+  }
+}
+
+/**
+ * libvirt must show every disk on its overlay with the retained image as
+ * backing. If not, the guest runs on a broken view of its disk: stop it at
+ * once (the state file still holds its memory), undo the swap and restore
+ * onto the original images.
+ */
+async function verifyLiveChain(ctx: StepContext, disks: BackupDisk[], stateFile: string): Promise<void> {
+  const live = parseDomainDisks(await ctx.virsh.dumpXml(ctx.vm.name));
+  const wrong = disks.filter((d) => {
+    const l = live.find((x) => x.target === d.target);
+    return l?.source !== d.source || l.backingChain[0] !== ctx.layout.retainPath(d.fileName);
+  });
+  if (wrong.length === 0) return;
+  ctx.logger.error({ vm: ctx.vm.name, disks: wrong.map((d) => d.target) }, 'restored VM does not see its retained images as backing; rolling back');
+  await ctx.virsh.destroy(ctx.vm.name);
+  await undoSwaps(ctx, disks);
+  await ctx.virsh.restore(stateFile);
+  await rm(stateFile, { force: true });
+  throw new BackupError(`after restore, disks ${wrong.map((d) => d.target).join(', ')} did not show the retained image as backing`, ReturnCode.cannotRestoreMachine);
+}
