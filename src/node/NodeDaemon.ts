@@ -9,6 +9,7 @@ import type { Virsh } from '../hypervisor/Virsh.js';
 import type { QemuImg } from '../hypervisor/QemuImg.js';
 import { nodeClaim } from '../../workflows/backupMachine.js';
 import { KeyedWorkQueue } from './KeyedWorkQueue.js';
+import { NodeLock } from './NodeLock.js';
 import { snapshotStep } from './snapshotStep.js';
 import { mergeStep } from './mergeStep.js';
 import { retainStep } from './retainStep.js';
@@ -25,6 +26,8 @@ export interface NodeDaemonOptions {
   logger: Logger;
   /** steps running at once on this node (never two for one VM) */
   concurrency?: number;
+  /** where the per-node lock lives (default /run/stoney-backup) */
+  runDir?: string;
   onProgress?: (p: StepProgress) => void;
 }
 
@@ -50,16 +53,24 @@ function stepOfWorking(mode: string): NodeStep | undefined {
 export class NodeDaemon {
   private readonly queue: KeyedWorkQueue;
   private readonly log: Logger;
+  private readonly lock: NodeLock;
 
   constructor(private readonly o: NodeDaemonOptions) {
     this.log = o.logger.child({ node: o.nodeName });
+    this.lock = new NodeLock(o.runDir ?? '/run/stoney-backup', o.nodeName);
     this.queue = new KeyedWorkQueue((dn) => this.reconcileLeaf(dn), o.concurrency ?? 4, (dn, err) =>
       this.log.error({ leafDn: dn, err: errorMessage(err) }, 'reconcile failed'),
     );
   }
 
   async start(): Promise<void> {
-    await this.recoverInterruptedSteps();
+    await this.lock.acquire();
+    try {
+      await this.recoverInterruptedSteps();
+    } catch (err) {
+      await this.lock.release();
+      throw err;
+    }
     await this.o.feed.start((e) => this.onChange(e));
     this.log.info({ imageRoots: this.o.imageRoots }, 'node daemon started');
   }
@@ -67,6 +78,7 @@ export class NodeDaemon {
   async stop(): Promise<void> {
     await this.o.feed.stop();
     await this.queue.stop();
+    await this.lock.release();
     this.log.info('node daemon stopped');
   }
 

@@ -1,0 +1,26 @@
+import type { ParseArgsConfig } from 'node:util';
+import type { Io } from './runtime.js';
+
+export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
+
+export interface ParsedArgs {
+  positionals: string[];
+  values: Record<string, string | boolean | string[] | undefined>;
+  config: string | undefined;
+  io: Io;
+}
+
+/** One CLI command: its help text, its options, and what it runs. */
+export interface Command {
+  name: string;
+  summary: string;
+  usage: string;
+  help: string;
+  options: OptionSpec;
+  run(args: ParsedArgs): Promise<number>;
+}
+
+export function listOption(v: unknown): string[] {
+  if (typeof v !== 'string') return [];
+  return v.split(',').map((s) => s.trim()).filter(Boolean);
+}

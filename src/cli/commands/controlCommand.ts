@@ -1,0 +1,36 @@
+import { PollingChangeFeed } from '../../directory/PollingChangeFeed.js';
+import { ControlDaemon } from '../../control/ControlDaemon.js';
+import { ExitCode } from '../exitCodes.js';
+import { Runtime } from '../runtime.js';
+import type { Command } from '../command.js';
+import { watchConfig } from './nodeCommand.js';
+
+export const controlCommand: Command = {
+  name: 'control',
+  summary: 'run the control daemon: plan backups from the schedules and drive them',
+  usage: 'stoney-backup control [--config FILE]',
+  help: `Every minute, reads each VM's schedule (sstCron*, looked up VM → pool →
+global, in the host's time zone or STONEY_TIMEZONE) and creates the leaf of
+every backup that falls due, named after the planned time in UTC. VMs due at
+the same instant form a batch: all are snapshotted first, then each successful
+one is merged and retained. Excluded VMs (sstBackupExcludeFromBackup: TRUE)
+are skipped. Commands nobody claims within STONEY_CLAIM_TIMEOUT_S, and steps
+without a report within STONEY_STEP_TIMEOUT_S, are failed with code 49.
+Old leaves beyond sstBackupNumberOfIterations are removed.`,
+  options: {},
+  async run({ config }) {
+    const rt = await Runtime.create(config, { daemon: true });
+    try {
+      const directory = await rt.connect();
+      const feed = new PollingChangeFeed(directory, {}, { intervalMs: rt.config.pollIntervalMs, logger: rt.logger });
+      const daemon = new ControlDaemon({ directory, feed, logger: rt.logger, policy: rt.config.policy, ...(rt.config.timeZone ? { zone: rt.config.timeZone } : {}) });
+      watchConfig(rt);
+      await daemon.start();
+      await rt.untilSignal();
+      await daemon.stop();
+      return ExitCode.ok;
+    } finally {
+      await rt.close();
+    }
+  },
+};

@@ -1,0 +1,176 @@
+import { formatLeafName } from '../../domain/leafName.js';
+import { describeReturnCode } from '../../domain/returnCodes.js';
+import { errorMessage } from '../../domain/errors.js';
+import { BackupLayout, vmTypeDirectory } from '../../domain/layout.js';
+import { runBackupBatch } from '../../control/runBackupBatch.js';
+import type { BackupDirectory, VmEntry } from '../../directory/types.js';
+import type { Virsh } from '../../hypervisor/Virsh.js';
+import { listOption, type Command } from '../command.js';
+import { requireNodeName } from '../config.js';
+import { ExitCode, exitCodeHelp } from '../exitCodes.js';
+import { CliError, Runtime } from '../runtime.js';
+import { leafChangeLine, progressPrinter, resultLines, summarize } from '../report.js';
+import { startLocalNode } from '../localNode.js';
+
+export interface PlannedVm {
+  vm: string;
+  backup: boolean;
+  reason: string;
+  retainDir?: string;
+  backupDir?: string;
+  settingsFrom?: string;
+  replaces?: string[];
+}
+
+/**
+ * Which of this node's VMs kvmbackup backs up, and why the others are left
+ * out (the original KVMBackup wrapper's rules). Reads only.
+ */
+export async function planKvmBackup(
+  directory: BackupDirectory,
+  virsh: Virsh,
+  nodeName: string,
+  leaf: string,
+  opts: { include: string[]; exclude: string[]; force: boolean },
+): Promise<PlannedVm[]> {
+  const vms = await directory.listVms({ node: nodeName });
+  for (const name of opts.include) {
+    if (!vms.some((v) => v.name === name)) throw new CliError(`--include ${name}: no such VM on node ${nodeName}`, ExitCode.notFound);
+  }
+  const plan: PlannedVm[] = [];
+  for (const vm of vms.sort((a, b) => a.name.localeCompare(b.name))) {
+    if (opts.include.length && !opts.include.includes(vm.name)) continue;
+    if (opts.exclude.includes(vm.name)) {
+      plan.push({ vm: vm.name, backup: false, reason: 'excluded by --exclude' });
+      continue;
+    }
+    let settings;
+    try {
+      settings = await directory.effectiveSettings(vm);
+    } catch (err) {
+      plan.push({ vm: vm.name, backup: false, reason: `unusable backup settings: ${errorMessage(err)}` });
+      continue;
+    }
+    if (settings.excluded) {
+      plan.push({ vm: vm.name, backup: false, reason: 'excluded from backups (sstBackupExcludeFromBackup: TRUE)' });
+      continue;
+    }
+    if (!(await virsh.domainExists(vm.name))) {
+      plan.push({ vm: vm.name, backup: false, reason: `not defined in libvirt on this host (${virsh.uri})` });
+      continue;
+    }
+    const leaves = await directory.listLeaves(vm.name);
+    const last = leaves.filter((l) => l.leaf !== leaf).at(-1);
+    const lastFailed = last !== undefined && !(last.mode === 'finished' && (last.returnValue ?? 0) === 0);
+    if (lastFailed && !opts.force) {
+      plan.push({
+        vm: vm.name,
+        backup: false,
+        reason: `last backup ${last.leaf} did not finish (mode ${last.mode}, return value ${last.returnValue ?? '?'}: ${describeReturnCode(last.returnValue ?? 1)}); check the VM, then use --force`,
+      });
+      continue;
+    }
+    let layout: BackupLayout;
+    try {
+      layout = new BackupLayout({ rootDirectory: settings.backup.rootDirectory, retainDirectory: settings.backup.retainDirectory, vmType: vmTypeDirectory(vm.type), pool: vm.pool, vm: vm.name, leaf });
+    } catch (err) {
+      plan.push({ vm: vm.name, backup: false, reason: errorMessage(err) });
+      continue;
+    }
+    plan.push({
+      vm: vm.name,
+      backup: true,
+      reason: lastFailed ? `last backup ${last?.leaf} failed; forced` : 'due',
+      retainDir: layout.retainDir,
+      backupDir: layout.backupDir,
+      settingsFrom: settings.backup.sourceDn,
+      replaces: lastFailed && last ? [last.leaf] : [],
+    });
+  }
+  return plan;
+}
+
+export const kvmbackupCommand: Command = {
+  name: 'kvmbackup',
+  summary: 'back up this node\'s VMs in one batch, without daemons (for cron)',
+  usage: 'stoney-backup kvmbackup [--include a,b] [--exclude a,b] [--force] [--dry-run] [--json] [--config FILE]',
+  help: `The original KVMBackup wrapper for one node: lists the VMs of this node
+(sstNode = STONEY_NODE_NAME) that libvirt knows, drops the excluded ones and
+those whose last backup did not finish (saying which and why), then backs the
+rest up as one batch: snapshot all, then merge and retain each, writing every
+transition to the directory, and finally 'finished'. The node steps run in
+this process; no daemon is needed. Meant for cron (deploy/stoney-backup.cron).
+
+Options:
+  --include a,b   only these VMs
+  --exclude a,b   not these VMs
+  --force         also back up VMs whose last backup failed (its leaf is replaced)
+  --dry-run       print the plan; change nothing on disk or in the directory
+  --json          print the plan or the result as JSON on stdout
+  --verbose       log steps (JSON) on stderr
+
+${exitCodeHelp}`,
+  options: {
+    include: { type: 'string' },
+    exclude: { type: 'string' },
+    force: { type: 'boolean' },
+    'dry-run': { type: 'boolean' },
+    json: { type: 'boolean' },
+    verbose: { type: 'boolean' },
+  },
+  async run({ values, config, io }) {
+    const rt = await Runtime.create(config, { daemon: false, verbose: values['verbose'] === true, io });
+    try {
+      const nodeName = requireNodeName(rt.config);
+      const directory = await rt.connect();
+      const { virsh } = await rt.hypervisor();
+      const leaf = formatLeafName(new Date());
+      const plan = await planKvmBackup(directory, virsh, nodeName, leaf, {
+        include: listOption(values['include']),
+        exclude: listOption(values['exclude']),
+        force: values['force'] === true,
+      });
+      const chosen = plan.filter((p) => p.backup);
+      if (values['dry-run'] === true) {
+        if (values['json'] === true) io.out(JSON.stringify({ node: nodeName, leaf, plan }, null, 2));
+        else {
+          io.out(`kvmbackup on ${nodeName}, leaf ${leaf} (dry run: nothing is changed)`);
+          for (const p of plan) {
+            io.out(p.backup ? `  back up  ${p.vm}: retain ${p.retainDir} → ${p.backupDir}${p.replaces?.length ? `; replaces failed leaf ${p.replaces.join(', ')}` : ''}` : `  skip     ${p.vm}: ${p.reason}`);
+          }
+        }
+        return ExitCode.ok;
+      }
+      for (const p of plan.filter((x) => !x.backup)) io.err(`skipping ${p.vm}: ${p.reason}`);
+      if (chosen.length === 0) {
+        io.err(`nothing to back up on ${nodeName}`);
+        if (values['json'] === true) io.out(JSON.stringify({ node: nodeName, leaf, plan, leaves: [] }, null, 2));
+        return ExitCode.ok;
+      }
+      // Replace failed leaves being retried (--force) by today's.
+      const vms: VmEntry[] = [];
+      for (const p of chosen) {
+        for (const old of p.replaces ?? []) {
+          const l = (await directory.listLeaves(p.vm)).find((x) => x.leaf === old);
+          if (l) await directory.deleteLeaf(l.dn);
+        }
+        const vm = await directory.getVm(p.vm);
+        if (vm) vms.push(vm);
+      }
+      await startLocalNode(rt, directory, nodeName, progressPrinter(io));
+      io.err(`backing up ${vms.map((v) => v.name).join(', ')} as ${leaf}`);
+      const stopped = rt.untilSignal();
+      const leaves = await Promise.race([
+        runBackupBatch({ directory, vms, leaf, policy: rt.config.policy, logger: rt.logger, signal: rt.abort.signal, onLeafChange: (l) => io.err(leafChangeLine(l)) }),
+        stopped.then(() => undefined),
+      ]);
+      if (!leaves) return ExitCode.interrupted;
+      const { failed } = summarize(leaves);
+      if (values['json'] === true) io.out(JSON.stringify({ node: nodeName, leaf, plan, leaves }, null, 2));
+      else resultLines(leaves).forEach((l) => io.out(l));
+      return failed.length ? ExitCode.backupFailed : ExitCode.ok;
+    } finally {
+      await rt.close();
+    }
+  },
+};

@@ -1,0 +1,64 @@
+import { stat } from 'node:fs/promises';
+import { BackupLayout, vmTypeDirectory } from '../../domain/layout.js';
+import { describeReturnCode } from '../../domain/returnCodes.js';
+import { parseLeafName } from '../../domain/leafName.js';
+import { readManifest } from '../../node/retainStep.js';
+import type { Command } from '../command.js';
+import { ExitCode, exitCodeHelp } from '../exitCodes.js';
+import { CliError, Runtime } from '../runtime.js';
+
+export const listCommand: Command = {
+  name: 'list',
+  summary: 'list the backups of a VM with date, state and size',
+  usage: 'stoney-backup list VM [--json] [--config FILE]',
+  help: `Shows every backup leaf of the VM: planned time, mode, return value,
+size (from the manifest, when the backup directory is readable on this host)
+and whether the backup is complete and restorable (finished, return value 0,
+manifest present).
+
+${exitCodeHelp}`,
+  options: { json: { type: 'boolean' } },
+  async run({ positionals, values, config, io }) {
+    const [name, ...rest] = positionals;
+    if (!name || rest.length) throw new CliError('usage: stoney-backup list VM', ExitCode.usage);
+    const rt = await Runtime.create(config, { daemon: false, io });
+    try {
+      const directory = await rt.connect();
+      const vm = await directory.getVm(name);
+      if (!vm) throw new CliError(`no VM ${name} in the directory`, ExitCode.notFound);
+      const settings = (await directory.effectiveSettings(vm)).backup;
+      const rows = [];
+      for (const l of await directory.listLeaves(name)) {
+        const layout = new BackupLayout({ rootDirectory: settings.rootDirectory, retainDirectory: settings.retainDirectory, vmType: vmTypeDirectory(vm.type), pool: vm.pool, vm: vm.name, leaf: l.leaf });
+        const manifest = await readManifest(layout.manifestPath).catch(() => undefined);
+        const size = manifest?.files.reduce((a, f) => a + f.size, 0);
+        const legacy = !manifest && (await stat(layout.backupPath(layout.xmlFileName)).then(() => true, () => false));
+        rows.push({
+          leaf: l.leaf,
+          plannedAt: parseLeafName(l.leaf)?.toISO() ?? null,
+          mode: l.mode,
+          returnValue: l.returnValue ?? null,
+          returnText: describeReturnCode(l.returnValue ?? 0),
+          sizeBytes: size ?? null,
+          backupDir: layout.backupDir,
+          restorable: l.mode === 'finished' && (l.returnValue ?? 0) === 0 && (manifest !== undefined || legacy),
+          executionTime: l.executionTime,
+        });
+      }
+      if (values['json'] === true) {
+        io.out(JSON.stringify({ vm: name, backups: rows }, null, 2));
+      } else if (rows.length === 0) {
+        io.out(`${name}: no backups`);
+      } else {
+        io.out(`${'LEAF'.padEnd(17)} ${'MODE'.padEnd(22)} ${'RV'.padStart(3)} ${'SIZE'.padStart(10)}  RESTORABLE`);
+        for (const r of rows) {
+          const size = r.sizeBytes === null ? '-' : `${(r.sizeBytes / 1024 / 1024).toFixed(1)}M`;
+          io.out(`${r.leaf.padEnd(17)} ${r.mode.padEnd(22)} ${String(r.returnValue ?? '-').padStart(3)} ${size.padStart(10)}  ${r.restorable ? 'yes' : 'no'}`);
+        }
+      }
+      return ExitCode.ok;
+    } finally {
+      await rt.close();
+    }
+  },
+};

@@ -1,0 +1,119 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { UsageError } from '../domain/errors.js';
+import type { DirectoryConnectionOptions } from '../directory/connect.js';
+import { defaultBatchPolicy, type BatchPolicy } from '../control/decideBatch.js';
+
+/**
+ * Configuration: a file of KEY=value lines (the format of a systemd
+ * EnvironmentFile, so one file serves both) and the environment, which wins.
+ * Passwords are only ever read from files.
+ */
+export interface Config {
+  ldap: DirectoryConnectionOptions;
+  nodeName: string | undefined;
+  libvirtUri: string;
+  imageRoots: string[];
+  logLevel: string;
+  pollIntervalMs: number;
+  policy: BatchPolicy;
+  /** IANA zone for the cron fields; default the host's */
+  timeZone: string | undefined;
+  concurrency: number;
+  runDir: string;
+  configFile: string | undefined;
+}
+
+export const configKeys = {
+  STONEY_LDAP_URL: 'ldap:// or ldaps:// URL of the directory (required)',
+  STONEY_LDAP_BIND_DN: 'DN the daemons and the CLI bind as (required)',
+  STONEY_LDAP_PASSWORD_FILE: 'file holding the bind password (required)',
+  STONEY_LDAP_BASE_DN: 'suffix of the site, e.g. o=stepping-stone,c=ch (required)',
+  STONEY_NODE_NAME: 'this hypervisor as in sstNode (node daemon, kvmbackup, backup --local)',
+  STONEY_LIBVIRT_URI: 'libvirt connection (default qemu:///system)',
+  STONEY_IMAGE_ROOTS: 'colon-separated directories disks must live in (default /var/virtualization)',
+  STONEY_LOG_LEVEL: 'pino level: debug, info, warn, error (default info for daemons, warn for commands)',
+  STONEY_POLL_INTERVAL_MS: 'change-feed poll interval (default 1000)',
+  STONEY_CLAIM_TIMEOUT_S: 'fail a command no node claimed within this many seconds (default 300)',
+  STONEY_STEP_TIMEOUT_S: 'fail a step without report within this many seconds (default 21600)',
+  STONEY_MERGE_CONCURRENCY: 'VMs of one batch merged/retained at once (default 1)',
+  STONEY_STEP_CONCURRENCY: 'steps a node daemon runs at once, never two per VM (default 4)',
+  STONEY_TIMEZONE: 'IANA zone of the sstCron* fields (default: the host zone)',
+  STONEY_RUN_DIR: 'directory of the per-node lock file (default /run/stoney-backup)',
+} as const;
+
+export function parseEnvFile(text: string, file: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    const m = /^(?:export\s+)?([A-Z_][A-Z0-9_]*)\s*=\s*(.*)$/.exec(line);
+    if (!m) throw new UsageError(`${file}:${i + 1}: expected KEY=value, got ${JSON.stringify(line)}`);
+    let v = m[2] ?? '';
+    if ((v.startsWith('"') && v.endsWith('"')) || (v.startsWith("'") && v.endsWith("'"))) v = v.slice(1, -1);
+    out[m[1] as string] = v;
+  });
+  return out;
+}
+
+function positiveInt(key: string, v: string | undefined, fallback: number): number {
+  if (v === undefined || v === '') return fallback;
+  if (!/^\d+$/.test(v) || Number(v) <= 0) throw new UsageError(`${key}: ${JSON.stringify(v)} is not a positive integer`);
+  return Number(v);
+}
+
+export async function loadConfig(configFile: string | undefined, env: NodeJS.ProcessEnv = process.env): Promise<Config> {
+  let fileValues: Record<string, string> = {};
+  if (configFile) {
+    let text: string;
+    try {
+      text = await readFile(configFile, 'utf8');
+    } catch (err) {
+      throw new UsageError(`cannot read the configuration file ${configFile}: ${(err as Error).message}`);
+    }
+    fileValues = parseEnvFile(text, configFile);
+    for (const k of Object.keys(fileValues)) {
+      if (!(k in configKeys)) throw new UsageError(`${configFile}: unknown key ${k} (known: ${Object.keys(configKeys).join(', ')})`);
+    }
+  }
+  const get = (k: keyof typeof configKeys): string | undefined => {
+    const v = env[k] ?? fileValues[k];
+    return v === undefined || v === '' ? undefined : v;
+  };
+  const required = (k: keyof typeof configKeys): string => {
+    const v = get(k);
+    if (v === undefined) throw new UsageError(`${k} is not set (${configKeys[k]}); set it in the environment or in --config`);
+    return v;
+  };
+  const url = required('STONEY_LDAP_URL');
+  if (!/^ldaps?:\/\//.test(url)) throw new UsageError(`STONEY_LDAP_URL: ${JSON.stringify(url)} is not an ldap:// or ldaps:// URL`);
+  const imageRoots = (get('STONEY_IMAGE_ROOTS') ?? '/var/virtualization').split(':').filter(Boolean);
+  for (const r of imageRoots) if (!path.isAbsolute(r)) throw new UsageError(`STONEY_IMAGE_ROOTS: ${r} is not an absolute path`);
+  return {
+    ldap: {
+      url,
+      bindDn: required('STONEY_LDAP_BIND_DN'),
+      passwordFile: required('STONEY_LDAP_PASSWORD_FILE'),
+      baseDn: required('STONEY_LDAP_BASE_DN'),
+    },
+    nodeName: get('STONEY_NODE_NAME'),
+    libvirtUri: get('STONEY_LIBVIRT_URI') ?? 'qemu:///system',
+    imageRoots,
+    logLevel: get('STONEY_LOG_LEVEL') ?? '',
+    pollIntervalMs: positiveInt('STONEY_POLL_INTERVAL_MS', get('STONEY_POLL_INTERVAL_MS'), 1000),
+    policy: {
+      mergeConcurrency: positiveInt('STONEY_MERGE_CONCURRENCY', get('STONEY_MERGE_CONCURRENCY'), defaultBatchPolicy.mergeConcurrency),
+      claimTimeoutMs: positiveInt('STONEY_CLAIM_TIMEOUT_S', get('STONEY_CLAIM_TIMEOUT_S'), defaultBatchPolicy.claimTimeoutMs / 1000) * 1000,
+      stepTimeoutMs: positiveInt('STONEY_STEP_TIMEOUT_S', get('STONEY_STEP_TIMEOUT_S'), defaultBatchPolicy.stepTimeoutMs / 1000) * 1000,
+    },
+    timeZone: get('STONEY_TIMEZONE'),
+    concurrency: positiveInt('STONEY_STEP_CONCURRENCY', get('STONEY_STEP_CONCURRENCY'), 4),
+    runDir: get('STONEY_RUN_DIR') ?? '/run/stoney-backup',
+    configFile,
+  };
+}
+
+export function requireNodeName(c: Config): string {
+  if (!c.nodeName) throw new UsageError('STONEY_NODE_NAME is not set: which sstNode is this host?');
+  return c.nodeName;
+}

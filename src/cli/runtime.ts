@@ -1,0 +1,95 @@
+import pino, { type Logger } from 'pino';
+import { UsageError, errorMessage } from '../domain/errors.js';
+import { connectDirectory } from '../directory/connect.js';
+import type { LdapBackupDirectory } from '../directory/LdapBackupDirectory.js';
+import { Virsh } from '../hypervisor/Virsh.js';
+import { QemuImg } from '../hypervisor/QemuImg.js';
+import { loadConfig, type Config } from './config.js';
+import { ExitCode } from './exitCodes.js';
+
+/** An error that ends the command with a given exit code and a plain message. */
+export class CliError extends Error {
+  override name = 'CliError';
+  constructor(message: string, readonly exitCode: number) {
+    super(message);
+  }
+}
+
+export interface Io {
+  out: (line: string) => void;
+  err: (line: string) => void;
+}
+
+export const processIo: Io = {
+  out: (l) => process.stdout.write(`${l}\n`),
+  err: (l) => process.stderr.write(`${l}\n`),
+};
+
+/**
+ * What every command gets: configuration, a logger (JSON lines on stderr for
+ * commands, stdout for daemons), an abort signal for SIGINT/SIGTERM and a
+ * list of cleanups that always run.
+ */
+export class Runtime {
+  readonly abort = new AbortController();
+  private readonly cleanups: (() => Promise<void>)[] = [];
+  private directory: LdapBackupDirectory | undefined;
+
+  private constructor(readonly config: Config, readonly logger: Logger, readonly io: Io) {}
+
+  static async create(configFile: string | undefined, opts: { daemon: boolean; verbose?: boolean; io?: Io }): Promise<Runtime> {
+    const config = await loadConfig(configFile);
+    const level = config.logLevel || (opts.verbose ? 'info' : opts.daemon ? 'info' : 'warn');
+    if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(level)) {
+      throw new UsageError(`STONEY_LOG_LEVEL: ${JSON.stringify(level)} is not a pino level`);
+    }
+    const logger = pino({ level, base: { pid: process.pid } }, pino.destination({ fd: opts.daemon ? 1 : 2, sync: true }));
+    return new Runtime(config, logger, opts.io ?? processIo);
+  }
+
+  onCleanup(fn: () => Promise<void>): void {
+    this.cleanups.unshift(fn);
+  }
+
+  async connect(): Promise<LdapBackupDirectory> {
+    if (this.directory) return this.directory;
+    try {
+      this.directory = await connectDirectory(this.config.ldap);
+    } catch (err) {
+      throw new CliError(`cannot use the directory at ${this.config.ldap.url} as ${this.config.ldap.bindDn}: ${errorMessage(err)}`, ExitCode.directoryUnavailable);
+    }
+    const d = this.directory;
+    this.onCleanup(() => d.close());
+    return d;
+  }
+
+  async hypervisor(): Promise<{ virsh: Virsh; qemuImg: QemuImg }> {
+    const virsh = new Virsh(this.config.libvirtUri, this.logger);
+    try {
+      await virsh.domainExists('stoney-backup-connection-check');
+    } catch (err) {
+      throw new CliError(`libvirt does not answer on ${this.config.libvirtUri}: ${errorMessage(err)}`, ExitCode.libvirtUnavailable);
+    }
+    return { virsh, qemuImg: new QemuImg(this.logger) };
+  }
+
+  /** Resolves on the first SIGINT/SIGTERM; the abort signal fires too. */
+  untilSignal(): Promise<string> {
+    return new Promise((resolve) => {
+      const handler = (sig: string) => {
+        this.logger.info({ signal: sig }, 'stopping');
+        this.abort.abort(new Error(`interrupted by ${sig}`));
+        resolve(sig);
+      };
+      process.once('SIGINT', () => handler('SIGINT'));
+      process.once('SIGTERM', () => handler('SIGTERM'));
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const fn of this.cleanups.splice(0)) {
+      await fn().catch((err: unknown) => this.logger.error({ err: errorMessage(err) }, 'cleanup failed'));
+    }
+    this.logger.flush();
+  }
+}
