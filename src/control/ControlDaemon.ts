@@ -7,7 +7,7 @@ import { parseCron, plannedRunsBetween } from '../domain/cronSchedule.js';
 import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry } from '../directory/types.js';
 import { KeyedWorkQueue } from '../node/KeyedWorkQueue.js';
 import { applyModeWrites } from './applyModeWrites.js';
-import { batchDone, decideBatch, type BatchPolicy } from './decideBatch.js';
+import { batchDone, decideBatch, vmsBusyElsewhere, type BatchPolicy } from './decideBatch.js';
 import { pruneLeaves } from './pruneLeaves.js';
 
 export interface ControlDaemonOptions {
@@ -110,9 +110,14 @@ export class ControlDaemon {
       }
       for (const run of plannedRunsBetween(spec, from, to, this.zone)) {
         const leaf = formatLeafName(run);
-        if (await this.o.directory.createLeaf(vm.name, leaf)) {
-          this.log.info({ vm: vm.name, leaf, schedule: spec.text, zone: this.zone }, 'backup planned');
-          created.push(`${vm.name}/${leaf}`);
+        try {
+          if (await this.o.directory.createLeaf(vm.name, leaf)) {
+            this.log.info({ vm: vm.name, leaf, schedule: spec.text, zone: this.zone }, 'backup planned');
+            created.push(`${vm.name}/${leaf}`);
+          }
+        } catch (err) {
+          this.log.error({ vm: vm.name, leaf, err: errorMessage(err) }, 'cannot create the backup leaf');
+          continue;
         }
         this.queue.add(leaf, leaf);
       }
@@ -132,7 +137,7 @@ export class ControlDaemon {
     const vms = await this.o.directory.listVms();
     const all = await this.o.directory.listLeavesOfVms(vms.map((v) => v.name));
     const batch = all.filter((l) => l.leaf === leafName);
-    const writes = decideBatch(batch, this.o.policy, new Date());
+    const writes = decideBatch(batch, this.o.policy, new Date(), vmsBusyElsewhere(all, leafName));
     if (writes.length > 0) {
       await applyModeWrites(this.o.directory, writes, this.log.child({ leaf: leafName }));
       this.queue.add(leafName, leafName); // look again at the new state

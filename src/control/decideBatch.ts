@@ -43,12 +43,14 @@ const working = new Set(['snapshotting', 'merging', 'retaining']);
  * Rules (seed, "Backup multiple machines at the same time"): every VM is
  * snapshotted first; only when no leaf of the batch is still before or in its
  * snapshot are the successful ones merged and retained, `mergeConcurrency`
- * at a time; a failed step ends that VM's backup where it failed.
+ * at a time; a failed step ends that VM's backup where it failed. A VM in
+ * `busyVms` (an older backup of it still runs) is not snapshotted yet.
  */
-export function decideBatch(leaves: LeafEntry[], policy: BatchPolicy, now: Date): ModeWrite[] {
+export function decideBatch(leaves: LeafEntry[], policy: BatchPolicy, now: Date, busyVms: ReadonlySet<string> = new Set()): ModeWrite[] {
   const writes: ModeWrite[] = [];
-  const snapshotsPending = leaves.some((l) => snapshotPhase.has(l.mode));
-  let inFlight = leaves.filter((l) => mergeRetainInFlight.has(l.mode)).length;
+  const snapshotsPending = leaves.some((l) => snapshotPhase.has(l.mode) && !busyVms.has(l.vm));
+  // A failed or timed-out merge/retain has ended: it must not hold a slot.
+  let inFlight = leaves.filter((l) => mergeRetainInFlight.has(l.mode) && controlDecision(l.mode, l.returnValue ?? 0)?.kind !== 'done').length;
   const ordered = [...leaves].sort((a, b) => a.vm.localeCompare(b.vm));
   for (const l of ordered) {
     const age = l.modifiedAt ? now.getTime() - l.modifiedAt.getTime() : 0;
@@ -64,6 +66,7 @@ export function decideBatch(leaves: LeafEntry[], policy: BatchPolicy, now: Date)
     }
     const d = controlDecision(l.mode, l.returnValue ?? 0);
     if (d?.kind !== 'write') continue;
+    if (d.next === 'snapshot' && busyVms.has(l.vm)) continue; // an older backup of this VM has not ended
     if (d.next === 'merge') {
       if (snapshotsPending || inFlight >= policy.mergeConcurrency) continue;
       inFlight += 1;
@@ -72,6 +75,23 @@ export function decideBatch(leaves: LeafEntry[], policy: BatchPolicy, now: Date)
     writes.push({ dn: l.dn, vm: l.vm, expected: l.mode, next: d.next, state: handover ? 'handover' : 'now', reason: d.event });
   }
   return writes;
+}
+
+/**
+ * VMs whose leaf in batch `leaf` must wait before its snapshot, because one
+ * workflow per VM runs at a time: another leaf of the VM is active (past
+ * `initialized` and not ended), or is also waiting and is older. A waiting
+ * leaf does not hold up its own batch's merges (decideBatch), so two batches
+ * sharing VMs cannot wait on each other in a circle.
+ */
+export function vmsBusyElsewhere(allLeaves: LeafEntry[], leaf: string): Set<string> {
+  const busy = new Set<string>();
+  for (const l of allLeaves) {
+    if (l.leaf === leaf || batchDone([l])) continue;
+    const waiting = l.mode === 'initialize' || l.mode === 'initialized';
+    if (!waiting || l.leaf < leaf) busy.add(l.vm);
+  }
+  return busy;
 }
 
 /** True when every leaf of the batch has ended (finished, or failed where it stopped). */

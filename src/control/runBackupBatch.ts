@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage } from '../domain/errors.js';
 import type { BackupDirectory, LeafEntry, VmEntry } from '../directory/types.js';
 import { applyModeWrites } from './applyModeWrites.js';
-import { batchDone, decideBatch, type BatchPolicy } from './decideBatch.js';
+import { batchDone, decideBatch, vmsBusyElsewhere, type BatchPolicy } from './decideBatch.js';
 import { pruneLeaves } from './pruneLeaves.js';
 
 export interface BatchOptions {
@@ -33,7 +33,8 @@ export async function runBackupBatch(o: BatchOptions): Promise<LeafEntry[]> {
   }
   const lastMode = new Map<string, string>();
   for (;;) {
-    const leaves = (await o.directory.listLeavesOfVms(names)).filter((l) => l.leaf === o.leaf);
+    const all = await o.directory.listLeavesOfVms(names);
+    const leaves = all.filter((l) => l.leaf === o.leaf);
     for (const l of leaves) {
       if (lastMode.get(l.dn) !== `${l.mode}/${l.returnValue}`) {
         lastMode.set(l.dn, `${l.mode}/${l.returnValue}`);
@@ -49,7 +50,7 @@ export async function runBackupBatch(o: BatchOptions): Promise<LeafEntry[]> {
       }
       return leaves;
     }
-    const writes = decideBatch(leaves, o.policy, new Date());
+    const writes = decideBatch(leaves, o.policy, new Date(), vmsBusyElsewhere(all, o.leaf));
     if (writes.length > 0) {
       await applyModeWrites(o.directory, writes, o.logger);
       continue;

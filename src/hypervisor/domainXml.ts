@@ -59,8 +59,13 @@ export function parseDomainMemoryBytes(xml: string): number {
   if (!m) return 0;
   const unit = attr(m[1] ?? '', 'unit') ?? 'KiB';
   const n = Number(m[2]);
-  const factor: Record<string, number> = { b: 1, bytes: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, kb: 1000, mb: 1e6, gb: 1e9 };
-  return n * (factor[unit.toLowerCase()] ?? 1024);
+  const factor = new Map<string, number>([
+    ['b', 1], ['bytes', 1], ['k', 1024], ['kib', 1024], ['m', 1024 ** 2], ['mib', 1024 ** 2], ['g', 1024 ** 3], ['gib', 1024 ** 3],
+    ['t', 1024 ** 4], ['tib', 1024 ** 4], ['kb', 1e3], ['mb', 1e6], ['gb', 1e9], ['tb', 1e12],
+  ]);
+  const f = factor.get(unit.toLowerCase());
+  if (f === undefined) throw new Error(`unknown memory unit ${JSON.stringify(unit)} in domain XML`);
+  return n * f;
 }
 
 export function parseDomainName(xml: string): string | undefined {

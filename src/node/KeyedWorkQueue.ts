@@ -33,8 +33,15 @@ export class KeyedWorkQueue {
       this.running += 1;
       this.runningGroups.add(group);
       this.runningKeys.add(key);
-      void this.worker(key)
-        .catch((err: unknown) => this.onError(key, err))
+      void Promise.resolve()
+        .then(() => this.worker(key))
+        .catch((err: unknown) => {
+          try {
+            this.onError(key, err);
+          } catch {
+            // an error handler that throws must not stall the queue
+          }
+        })
         .finally(() => {
           this.running -= 1;
           this.runningGroups.delete(group);

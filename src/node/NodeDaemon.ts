@@ -4,6 +4,7 @@ import { ReturnCode } from '../domain/returnCodes.js';
 import { isLeafMode, NodeStepModes, type NodeStep } from '../domain/modes.js';
 import { protocolTimestamp } from '../domain/leafName.js';
 import { BackupLayout, vmTypeDirectory } from '../domain/layout.js';
+import { isSafeName } from '../domain/names.js';
 import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, VmEntry } from '../directory/types.js';
 import type { Virsh } from '../hypervisor/Virsh.js';
 import type { QemuImg } from '../hypervisor/QemuImg.js';
@@ -116,6 +117,14 @@ export class NodeDaemon {
   private async reconcileLeaf(dn: string): Promise<void> {
     const leaf = await this.o.directory.getLeaf(dn);
     if (!leaf) return;
+    if (!isSafeName(leaf.vm)) {
+      // Never let such a name reach a path or a command; say so on the leaf once.
+      if (leaf.returnValue !== ReturnCode.unsafeName && isLeafMode(leaf.mode) && nodeClaim(leaf.mode) !== undefined) {
+        this.log.error({ vm: leaf.vm, leafDn: dn }, 'VM name is not a safe path component; leaf refused');
+        await this.o.directory.casMode(dn, leaf.mode, leaf.mode, { returnValue: ReturnCode.unsafeName, state: protocolTimestamp() });
+      }
+      return;
+    }
     const vm = await this.o.directory.getVm(leaf.vm);
     if (!vm || vm.node !== this.o.nodeName) return;
     const log = this.log.child({ vm: vm.name, leaf: leaf.leaf });

@@ -17,7 +17,7 @@ export interface BackupDisk {
 
 export function isBelow(root: string, p: string): boolean {
   const rel = path.relative(path.resolve(root), path.resolve(p));
-  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel);
+  return rel !== '' && rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel);
 }
 
 /**
