@@ -1,0 +1,203 @@
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { startSlapd, ldapAdd, type PrivateSlapd } from './slapd.js';
+import { createTinyVm, removeVm, requireLibvirt, virsh, LIBVIRT_URI, type TinyVm } from './libvirt.js';
+import { connectDirectory } from '../../src/directory/connect.js';
+import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
+import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
+import { NodeDaemon } from '../../src/node/NodeDaemon.js';
+import { QemuImg } from '../../src/hypervisor/QemuImg.js';
+import type { LeafEntry } from '../../src/directory/types.js';
+
+export const POOL = '0f83f084-8080-413e-b558-b678e504836e';
+export const SERVICE = 'ou=virtualization,ou=services,o=stepping-stone,c=ch';
+export const vmDn = (vm: string) => `sstVirtualMachine=${vm},ou=virtual machines,${SERVICE}`;
+
+function cronLines(cron: string): string {
+  const [minute, hour, day, month, dow] = cron.split(/\s+/);
+  return `sstCronMinute: ${minute}\nsstCronHour: ${hour}\nsstCronDay: ${day}\nsstCronMonth: ${month}\nsstCronDayOfWeek: ${dow}\nsstCronActive: TRUE\n`;
+}
+
+export interface WorldVmOptions {
+  targets?: string[];
+  running: boolean;
+  pattern?: number;
+  /** extra attributes for the VM's own ou=backup (settings are always set there) */
+  backupAttributes?: string[];
+  /** skip creating the libvirt domain (a VM libvirt does not know) */
+  noDomain?: boolean;
+  node?: string;
+  /** own schedule: the five crontab fields, e.g. '0 3 * * *' (adds sstCronObjectClass) */
+  cron?: string;
+  /** put the disks here instead of the image root (to test refusals) */
+  imageDir?: string;
+}
+
+/**
+ * One e2e world: a private slapd with the sample tree, temp image/retain/
+ * backup roots on one filesystem, tiny VMs registered in both libvirt and the
+ * directory, and node daemons running in-process. cleanup() removes it all.
+ */
+export class World {
+  readonly vms: string[] = [];
+  private daemons: NodeDaemon[] = [];
+  readonly logger: Logger;
+  private constructor(
+    readonly slapd: PrivateSlapd,
+    readonly directory: LdapBackupDirectory,
+    readonly root: string,
+    readonly prefix: string,
+  ) {
+    this.logger = pino({ level: process.env.STONEY_TEST_LOG ?? 'warn' });
+  }
+
+  static async start(): Promise<World> {
+    await requireLibvirt();
+    const slapd = await startSlapd();
+    const root = await mkdtemp(path.join('/var/tmp', 'stoney-e2e-'));
+    for (const d of ['images', 'retain', 'backup', 'run']) await mkdir(path.join(root, d), { recursive: true });
+    const directory = await connectDirectory({ url: slapd.url, bindDn: slapd.bindDn, passwordFile: slapd.passwordFile, baseDn: slapd.baseDn });
+    const prefix = `sbt${process.pid.toString(36)}${Math.floor(Math.random() * 1e4).toString(36)}`;
+    return new World(slapd, directory, root, prefix);
+  }
+
+  get imageRoot(): string {
+    return path.join(this.root, 'images');
+  }
+  get retainRoot(): string {
+    return path.join(this.root, 'retain');
+  }
+  get backupRoot(): string {
+    return path.join(this.root, 'backup');
+  }
+  get runDir(): string {
+    return path.join(this.root, 'run');
+  }
+  get imageDir(): string {
+    return path.join(this.imageRoot, 'vm-persistent', POOL);
+  }
+  nodeName = 'node-01.example.com';
+
+  name(short: string): string {
+    return `${this.prefix}-${short}`;
+  }
+
+  /** Settings every test VM gets on its own ou=backup (first level wins whole). */
+  backupSettings(extra: string[] = []): string {
+    const defaults: Record<string, string> = {
+      sstBackupRootDirectory: `file://${this.backupRoot}`,
+      sstBackupRetainDirectory: `file://${this.retainRoot}`,
+      sstBackupNumberOfIterations: '1',
+      sstVirtualizationDiskImageOwner: 'root',
+      sstVirtualizationDiskImageGroup: 'vm-storage',
+      sstVirtualizationDiskImagePermission: '0640',
+      sstVirtualizationDiskImageDirectoryOwner: 'root',
+      sstVirtualizationDiskImageDirectoryGroup: 'vm-storage',
+      sstVirtualizationDiskImageDirectoryPermission: '0750',
+    };
+    for (const line of extra) {
+      const [k, ...v] = line.split(': ');
+      if (k) defaults[k] = v.join(': ');
+    }
+    return Object.entries(defaults).map(([k, v]) => `${k}: ${v}`).join('\n');
+  }
+
+  async addVm(short: string, o: WorldVmOptions): Promise<TinyVm> {
+    const name = this.name(short);
+    const targets = o.targets ?? ['vda'];
+    let vm: TinyVm;
+    if (o.noDomain) {
+      vm = { name, xml: '', disks: targets.map((t) => ({ target: t, path: path.join(o.imageDir ?? this.imageDir, `${name}-${t}.qcow2`) })) };
+    } else {
+      vm = await createTinyVm({ name, imageDir: o.imageDir ?? this.imageDir, targets, running: o.running, initialPattern: o.pattern ?? 0xab });
+      this.vms.push(name);
+    }
+    const disks = vm.disks
+      .map((d) => `dn: sstDisk=${d.target},ou=devices,${vmDn(name)}
+objectClass: top
+objectClass: sstVirtualizationVirtualMachineDisk
+sstDisk: ${d.target}
+sstDevice: disk
+sstType: file
+sstSourceFile: ${d.path}
+sstDriverType: qcow2
+sstTargetBus: virtio
+`)
+      .join('\n');
+    await ldapAdd(this.slapd, `dn: ${vmDn(name)}
+objectClass: top
+objectClass: sstVirtualizationVirtualMachine
+sstVirtualMachine: ${name}
+sstNode: ${o.node ?? this.nodeName}
+sstVirtualMachinePool: ${POOL}
+sstVirtualMachineType: persistent
+sstType: kvm
+
+dn: ou=devices,${vmDn(name)}
+objectClass: top
+objectClass: organizationalUnit
+ou: devices
+
+${disks}
+dn: ou=backup,${vmDn(name)}
+objectClass: top
+objectClass: organizationalUnit
+objectClass: sstVirtualizationBackupObjectClass
+${o.cron ? 'objectClass: sstCronObjectClass\n' + cronLines(o.cron) : ''}ou: backup
+${this.backupSettings(o.backupAttributes)}
+`);
+    return vm;
+  }
+
+  async startNodeDaemon(nodeName = this.nodeName): Promise<NodeDaemon> {
+    const feed = new PollingChangeFeed(this.directory, { node: nodeName }, { intervalMs: 150, logger: this.logger });
+    const daemon = new NodeDaemon({
+      nodeName,
+      directory: this.directory,
+      feed,
+      virsh,
+      qemuImg: new QemuImg(),
+      imageRoots: [this.imageRoot],
+      logger: this.logger,
+      runDir: this.runDir,
+    });
+    await daemon.start();
+    this.daemons.push(daemon);
+    return daemon;
+  }
+
+  async stopNodeDaemons(): Promise<void> {
+    for (const d of this.daemons.splice(0)) await d.stop();
+  }
+
+  async leaf(vm: string, leaf: string): Promise<LeafEntry> {
+    const l = (await this.directory.listLeaves(vm)).find((x) => x.leaf === leaf);
+    if (!l) throw new Error(`no leaf ${leaf} for ${vm}`);
+    return l;
+  }
+
+  /** Wait until the leaf reaches one of `modes` (or time out with what it shows). */
+  async waitForMode(vm: string, leaf: string, modes: string[], timeoutMs = 60_000): Promise<LeafEntry> {
+    const end = Date.now() + timeoutMs;
+    let last: LeafEntry | undefined;
+    while (Date.now() < end) {
+      last = (await this.directory.listLeaves(vm)).find((x) => x.leaf === leaf);
+      if (last && modes.includes(last.mode)) return last;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`leaf ${vm}/${leaf} did not reach ${modes.join('|')}; last ${JSON.stringify(last)}`);
+  }
+
+  async cleanup(): Promise<void> {
+    await this.stopNodeDaemons();
+    for (const vm of this.vms) await removeVm(vm);
+    await this.directory.close();
+    await this.slapd.stop();
+    await rm(this.root, { recursive: true, force: true });
+  }
+
+  get libvirtUri(): string {
+    return LIBVIRT_URI;
+  }
+}

@@ -1,0 +1,286 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, statSync } from 'node:fs';
+import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { exists, freeBytes, mkdirp, moveFile, sameFilesystem, syncDir, writeFileDurably } from '../../src/node/durableFs.js';
+import { fileSha256, sparseCopy } from '../../src/node/sparseCopy.js';
+
+const MiB = 1024 * 1024;
+
+let dir: string;
+let n = 0;
+const sub = () => path.join(dir, `f${++n}`);
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'stoney-fs-'));
+});
+
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function sha256(...parts: Buffer[]): string {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return h.digest('hex');
+}
+
+/**
+ * A sparse file: `head` at 0, a hole of `holeBytes`, `tail` after it, then
+ * `trailingHole` more bytes of hole. Returns its path and expected sha256.
+ */
+async function sparseFile(head: Buffer, holeBytes: number, tail: Buffer, trailingHole = 0): Promise<{ file: string; size: number; sha256: string }> {
+  const file = sub();
+  const h = await open(file, 'wx');
+  try {
+    await h.write(head, 0, head.length, 0);
+    await h.write(tail, 0, tail.length, head.length + holeBytes);
+    const size = head.length + holeBytes + tail.length + trailingHole;
+    await h.truncate(size);
+    const hash = createHash('sha256');
+    hash.update(head);
+    const zeros = Buffer.alloc(MiB);
+    for (let left = holeBytes; left > 0; left -= MiB) hash.update(zeros.subarray(0, Math.min(MiB, left)));
+    hash.update(tail);
+    for (let left = trailingHole; left > 0; left -= MiB) hash.update(zeros.subarray(0, Math.min(MiB, left)));
+    return { file, size, sha256: hash.digest('hex') };
+  } finally {
+    await h.close();
+  }
+}
+
+describe('sparseCopy', () => {
+  it('copies a file with a 64 MiB hole in the middle: same content, still sparse, progress to the total', async () => {
+    const src = await sparseFile(randomBytes(MiB), 64 * MiB, randomBytes(MiB + 123));
+    expect(src.size).toBe(66 * MiB + 123);
+    const dst = sub();
+    const progress: [number, number][] = [];
+    const result = await sparseCopy(src.file, dst, (done, total) => progress.push([done, total]));
+
+    expect(result).toEqual({ size: src.size, sha256: src.sha256 });
+    expect(await fileSha256(src.file)).toEqual({ size: src.size, sha256: src.sha256 });
+    expect(await fileSha256(dst)).toEqual({ size: src.size, sha256: src.sha256 });
+
+    const st = await stat(dst);
+    expect(st.size).toBe(src.size);
+    // About 2 MiB of data; the 64 MiB hole must not be allocated.
+    expect(st.blocks * 512).toBeLessThan(8 * MiB);
+    expect(st.mode & 0o777).toBe(0o600);
+
+    // Progress every 64 MiB and once at the end, never past the total.
+    expect(progress).toEqual([
+      [64 * MiB, src.size],
+      [src.size, src.size],
+    ]);
+  });
+
+  it('keeps a hole at the end (the size comes from truncate, not from the last write)', async () => {
+    const src = await sparseFile(randomBytes(4096), 3 * MiB, Buffer.from('tail'), 5 * MiB + 7);
+    const dst = sub();
+    expect(await sparseCopy(src.file, dst)).toEqual({ size: src.size, sha256: src.sha256 });
+    expect((await stat(dst)).size).toBe(src.size);
+    expect(await fileSha256(dst)).toEqual({ size: src.size, sha256: src.sha256 });
+  });
+
+  it('copies a block that is zero except for one byte', async () => {
+    const block = Buffer.alloc(MiB);
+    block[MiB - 1] = 0x5a;
+    const file = sub();
+    await writeFile(file, Buffer.concat([Buffer.alloc(MiB), block, Buffer.alloc(10)]));
+    const dst = sub();
+    const r = await sparseCopy(file, dst);
+    expect(r.size).toBe(2 * MiB + 10);
+    // Buffer.equals: vitest's deep equality walks megabytes byte by byte.
+    expect((await readFile(dst)).equals(await readFile(file))).toBe(true);
+  });
+
+  it('copies a small file with one progress report at its size', async () => {
+    const content = Buffer.from('Machine is not runnung, no state file\n');
+    const file = sub();
+    await writeFile(file, content);
+    const dst = sub();
+    const progress: [number, number][] = [];
+    expect(await sparseCopy(file, dst, (d, t) => progress.push([d, t]))).toEqual({ size: content.length, sha256: sha256(content) });
+    expect(await readFile(dst)).toEqual(content);
+    expect(progress).toEqual([[content.length, content.length]]);
+  });
+
+  it('copies an empty file', async () => {
+    const file = sub();
+    await writeFile(file, '');
+    const dst = sub();
+    expect(await sparseCopy(file, dst)).toEqual({ size: 0, sha256: sha256() });
+    expect((await stat(dst)).size).toBe(0);
+  });
+
+  it('refuses an existing destination and leaves it untouched', async () => {
+    const file = sub();
+    await writeFile(file, 'new content');
+    const dst = sub();
+    await writeFile(dst, 'precious');
+    await expect(sparseCopy(file, dst)).rejects.toMatchObject({ code: 'EEXIST' });
+    expect(await readFile(dst, 'utf8')).toBe('precious');
+  });
+
+  it('fails on a missing source without creating the destination', async () => {
+    const dst = sub();
+    await expect(sparseCopy(path.join(dir, 'no-such-file'), dst)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(existsSync(dst)).toBe(false);
+  });
+
+  it('stops when the signal aborts', async () => {
+    const src = await sparseFile(randomBytes(MiB), 64 * MiB, randomBytes(MiB + 123));
+    const dst = sub();
+    const ac = new AbortController();
+    const progress: number[] = [];
+    await expect(
+      sparseCopy(
+        src.file,
+        dst,
+        (done) => {
+          progress.push(done);
+          ac.abort();
+        },
+        ac.signal,
+      ),
+    ).rejects.toMatchObject({ name: 'AbortError' });
+    expect(progress).toEqual([64 * MiB]);
+    // Stopped before the tail was written or the size set.
+    expect(statSync(dst).size).toBeLessThan(src.size);
+  });
+
+  it('does not copy at all with an already aborted signal', async () => {
+    const src = await sparseFile(randomBytes(MiB), MiB, randomBytes(10));
+    const dst = sub();
+    const progress: number[] = [];
+    await expect(sparseCopy(src.file, dst, (d) => progress.push(d), AbortSignal.abort())).rejects.toMatchObject({ name: 'AbortError' });
+    expect(progress).toEqual([]);
+    if (existsSync(dst)) expect(statSync(dst).size).toBe(0);
+  });
+});
+
+describe('fileSha256', () => {
+  it('hashes a file', async () => {
+    const content = randomBytes(3 * MiB + 17);
+    const file = sub();
+    await writeFile(file, content);
+    expect(await fileSha256(file)).toEqual({ size: content.length, sha256: sha256(content) });
+  });
+
+  it('hashes an empty file', async () => {
+    const file = sub();
+    await writeFile(file, '');
+    expect(await fileSha256(file)).toEqual({ size: 0, sha256: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' });
+  });
+});
+
+describe('writeFileDurably', () => {
+  it('writes the content with mode 0640 and leaves no .partial', async () => {
+    const d = sub();
+    await mkdirp(d, 0o750);
+    const file = path.join(d, 'kvm-1.xml');
+    await writeFileDurably(file, '<domain/>\n');
+    expect(await readFile(file, 'utf8')).toBe('<domain/>\n');
+    expect((await stat(file)).mode & 0o777).toBe(0o640 & ~process.umask());
+    expect(await readdir(d)).toEqual(['kvm-1.xml']);
+  });
+
+  it('writes a Buffer with a given mode', async () => {
+    const d = sub();
+    await mkdirp(d, 0o750);
+    const file = path.join(d, 'state');
+    const content = randomBytes(1000);
+    await writeFileDurably(file, content, 0o600);
+    expect((await readFile(file)).equals(content)).toBe(true);
+    expect((await stat(file)).mode & 0o777).toBe(0o600);
+  });
+
+  it('replaces an existing file and a leftover .partial from a crash', async () => {
+    const d = sub();
+    await mkdirp(d, 0o750);
+    const file = path.join(d, 'manifest.json');
+    await writeFile(file, 'old');
+    await writeFile(`${file}.partial`, 'leftover of a crash');
+    await writeFileDurably(file, 'new');
+    expect(await readFile(file, 'utf8')).toBe('new');
+    expect(await readdir(d)).toEqual(['manifest.json']);
+  });
+
+  it('fails when the directory does not exist, leaving nothing behind', async () => {
+    const file = path.join(dir, 'missing-dir', 'x');
+    await expect(writeFileDurably(file, 'x')).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(existsSync(path.join(dir, 'missing-dir'))).toBe(false);
+  });
+});
+
+describe('moveFile', () => {
+  it('renames within a filesystem: same inode, source gone', async () => {
+    const d = sub();
+    await mkdirp(path.join(d, 'a'), 0o700);
+    await mkdirp(path.join(d, 'b'), 0o700);
+    const src = path.join(d, 'a', 'kvm-1.state');
+    const dst = path.join(d, 'b', 'kvm-1.state');
+    const content = randomBytes(2 * MiB);
+    await writeFile(src, content);
+    const ino = (await stat(src)).ino;
+    await moveFile(src, dst);
+    expect(existsSync(src)).toBe(false);
+    expect((await readFile(dst)).equals(content)).toBe(true);
+    expect((await stat(dst)).ino).toBe(ino);
+    expect(await readdir(path.join(d, 'b'))).toEqual(['kvm-1.state']);
+  });
+
+  it('fails on a missing source', async () => {
+    await expect(moveFile(path.join(dir, 'nothing-here'), path.join(dir, 'never'))).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(existsSync(path.join(dir, 'never'))).toBe(false);
+  });
+
+  // /dev/shm is a tmpfs (a RAM disk, like sstBackupRamDiskLocation) on most Linux hosts.
+  const shmOtherFs = existsSync('/dev/shm') && statSync('/dev/shm').dev !== statSync(os.tmpdir()).dev;
+  it.skipIf(!shmOtherFs)('copies across filesystems (RAM disk → disk): content kept, source and .partial gone', async () => {
+    const ram = await mkdtemp(path.join('/dev/shm', 'stoney-fs-'));
+    try {
+      const src = path.join(ram, 'kvm-1.state');
+      const content = Buffer.concat([randomBytes(MiB), Buffer.alloc(2 * MiB), randomBytes(5)]);
+      await writeFile(src, content);
+      const d = sub();
+      await mkdirp(d, 0o700);
+      const dst = path.join(d, 'kvm-1.state');
+      await moveFile(src, dst);
+      expect(existsSync(src)).toBe(false);
+      expect((await readFile(dst)).equals(content)).toBe(true);
+      expect(await readdir(d)).toEqual(['kvm-1.state']);
+      expect(await sameFilesystem(ram, d)).toBe(false);
+    } finally {
+      await rm(ram, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('small helpers', () => {
+  it('exists says whether a path exists', async () => {
+    expect(await exists(dir)).toBe(true);
+    expect(await exists(path.join(dir, 'nope'))).toBe(false);
+  });
+
+  it('sameFilesystem compares devices', async () => {
+    const d = sub();
+    await mkdirp(d, 0o700);
+    expect(await sameFilesystem(dir, d)).toBe(true);
+  });
+
+  it('freeBytes reports a positive amount', async () => {
+    expect(await freeBytes(dir)).toBeGreaterThan(0);
+  });
+
+  it('mkdirp creates nested directories with the mode and accepts existing ones', async () => {
+    const d = path.join(sub(), 'x', 'y');
+    await mkdirp(d, 0o750);
+    await mkdirp(d, 0o750);
+    expect((await stat(d)).isDirectory()).toBe(true);
+    expect((await stat(d)).mode & 0o777).toBe(0o750 & ~process.umask());
+    await syncDir(d);
+  });
+});
