@@ -89,7 +89,8 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
     createdAt: new Date().toISOString(),
     files,
   };
-  await writeFileDurably(layout.manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, 0o640);
+  await writeFileDurably(layout.manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, settings.image.mode);
+  await chownByName(layout.manifestPath, settings.image.owner, settings.image.group, logger);
   await syncDir(layout.backupDir);
 
   try {
