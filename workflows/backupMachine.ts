@@ -1,4 +1,5 @@
-import { assign, setup, transition } from 'xstate';
+import { setup, transition } from 'xstate';
+import { nodeStepStates } from './nodeStepStates.js';
 
 /**
  * The backup protocol of one leaf as a pure state machine. A state is a
@@ -22,28 +23,6 @@ export type BackupEvent =
   | { type: 'node.report'; returnValue: number };
 
 const succeeded = ({ context }: { context: BackupContext }) => context.returnValue === 0;
-const report = assign({ returnValue: ({ event }: { event: BackupEvent }) => ('returnValue' in event ? event.returnValue : 0) });
-
-/** A command the node claims, the mode it works in, the mode it reports. */
-function nodeStep(command: string, working: string, done: string, nextCommand: string | undefined, nextEvent: BackupEvent['type']) {
-  return {
-    [command]: {
-      on: {
-        'node.claim': { target: working },
-        'control.timeout': { target: done, actions: report },
-      },
-    },
-    [working]: {
-      on: {
-        'node.report': { target: done, actions: report },
-        'control.timeout': { target: done, actions: report },
-      },
-    },
-    [done]: {
-      on: { [nextEvent]: { target: nextCommand ?? 'finished', guard: 'succeeded' } },
-    },
-  };
-}
 
 export const backupMachine = setup({
   types: {} as { context: BackupContext; events: BackupEvent },
@@ -55,9 +34,9 @@ export const backupMachine = setup({
   states: {
     initialize: { on: { 'control.initialized': 'initialized' } },
     initialized: { on: { 'control.snapshot': 'snapshot' } },
-    ...nodeStep('snapshot', 'snapshotting', 'snapshotted', 'merge', 'control.merge'),
-    ...nodeStep('merge', 'merging', 'merged', 'retain', 'control.retain'),
-    ...nodeStep('retain', 'retaining', 'retained', undefined, 'control.finish'),
+    ...nodeStepStates('snapshot', 'snapshotting', 'snapshotted', 'merge', 'control.merge'),
+    ...nodeStepStates('merge', 'merging', 'merged', 'retain', 'control.retain'),
+    ...nodeStepStates('retain', 'retaining', 'retained', 'finished', 'control.finish'),
     finished: { type: 'final' },
   },
 });
