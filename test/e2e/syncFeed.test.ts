@@ -1,0 +1,226 @@
+/**
+ * A real backup (slapd + libvirtd + QEMU) driven by the node and the control
+ * daemon, both on the RFC 4533 sync feed, with slapd killed and restarted
+ * while the backup waits between steps. The control daemon's periodic sweep
+ * is set far beyond the test, so the daemons move only on what the feeds
+ * deliver.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import path from 'node:path';
+import { World } from '../helpers/world.js';
+import { backingFileOf, guestReadMatches } from '../helpers/libvirt.js';
+import { virsh } from '../helpers/libvirt.js';
+import { NodeDaemon } from '../../src/node/NodeDaemon.js';
+import { ControlDaemon } from '../../src/control/ControlDaemon.js';
+import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
+import { QemuImg } from '../../src/hypervisor/QemuImg.js';
+import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
+import { BackupModes } from '../../src/domain/modes.js';
+import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry } from '../../src/directory/types.js';
+import type { LeafScope } from '../../src/directory/leafScan.js';
+
+const A = 0xab;
+let w: World;
+
+beforeAll(async () => {
+  w = await World.start();
+});
+afterAll(async () => {
+  await w?.cleanup();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A feed that also tells the test what it delivered (resyncs after a restart). */
+class TappedFeed implements ChangeFeed {
+  readonly events: ChangeEvent[] = [];
+  constructor(readonly inner: SyncReplChangeFeed) {}
+  start(onChange: (e: ChangeEvent) => void): Promise<void> {
+    return this.inner.start((e) => {
+      this.events.push(e);
+      onChange(e);
+    });
+  }
+  stop(): Promise<void> {
+    return this.inner.stop();
+  }
+  async resyncAfter(mark: number, timeoutMs = 30_000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while (!this.events.slice(mark).some((e) => e.kind === 'resync')) {
+      if (Date.now() > end) throw new Error(`no resync within ${timeoutMs} ms after the restart`);
+      await sleep(50);
+    }
+  }
+}
+
+function syncFeed(scope: LeafScope, name: string): TappedFeed {
+  return new TappedFeed(new SyncReplChangeFeed({
+    url: w.slapd.url,
+    bindDn: w.slapd.bindDn,
+    passwordFile: w.slapd.passwordFile,
+    baseDn: w.slapd.baseDn,
+    scope,
+    stateFile: path.join(w.root, 'run', `feed-${name}.json`),
+    logger: w.logger,
+    reconnectMinMs: 100,
+    reconnectMaxMs: 2_000,
+    heartbeatIntervalMs: 1_000,
+    heartbeatTimeoutMs: 3_000,
+    // The safety-net resync must not be what carries the backup in this test.
+    fullResyncIntervalMs: 0,
+  }));
+}
+
+/**
+ * The BackupDirectory, seen through a window: `onRead` gets every leaf a
+ * daemon reads, `gate` may hold a compare-and-swap before it is sent, and
+ * `onCas` hears each successful one (a change of the world, not a call count).
+ */
+function windowed(dir: BackupDirectory, hooks: {
+  onRead?: (l: LeafEntry) => void;
+  gate?: (dn: string, from: string, to: string) => Promise<void>;
+  onCas?: (dn: string, from: string, to: string) => void;
+}): BackupDirectory {
+  return new Proxy(dir, {
+    get(target, prop, receiver) {
+      const value: unknown = Reflect.get(target, prop, receiver);
+      if (typeof value !== 'function') return value;
+      const fn = value as (...args: unknown[]) => unknown;
+      if (prop === 'casMode') {
+        return async (dn: string, from: string, to: string, ...rest: unknown[]) => {
+          await hooks.gate?.(dn, from, to);
+          const ok = (await fn.apply(target, [dn, from, to, ...rest])) as boolean;
+          if (ok) hooks.onCas?.(dn, from, to);
+          return ok;
+        };
+      }
+      if (prop === 'getLeaf' || prop === 'listLeaves' || prop === 'listLeavesOfVms') {
+        return async (...args: unknown[]) => {
+          const r = (await fn.apply(target, args)) as LeafEntry | LeafEntry[] | undefined;
+          for (const l of Array.isArray(r) ? r : r ? [r] : []) hooks.onRead?.(l);
+          return r;
+        };
+      }
+      return fn.bind(target);
+    },
+  });
+}
+
+describe('both daemons on the sync feed', () => {
+  it('run a backup to finished: every step once and in protocol order, surviving slapd restarts between steps', async () => {
+    const running = await w.addVm('syncrun', { running: true });
+    const stopped = await w.addVm('syncoff', { running: false });
+    const vms = [running.name, stopped.name];
+    const leaf = '20261122T050000Z';
+
+    // What the control side sees of each leaf, in order; and every successful claim by the node.
+    const seenModes = new Map<string, string[]>();
+    const seenTimes = new Map<string, Record<string, number>>();
+    const timeRewrites: string[] = [];
+    const claims = new Map<string, number>();
+    const onRead = (l: LeafEntry) => {
+      if (l.leaf !== leaf) return;
+      const modes = seenModes.get(l.vm) ?? [];
+      if (modes.at(-1) !== l.mode) modes.push(l.mode);
+      seenModes.set(l.vm, modes);
+      const times = seenTimes.get(l.vm) ?? {};
+      for (const [k, v] of Object.entries(l.executionTime)) {
+        if (times[k] !== undefined && times[k] !== v) timeRewrites.push(`${l.vm} ${k}: ${times[k]} → ${v}`);
+        times[k] = v;
+      }
+      seenTimes.set(l.vm, times);
+    };
+
+    // Hold the control side's merge and retain commands until slapd has been through a restart.
+    const held: { to: string; release: () => void }[] = [];
+    let holding = new Set(['merge', 'retain']);
+    const gate = (_dn: string, _from: string, to: string) => {
+      if (!holding.has(to)) return Promise.resolve();
+      return new Promise<void>((release) => held.push({ to, release }));
+    };
+
+    const nodeFeed = syncFeed({ node: w.nodeName }, 'node');
+    const controlFeed = syncFeed({}, 'control');
+    const node = new NodeDaemon({
+      nodeName: w.nodeName,
+      directory: windowed(w.directory, { onCas: (dn, _from, to) => { if (/ing$/.test(to)) claims.set(`${dn}|${to}`, (claims.get(`${dn}|${to}`) ?? 0) + 1); } }),
+      feed: nodeFeed,
+      virsh,
+      qemuImg: new QemuImg(),
+      imageRoots: [w.imageRoot],
+      logger: w.logger,
+      runDir: w.runDir,
+    });
+    const control = new ControlDaemon({
+      directory: windowed(w.directory, { onRead, gate }),
+      feed: controlFeed,
+      logger: w.logger,
+      policy: { ...defaultBatchPolicy, mergeConcurrency: 2 },
+      cronTick: false,
+      sweepMs: 3_600_000,
+    });
+    await node.start();
+    await control.start();
+    try {
+      for (const vm of vms) expect(await w.directory.createLeaf(vm, leaf)).toBe(true);
+
+      for (const [step, previous, kill] of [['merge', 'snapshotted', true], ['retain', 'merged', false]] as const) {
+        // Between steps: the VMs reported the previous step and control is about to send the next
+        // command (it writes one leaf after the other, so it holds at the first).
+        const betweenSteps = async () => held.some((h) => h.to === step) && (await Promise.all(vms.map((vm) => w.leaf(vm, leaf)))).some((l) => l.mode === previous);
+        const end = Date.now() + 120_000;
+        while (!(await betweenSteps()) && Date.now() < end) await sleep(100);
+        expect(await betweenSteps(), `control holds ${step} while a leaf is ${previous}`).toBe(true);
+        const marks = [nodeFeed.events.length, controlFeed.events.length];
+        if (kill) {
+          process.kill(w.slapd.pid!, 'SIGKILL');
+          await sleep(500);
+          await w.slapd.halt();
+          await w.slapd.start();
+        } else {
+          await w.slapd.restart();
+        }
+        await nodeFeed.resyncAfter(marks[0]!);
+        await controlFeed.resyncAfter(marks[1]!);
+        holding.delete(step);
+        for (const h of held.splice(0)) h.release();
+      }
+      holding = new Set();
+
+      for (const vm of vms) {
+        const l = await w.waitForMode(vm, leaf, ['finished'], 180_000);
+        expect({ vm, rv: l.returnValue }).toEqual({ vm, rv: 0 });
+      }
+      await control.idle();
+      await node.idle();
+
+      // Protocol order, no step back, no step twice.
+      const order = BackupModes as readonly string[];
+      for (const vm of vms) {
+        const modes = seenModes.get(vm) ?? [];
+        const idx = modes.map((m) => order.indexOf(m));
+        expect(idx.every((i) => i >= 0), `${vm}: ${modes.join(' → ')}`).toBe(true);
+        expect(idx.every((i, k) => k === 0 || i > idx[k - 1]!), `${vm}: ${modes.join(' → ')}`).toBe(true);
+        expect(modes.at(-1)).toBe('finished');
+        expect(Object.keys(seenTimes.get(vm) ?? {})).toEqual(expect.arrayContaining(['snapshot', 'merge', 'retain']));
+      }
+      if (process.env.STONEY_TEST_LOG) console.log(JSON.stringify({ seenModes: [...seenModes], seenTimes: [...seenTimes], claims: [...claims] }));
+      expect(timeRewrites).toEqual([]);
+      const leafDns = await Promise.all(vms.map(async (vm) => (await w.leaf(vm, leaf)).dn));
+      for (const dn of leafDns) {
+        for (const working of ['snapshotting', 'merging', 'retaining']) expect({ dn, working, n: claims.get(`${dn}|${working}`) }).toEqual({ dn, working, n: 1 });
+      }
+
+      // The world: both VMs back on their own images, the running one still seeing its data.
+      expect(await virsh.domState(running.name)).toBe('running');
+      expect(await virsh.domState(stopped.name)).toBe('shut off');
+      for (const vm of [running, stopped]) expect(await backingFileOf(vm.disks[0]!.path)).toBeUndefined();
+      expect(await guestReadMatches(running.name, 'vda', A, '0', '1M')).toBe(true);
+    } finally {
+      holding = new Set();
+      for (const h of held.splice(0)) h.release();
+      await control.stop();
+      await node.stop();
+    }
+  });
+});
