@@ -16,11 +16,20 @@ export interface Config {
   imageRoots: string[];
   logLevel: string;
   pollIntervalMs: number;
+  /** how the daemons learn of changes: RFC 4533 push (sync) or polling (poll) */
+  changeFeed: 'sync' | 'poll';
+  /** where the sync feed keeps its cookie and UUID map, one file per daemon */
+  feedStateDir: string;
+  /** PEM CA file the sync feed verifies the server with (default: system CAs) */
+  ldapCaFile: string | undefined;
+  /** StartTLS on an ldap:// URL (sync feed) */
+  ldapStartTls: boolean;
   policy: BatchPolicy;
   /** IANA zone for the cron fields; default the host's */
   timeZone: string | undefined;
   concurrency: number;
   runDir: string;
+  shutdownTimeoutMs: number;
   configFile: string | undefined;
 }
 
@@ -34,11 +43,16 @@ export const configKeys = {
   STONEY_IMAGE_ROOTS: 'colon-separated directories disks must live in (default /var/virtualization)',
   STONEY_LOG_LEVEL: 'pino level: debug, info, warn, error (default info for daemons, warn for commands)',
   STONEY_POLL_INTERVAL_MS: 'change-feed poll interval (default 1000)',
+  STONEY_CHANGE_FEED: 'how the daemons learn of changes: sync (RFC 4533 push, needs syncprov) or poll (default sync)',
+  STONEY_FEED_STATE_DIR: 'directory of the sync change feed state files (default /var/lib/stoney-backup)',
+  STONEY_LDAP_CA_FILE: 'PEM file of the CA that signs the LDAP server certificate (sync feed; default: system CAs)',
+  STONEY_LDAP_STARTTLS: 'true: StartTLS on the ldap:// URL (sync feed; default false)',
   STONEY_CLAIM_TIMEOUT_S: 'fail a command no node claimed within this many seconds (default 300)',
   STONEY_STEP_TIMEOUT_S: 'fail a step without report within this many seconds (default 21600)',
   STONEY_MERGE_CONCURRENCY: 'VMs of one batch merged/retained at once (default 1)',
   STONEY_STEP_CONCURRENCY: 'steps a node daemon runs at once, never two per VM (default 4)',
   STONEY_TIMEZONE: 'IANA zone of the sstCron* fields (default: the host zone)',
+  STONEY_SHUTDOWN_TIMEOUT_S: 'restore: seconds to wait for a guest to shut down before forcing it off (default 120)',
   STONEY_RUN_DIR: 'directory of the per-node lock file (default /run/stoney-backup)',
 } as const;
 
@@ -87,6 +101,15 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
   };
   const url = required('STONEY_LDAP_URL');
   if (!/^ldaps?:\/\//.test(url)) throw new UsageError(`STONEY_LDAP_URL: ${JSON.stringify(url)} is not an ldap:// or ldaps:// URL`);
+  const changeFeed = get('STONEY_CHANGE_FEED') ?? 'sync';
+  if (changeFeed !== 'sync' && changeFeed !== 'poll') throw new UsageError(`STONEY_CHANGE_FEED: ${JSON.stringify(changeFeed)} is neither sync nor poll`);
+  const feedStateDir = get('STONEY_FEED_STATE_DIR') ?? '/var/lib/stoney-backup';
+  if (!path.isAbsolute(feedStateDir)) throw new UsageError(`STONEY_FEED_STATE_DIR: ${feedStateDir} is not an absolute path`);
+  const ldapCaFile = get('STONEY_LDAP_CA_FILE');
+  if (ldapCaFile !== undefined && !path.isAbsolute(ldapCaFile)) throw new UsageError(`STONEY_LDAP_CA_FILE: ${ldapCaFile} is not an absolute path`);
+  const startTls = (get('STONEY_LDAP_STARTTLS') ?? 'false').toLowerCase();
+  if (startTls !== 'true' && startTls !== 'false') throw new UsageError(`STONEY_LDAP_STARTTLS: ${JSON.stringify(startTls)} is neither true nor false`);
+  if (startTls === 'true' && url.startsWith('ldaps://')) throw new UsageError('STONEY_LDAP_STARTTLS: an ldaps:// URL is TLS already; StartTLS is for ldap:// URLs');
   const imageRoots = (get('STONEY_IMAGE_ROOTS') ?? '/var/virtualization').split(':').filter(Boolean);
   for (const r of imageRoots) if (!path.isAbsolute(r)) throw new UsageError(`STONEY_IMAGE_ROOTS: ${r} is not an absolute path`);
   return {
@@ -101,6 +124,10 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
     imageRoots,
     logLevel: get('STONEY_LOG_LEVEL') ?? '',
     pollIntervalMs: positiveInt('STONEY_POLL_INTERVAL_MS', get('STONEY_POLL_INTERVAL_MS'), 1000),
+    changeFeed,
+    feedStateDir,
+    ldapCaFile,
+    ldapStartTls: startTls === 'true',
     policy: {
       mergeConcurrency: positiveInt('STONEY_MERGE_CONCURRENCY', get('STONEY_MERGE_CONCURRENCY'), defaultBatchPolicy.mergeConcurrency),
       claimTimeoutMs: positiveInt('STONEY_CLAIM_TIMEOUT_S', get('STONEY_CLAIM_TIMEOUT_S'), defaultBatchPolicy.claimTimeoutMs / 1000) * 1000,
@@ -109,6 +136,7 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
     timeZone: get('STONEY_TIMEZONE'),
     concurrency: positiveInt('STONEY_STEP_CONCURRENCY', get('STONEY_STEP_CONCURRENCY'), 4),
     runDir: get('STONEY_RUN_DIR') ?? '/run/stoney-backup',
+    shutdownTimeoutMs: positiveInt('STONEY_SHUTDOWN_TIMEOUT_S', get('STONEY_SHUTDOWN_TIMEOUT_S'), 120) * 1000,
     configFile,
   };
 }

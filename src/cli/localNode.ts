@@ -16,7 +16,7 @@ export async function startLocalNode(rt: Runtime, directory: LdapBackupDirectory
     nodeName, directory, feed, virsh, qemuImg,
     imageRoots: rt.config.imageRoots,
     logger: rt.logger,
-    concurrency: rt.config.concurrency, runDir: rt.config.runDir,
+    concurrency: rt.config.concurrency, runDir: rt.config.runDir, shutdownTimeoutMs: rt.config.shutdownTimeoutMs,
     ...(onProgress ? { onProgress } : {}),
   });
   await daemon.start();

@@ -11,8 +11,9 @@ import { kvmbackupCommand } from './commands/kvmbackupCommand.js';
 import { listCommand } from './commands/listCommand.js';
 import { nodeCommand } from './commands/nodeCommand.js';
 import { statusCommand } from './commands/statusCommand.js';
+import { restoreCommand } from './commands/restoreCommand.js';
 
-const commands: Command[] = [backupCommand, listCommand, statusCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
+const commands: Command[] = [backupCommand, restoreCommand, listCommand, statusCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
 
 function mainHelp(): string {
   return `stoney-backup — back up KVM virtual machines of a stoney cloud through its OpenLDAP directory

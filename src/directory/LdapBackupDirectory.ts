@@ -7,11 +7,11 @@ import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { formatLeafName } from '../domain/leafName.js';
 import { resolveSettings, hasObjectClass, type EffectiveSettings, type SettingsLevels } from '../domain/settings.js';
-import type { BackupDirectory, DiskEntry, LeafEntry, ModeChangeExtras, VmEntry } from './types.js';
+import type { BackupDirectory, DiskEntry, LeafEntry, ModeChangeExtras, RestoreRequest, SubtreeEntry, VmEntry } from './types.js';
 import type { LeafScanner, LeafScope, ScannedLeaf } from './leafScan.js';
 import { DirectoryError } from './DirectoryError.js';
 import type { LdapSession } from './LdapSession.js';
-import { ditPaths, dnDepth, isAtOrBelow, rdnValue, type DitPaths } from './ditPaths.js';
+import { ditPaths, dnDepth, isAtOrBelow, normalizeDn, rdnValue, type DitPaths } from './ditPaths.js';
 import {
   diskFromEntry, formatExecutionTime, leafAttributes, leafFromEntry, parseExecutionTime, sortLeaves, toAttributes,
   vmFromEntry,
@@ -326,6 +326,91 @@ export class LdapBackupDirectory implements BackupDirectory, LeafScanner {
       if (e) levels[key] = { dn: e.dn, attributes: toAttributes(e) };
     }
     return resolveSettings(levels).excluded;
+  }
+
+  // ---- restore -----------------------------------------------------------
+
+  private restoreDn(leafDn: string): string {
+    return `ou=restore,${leafDn}`;
+  }
+
+  async getRestoreRequest(leafDn: string): Promise<RestoreRequest | undefined> {
+    const e = await this.readEntry(this.restoreDn(leafDn), ['description']);
+    const json = e ? toAttributes(e)['description']?.[0] : undefined;
+    if (json === undefined) return undefined;
+    try {
+      return JSON.parse(json) as RestoreRequest;
+    } catch (err) {
+      throw new BackupError(`${this.restoreDn(leafDn)}: the restore request is not JSON`, ReturnCode.wrongStateInformation, { cause: err });
+    }
+  }
+
+  async putRestoreRequest(leafDn: string, request: RestoreRequest): Promise<void> {
+    const dn = this.restoreDn(leafDn);
+    const value = JSON.stringify(request);
+    try {
+      await this.session.add(dn, { objectClass: ['top', 'organizationalUnit'], ou: 'restore', description: value });
+    } catch (err) {
+      if (!(err instanceof AlreadyExistsError)) throw DirectoryError.from(err, `add ${dn}`, true);
+      try {
+        await this.session.modify(dn, [new Change({ operation: 'replace', modification: new Attribute({ type: 'description', values: [value] }) })]);
+      } catch (err2) {
+        throw DirectoryError.from(err2, `modify ${dn}`, true);
+      }
+    }
+  }
+
+  async deleteRestoreRequest(leafDn: string): Promise<void> {
+    await this.deleteSubtree(this.restoreDn(leafDn));
+  }
+
+  async writeVmSubtree(vm: string, entries: SubtreeEntry[]): Promise<void> {
+    const vmDn = this.paths.vmDn(vm);
+    const backupDn = this.paths.vmBackupDn(vm);
+    for (const e of entries) {
+      if (!isAtOrBelow(e.dn, vmDn) || isAtOrBelow(e.dn, backupDn)) {
+        throw new BackupError(`${e.dn} is not part of VM ${vm}'s subtree (or is in its ou=backup)`, ReturnCode.backendXmlInconsistency);
+      }
+    }
+    const live = (await this.find(vmDn, 'sub', '(objectClass=*)', ['*'])).filter((e) => !isAtOrBelow(e.dn, backupDn));
+    const liveByDn = new Map(live.map((e) => [normalizeDn(e.dn), e]));
+    const wanted = new Set(entries.map((e) => normalizeDn(e.dn)));
+    // Deepest first: children before their parents.
+    for (const e of [...live].sort((a, b) => dnDepth(b.dn) - dnDepth(a.dn))) {
+      if (wanted.has(normalizeDn(e.dn))) continue;
+      if (normalizeDn(e.dn) === normalizeDn(vmDn)) continue; // the VM entry carries ou=backup below it
+      await this.session.del(e.dn).catch((err: unknown) => {
+        throw DirectoryError.from(err, `delete ${e.dn}`, true);
+      });
+    }
+    for (const e of [...entries].sort((a, b) => dnDepth(a.dn) - dnDepth(b.dn))) {
+      const current = liveByDn.get(normalizeDn(e.dn));
+      if (!current) {
+        await this.session.add(e.dn, e.attributes).catch((err: unknown) => {
+          throw DirectoryError.from(err, `add ${e.dn}`, true);
+        });
+        continue;
+      }
+      const have = toAttributes(current);
+      const want = new Map(Object.entries(e.attributes).map(([k, v]) => [k.toLowerCase(), { name: k, values: v }]));
+      const changes: Change[] = [];
+      for (const [key, { name, values }] of want) {
+        const now = have[key] ?? [];
+        const same = now.length === values.length && (key === 'objectclass'
+          ? values.every((v) => now.some((n) => n.toLowerCase() === v.toLowerCase()))
+          : values.every((v) => now.includes(v)));
+        if (!same) changes.push(new Change({ operation: 'replace', modification: new Attribute({ type: name, values }) }));
+      }
+      for (const [key, values] of Object.entries(have)) {
+        // Only real attributes that hold values (a search for '*' may echo the request back).
+        if (values.length === 0 || !/^[a-z][a-z0-9-]*(;[a-z0-9-]+)*$/i.test(key)) continue;
+        if (!want.has(key)) changes.push(new Change({ operation: 'replace', modification: new Attribute({ type: key, values: [] }) }));
+      }
+      if (changes.length === 0) continue;
+      await this.session.modify(e.dn, changes).catch((err: unknown) => {
+        throw DirectoryError.from(err, `modify ${e.dn}`, true);
+      });
+    }
   }
 
   async close(): Promise<void> {

@@ -82,9 +82,42 @@ export interface BackupDirectory {
   deleteLeaf(dn: string): Promise<void>;
   /** The VM's subtree as LDIF, without its ou=backup subtree. */
   exportVmLdif(vm: string): Promise<string>;
+  getRestoreRequest(leafDn: string): Promise<RestoreRequest | undefined>;
+  /** Create or replace the leaf's restore request. */
+  putRestoreRequest(leafDn: string, request: RestoreRequest): Promise<void>;
+  deleteRestoreRequest(leafDn: string): Promise<void>;
+  /**
+   * Make the VM's subtree (never its ou=backup) equal to `entries`: missing
+   * entries are added parent first, differing attributes replaced, entries
+   * not in `entries` deleted deepest first.
+   */
+  writeVmSubtree(vm: string, entries: SubtreeEntry[]): Promise<void>;
   /** Set or clear sstBackupExcludeFromBackup on the VM's own ou=backup (creating it if needed). */
   setExcluded(vm: string, excluded: boolean): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * A restore in progress, kept in `ou=restore,<leaf>` (JSON in its
+ * description) so that every party — the CLI on any host, the node daemon, a
+ * web UI — sees the same request, conflicts and decisions.
+ */
+export interface RestoreRequest {
+  /** restore as a new VM of this name; absent = restore the VM itself */
+  target?: string;
+  /** the restore's subdirectory of retain (a UTC timestamp), set by the node */
+  retain?: string;
+  /** conflicts between the backup and the live VM, found by the node */
+  conflicts?: unknown[];
+  /** the user's decisions, written by the control side before unretainLargeFiles */
+  decisions?: { prefer: 'backup' | 'live'; overrides: Record<string, 'backup' | 'live'> };
+  requestedAt?: string;
+}
+
+/** One entry of a VM subtree to write back (attribute names as in LDIF). */
+export interface SubtreeEntry {
+  dn: string;
+  attributes: Record<string, string[]>;
 }
 
 /** A change notification: only a key; the receiver re-reads the world (reconcile). */

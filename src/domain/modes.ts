@@ -16,7 +16,7 @@ export const PruneModes = ['delete', 'deleting', 'deleted'] as const;
 
 export type BackupMode = (typeof BackupModes)[number];
 export type LeafMode = BackupMode | (typeof RestoreModes)[number] | (typeof PruneModes)[number];
-export type NodeStep = 'snapshot' | 'merge' | 'retain';
+export type NodeStep = 'snapshot' | 'merge' | 'retain' | 'unretainSmallFiles' | 'unretainLargeFiles' | 'restore';
 
 const all = new Set<string>([...BackupModes, ...RestoreModes, ...PruneModes]);
 export function isLeafMode(s: string): s is LeafMode {
@@ -28,4 +28,7 @@ export const NodeStepModes: Record<NodeStep, { command: LeafMode; working: LeafM
   snapshot: { command: 'snapshot', working: 'snapshotting', done: 'snapshotted' },
   merge: { command: 'merge', working: 'merging', done: 'merged' },
   retain: { command: 'retain', working: 'retaining', done: 'retained' },
+  unretainSmallFiles: { command: 'unretainSmallFiles', working: 'unretainingSmallFiles', done: 'unretainedSmallFiles' },
+  unretainLargeFiles: { command: 'unretainLargeFiles', working: 'unretainingLargeFiles', done: 'unretainedLargeFiles' },
+  restore: { command: 'restore', working: 'restoring', done: 'restored' },
 };

@@ -56,6 +56,8 @@ export const ReturnCode = {
   diskOutsideImageRoots: 53,
   retainNotOnImageFilesystem: 54,
   chainStillReferencesRetain: 55,
+  restoreTargetExists: 56,
+  workflowBusy: 57,
 } as const;
 
 export type ReturnCodeName = keyof typeof ReturnCode;
@@ -114,6 +116,8 @@ const texts: Record<number, string> = {
   53: 'disk image outside the configured image roots',
   54: 'retain directory is not on the images filesystem',
   55: 'live disk chain still references the retain directory',
+  56: 'restore target (new VM name) exists already',
+  57: 'another workflow of this VM is in progress',
 };
 
 export function describeReturnCode(code: number): string {

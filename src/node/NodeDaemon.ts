@@ -15,6 +15,12 @@ import { snapshotStep } from './snapshotStep.js';
 import { mergeStep } from './mergeStep.js';
 import { retainStep } from './retainStep.js';
 import { recoverInterruptedStep } from './recoverInterruptedStep.js';
+import { unretainSmallFilesStep } from './unretainSmallFilesStep.js';
+import { unretainLargeFilesStep } from './unretainLargeFilesStep.js';
+import { restoreStep } from './restoreStep.js';
+import { workLayout } from './restoreWork.js';
+import { restoreNodeClaim } from '../../workflows/restoreMachine.js';
+import { rm } from 'node:fs/promises';
 import type { StepContext, StepProgress, StepResult } from './StepContext.js';
 
 export interface NodeDaemonOptions {
@@ -29,6 +35,8 @@ export interface NodeDaemonOptions {
   concurrency?: number;
   /** where the per-node lock lives (default /run/stoney-backup) */
   runDir?: string;
+  /** how long a restore waits for the guest to shut down before forcing it off (default 120 s) */
+  shutdownTimeoutMs?: number;
   onProgress?: (p: StepProgress) => void;
 }
 
@@ -36,7 +44,15 @@ const steps: Record<NodeStep, (ctx: StepContext) => Promise<StepResult>> = {
   snapshot: snapshotStep,
   merge: mergeStep,
   retain: retainStep,
+  unretainSmallFiles: unretainSmallFilesStep,
+  unretainLargeFiles: unretainLargeFilesStep,
+  restore: restoreStep,
 };
+
+/** The mode a node claims a command with, from whichever protocol the command belongs to. */
+function claimOf(mode: string): string | undefined {
+  return nodeClaim(mode) ?? restoreNodeClaim(mode);
+}
 
 function stepOfCommand(mode: string): NodeStep | undefined {
   return (Object.keys(NodeStepModes) as NodeStep[]).find((s) => NodeStepModes[s].command === mode);
@@ -97,7 +113,7 @@ export class NodeDaemon {
   async resync(): Promise<void> {
     const vms = await this.o.directory.listVms({ node: this.o.nodeName });
     const leaves = await this.o.directory.listLeavesOfVms(vms.map((v) => v.name));
-    for (const l of leaves) if (nodeClaim(l.mode) !== undefined || !isLeafMode(l.mode)) this.queue.add(l.dn, l.vm);
+    for (const l of leaves) if (claimOf(l.mode) !== undefined || !isLeafMode(l.mode) || l.mode === 'finished') this.queue.add(l.dn, l.vm);
   }
 
   /** Leaves left in a working mode by a daemon that died: recover them first. */
@@ -119,7 +135,7 @@ export class NodeDaemon {
     if (!leaf) return;
     if (!isSafeName(leaf.vm)) {
       // Never let such a name reach a path or a command; say so on the leaf once.
-      if (leaf.returnValue !== ReturnCode.unsafeName && isLeafMode(leaf.mode) && nodeClaim(leaf.mode) !== undefined) {
+      if (leaf.returnValue !== ReturnCode.unsafeName && isLeafMode(leaf.mode) && claimOf(leaf.mode) !== undefined) {
         this.log.error({ vm: leaf.vm, leafDn: dn }, 'VM name is not a safe path component; leaf refused');
         await this.o.directory.casMode(dn, leaf.mode, leaf.mode, { returnValue: ReturnCode.unsafeName, state: protocolTimestamp() });
       }
@@ -135,8 +151,12 @@ export class NodeDaemon {
       }
       return;
     }
+    if (leaf.mode === 'finished') {
+      await this.cleanUpEndedRestore(leaf, vm, log);
+      return;
+    }
     const step = stepOfCommand(leaf.mode);
-    if (!step || nodeClaim(leaf.mode) === undefined) return;
+    if (!step || claimOf(leaf.mode) === undefined) return;
     const working = NodeStepModes[step].working;
     if (!(await this.o.directory.casMode(dn, leaf.mode, working))) {
       log.debug({ mode: leaf.mode }, 'lost the claim; another process owns the step');
@@ -151,18 +171,42 @@ export class NodeDaemon {
     let returnValue: number = ReturnCode.success;
     let executionTime: Record<string, number> = {};
     try {
-      const ctx = await this.context(vm, leaf.leaf, log);
+      const ctx = await this.context(vm, leaf, log);
       executionTime = (await run(ctx)).executionTime;
     } catch (err) {
       returnValue = errorCode(err);
       log.error({ code: returnValue, err: errorMessage(err), retryable: err instanceof BackupError && err.retryable }, `${step} failed`);
     }
     const done = NodeStepModes[step].done;
-    const reported = await this.o.directory.casMode(leaf.dn, NodeStepModes[step].working, done, { state: protocolTimestamp(), returnValue, executionTime });
-    log.info({ mode: done, returnValue, durationMs: Math.round(performance.now() - t0), reported }, `${step} reported`);
+    // sstProvisioningExecutionTime describes the backup (snapshot, downtime, merge,
+    // retain); a restore's timings go to the log only, so an aborted restore leaves no trace.
+    const isBackupStep = step === 'snapshot' || step === 'merge' || step === 'retain';
+    const reported = await this.o.directory.casMode(leaf.dn, NodeStepModes[step].working, done, {
+      state: protocolTimestamp(),
+      returnValue,
+      ...(isBackupStep ? { executionTime } : {}),
+    });
+    log.info({ mode: done, returnValue, durationMs: Math.round(performance.now() - t0), executionTime, reported }, `${step} reported`);
   }
 
-  private async context(vm: VmEntry, leaf: string, logger: Logger): Promise<StepContext> {
+  /**
+   * A restore that ended (restored → finished) or was aborted (back to
+   * finished) leaves its request below the leaf and maybe its retain
+   * directory: remove both. A request without `retain` was just written by
+   * the control side and is not touched.
+   */
+  private async cleanUpEndedRestore(leaf: LeafEntry, vm: VmEntry, log: Logger): Promise<void> {
+    const request = await this.o.directory.getRestoreRequest(leaf.dn);
+    if (!request?.retain) return;
+    const ctx = await this.context(vm, leaf, log);
+    const dir = workLayout(ctx, request.retain).retainDir;
+    await rm(dir, { recursive: true, force: true });
+    await this.o.directory.deleteRestoreRequest(leaf.dn);
+    log.info({ retainDir: dir }, 'restore ended; its request and retain directory are removed');
+  }
+
+  private async context(vm: VmEntry, leafEntry: LeafEntry, logger: Logger): Promise<StepContext> {
+    const leaf = leafEntry.leaf;
     const settings = (await this.o.directory.effectiveSettings(vm)).backup;
     const layout = new BackupLayout({
       rootDirectory: settings.rootDirectory,
@@ -174,6 +218,8 @@ export class NodeDaemon {
     });
     return {
       vm, leaf, settings, layout, logger,
+      leafDn: leafEntry.dn,
+      shutdownTimeoutMs: this.o.shutdownTimeoutMs ?? 120_000,
       directory: this.o.directory,
       virsh: this.o.virsh,
       qemuImg: this.o.qemuImg,

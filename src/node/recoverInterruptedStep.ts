@@ -25,6 +25,13 @@ export async function recoverInterruptedStep(ctx: StepContext, workingMode: stri
     case 'retaining':
       if (!(await exists(ctx.layout.retainDir)) && (await exists(ctx.layout.manifestPath))) return { executionTime: {} };
       return retainStep(ctx);
+    case 'unretainingSmallFiles':
+    case 'unretainingLargeFiles':
+      // Nothing live was touched; the retain leftovers go when the restore is aborted or ends.
+      throw new BackupError(`${workingMode} was interrupted by a daemon restart; nothing live was touched`, ReturnCode.interruptedByRestart);
+    case 'restoring':
+      ctx.logger.error({ vm: ctx.vm.name, leaf: ctx.leaf }, 'a restore was interrupted by a daemon restart: the VM may be undefined or half restored; check it by hand (docs/restore-runbook.md)');
+      throw new BackupError('the restore was interrupted by a daemon restart; check the VM by hand', ReturnCode.interruptedByRestart);
     default:
       throw new BackupError(`no recovery for mode ${workingMode}`, ReturnCode.unknownMode);
   }

@@ -45,6 +45,8 @@ export interface TinyVmOptions {
   sizeMiB?: number;
   /** pattern byte written at offset 0, length 1 MiB, before the VM starts */
   initialPattern?: number;
+  /** one user-mode virtio NIC (libvirt assigns its MAC) */
+  nic?: boolean;
 }
 
 /** A VM without guest OS: 32 MiB RAM, qcow2 disks, sits in firmware. */
@@ -67,7 +69,7 @@ export async function createTinyVm(o: TinyVmOptions): Promise<TinyVm> {
   <on_poweroff>destroy</on_poweroff>
   <devices>
 ${disks.map((d) => `    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${d.path}'/><target dev='${d.target}' bus='virtio'/></disk>`).join('\n')}
-    <memballoon model='none'/>
+${o.nic ? "    <interface type='user'><model type='virtio'/></interface>\n" : ''}    <memballoon model='none'/>
   </devices>
 </domain>
 `;
@@ -78,6 +80,11 @@ ${disks.map((d) => `    <disk type='file' device='disk'><driver name='qemu' type
   await rm(xmlFile);
   if (o.running) await virsh.start(o.name);
   return { name: o.name, disks, xml };
+}
+
+/** MAC addresses of the domain's interfaces, in order (persistent definition). */
+export async function macsOf(vm: string): Promise<string[]> {
+  return [...(await virsh.dumpXml(vm, { inactive: true })).matchAll(/<mac address='([^']+)'/g)].map((m) => m[1] as string);
 }
 
 export async function removeVm(name: string): Promise<void> {

@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { startSlapd, ldapAdd, type PrivateSlapd } from './slapd.js';
-import { createTinyVm, removeVm, requireLibvirt, virsh, LIBVIRT_URI, type TinyVm } from './libvirt.js';
+import { createTinyVm, macsOf, removeVm, requireLibvirt, virsh, LIBVIRT_URI, type TinyVm } from './libvirt.js';
 import { connectDirectory } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
@@ -32,6 +32,8 @@ export interface WorldVmOptions {
   cron?: string;
   /** put the disks here instead of the image root (to test refusals) */
   imageDir?: string;
+  /** a user-mode NIC, also described in the directory (sstInterface=net0 with its MAC) */
+  nic?: boolean;
 }
 
 /**
@@ -110,7 +112,7 @@ export class World {
     if (o.noDomain) {
       vm = { name, xml: '', disks: targets.map((t) => ({ target: t, path: path.join(o.imageDir ?? this.imageDir, `${name}-${t}.qcow2`) })) };
     } else {
-      vm = await createTinyVm({ name, imageDir: o.imageDir ?? this.imageDir, targets, running: o.running, initialPattern: o.pattern ?? 0xab });
+      vm = await createTinyVm({ name, imageDir: o.imageDir ?? this.imageDir, targets, running: o.running, initialPattern: o.pattern ?? 0xab, nic: o.nic ?? false });
       this.vms.push(name);
     }
     const disks = vm.disks
@@ -125,6 +127,16 @@ sstDriverType: qcow2
 sstTargetBus: virtio
 `)
       .join('\n');
+    const macs = o.nic && !o.noDomain ? await macsOf(name) : [];
+    const nics = macs
+      .map((mac, i) => `dn: sstInterface=net${i},ou=devices,${vmDn(name)}
+objectClass: top
+objectClass: sstVirtualizationVirtualMachineInterface
+sstInterface: net${i}
+sstMacAddress: ${mac}
+sstType: user
+`)
+      .join('\n');
     await ldapAdd(this.slapd, `dn: ${vmDn(name)}
 objectClass: top
 objectClass: sstVirtualizationVirtualMachine
@@ -133,6 +145,8 @@ sstNode: ${o.node ?? this.nodeName}
 sstVirtualMachinePool: ${POOL}
 sstVirtualMachineType: persistent
 sstType: kvm
+sstMemory: ${32 * 1024 * 1024}
+sstVCPU: 1
 
 dn: ou=devices,${vmDn(name)}
 objectClass: top
@@ -140,6 +154,7 @@ objectClass: organizationalUnit
 ou: devices
 
 ${disks}
+${nics}
 dn: ou=backup,${vmDn(name)}
 objectClass: top
 objectClass: organizationalUnit
@@ -161,6 +176,8 @@ ${this.backupSettings(o.backupAttributes)}
       imageRoots: [this.imageRoot],
       logger: this.logger,
       runDir: this.runDir,
+      // Tiny VMs have no guest OS to answer ACPI: do not wait long for them.
+      shutdownTimeoutMs: 1_000,
     });
     await daemon.start();
     this.daemons.push(daemon);
@@ -177,6 +194,16 @@ ${this.backupSettings(o.backupAttributes)}
     return l;
   }
 
+  /** Poll until `check` holds (or fail after the timeout). */
+  async waitFor(check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while (Date.now() < end) {
+      if (await check()) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error('condition not reached in time');
+  }
+
   /** Wait until the leaf reaches one of `modes` (or time out with what it shows). */
   async waitForMode(vm: string, leaf: string, modes: string[], timeoutMs = 60_000): Promise<LeafEntry> {
     const end = Date.now() + timeoutMs;
@@ -187,6 +214,11 @@ ${this.backupSettings(o.backupAttributes)}
       await new Promise((r) => setTimeout(r, 100));
     }
     throw new Error(`leaf ${vm}/${leaf} did not reach ${modes.join('|')}; last ${JSON.stringify(last)}`);
+  }
+
+  /** Remember a VM made by the code under test (restore as new) so cleanup removes it. */
+  track(vm: string): void {
+    this.vms.push(vm);
   }
 
   async cleanup(): Promise<void> {

@@ -1,0 +1,132 @@
+import type { Logger } from 'pino';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BackupError } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import { protocolTimestamp } from '../domain/leafName.js';
+import type { BackupDirectory, LeafEntry, RestoreRequest, VmEntry } from '../directory/types.js';
+import { nextRestoreMode } from '../../workflows/restoreMachine.js';
+import { batchDone, type BatchPolicy } from './decideBatch.js';
+
+export type RestoreDecisions = NonNullable<RestoreRequest['decisions']>;
+
+export interface RestoreOptions {
+  directory: BackupDirectory;
+  vm: VmEntry;
+  leaf: LeafEntry;
+  /** restore as a new VM of this name */
+  target?: string;
+  policy: BatchPolicy;
+  logger: Logger;
+  pollMs?: number;
+  signal?: AbortSignal;
+  onLeafChange?: (leaf: LeafEntry) => void;
+  /** the interaction phase: given the conflicts, decide or abort */
+  decide: (conflicts: unknown[]) => Promise<RestoreDecisions | 'abort'>;
+}
+
+export interface RestoreOutcome {
+  outcome: 'restored' | 'aborted' | 'failed';
+  leaf: LeafEntry;
+  conflicts: unknown[];
+  decisions?: RestoreDecisions;
+  /** where and with which code a failed restore stopped (the leaf may be back at finished) */
+  failedAt?: { mode: string; returnValue: number };
+}
+
+/**
+ * Drive a restore from the control side: unretainSmallFiles → (decide or
+ * abort) → unretainLargeFiles → restore → finished. Every write is a
+ * compare-and-swap; a failure before the restore proper returns the leaf to
+ * `finished` (nothing live was touched); a failed restore stays at `restored`
+ * with its return value for a human to look at.
+ */
+export async function runRestore(o: RestoreOptions): Promise<RestoreOutcome> {
+  const { directory, leaf } = o;
+  if (leaf.mode !== 'finished' || (leaf.returnValue ?? 0) !== 0) {
+    throw new BackupError(`backup ${leaf.leaf} of ${leaf.vm} is not restorable (mode ${leaf.mode}, return value ${leaf.returnValue ?? '?'})`, ReturnCode.wrongStateInformation);
+  }
+  const others = (await directory.listLeaves(o.vm.name)).filter((l) => l.dn !== leaf.dn && !batchDone([l]));
+  if (others.length > 0 && o.target === undefined) {
+    throw new BackupError(`${o.vm.name} has a workflow in progress (${others.map((l) => `${l.leaf}: ${l.mode}`).join(', ')}); restore it when that has ended`, ReturnCode.workflowBusy);
+  }
+  if (o.target !== undefined && (await directory.getVm(o.target))) {
+    throw new BackupError(`a VM ${o.target} exists in the directory already`, ReturnCode.restoreTargetExists);
+  }
+
+  await directory.putRestoreRequest(leaf.dn, { ...(o.target ? { target: o.target } : {}), requestedAt: protocolTimestamp() });
+  await command(o, 'finished', 'unretainSmallFiles');
+  let now = await waitForNode(o, 'unretainSmallFiles', 'unretainedSmallFiles');
+  if (now.returnValue) return { outcome: 'failed', failedAt: failure(now), leaf: await abort(o, now), conflicts: [] };
+
+  const conflicts = (await directory.getRestoreRequest(leaf.dn))?.conflicts ?? [];
+  const decision = await o.decide(conflicts);
+  if (decision === 'abort') return { outcome: 'aborted', leaf: await abort(o, now), conflicts };
+  const request = (await directory.getRestoreRequest(leaf.dn)) ?? {};
+  await directory.putRestoreRequest(leaf.dn, { ...request, decisions: decision });
+
+  await command(o, 'unretainedSmallFiles', 'unretainLargeFiles');
+  now = await waitForNode(o, 'unretainLargeFiles', 'unretainedLargeFiles');
+  if (now.returnValue) return { outcome: 'failed', failedAt: failure(now), leaf: await abort(o, now), conflicts, decisions: decision };
+
+  await command(o, 'unretainedLargeFiles', 'restore');
+  now = await waitForNode(o, 'restore', 'restored');
+  if (now.returnValue) return { outcome: 'failed', failedAt: failure(now), leaf: now, conflicts, decisions: decision };
+  await command(o, 'restored', 'finished');
+  return { outcome: 'restored', leaf: (await directory.getLeaf(leaf.dn)) ?? now, conflicts, decisions: decision };
+}
+
+/** Back to `finished` from the interaction phase or a failed large copy: the node then cleans up. */
+export async function abortRestore(directory: BackupDirectory, leaf: LeafEntry, logger: Logger): Promise<LeafEntry> {
+  const next = nextRestoreMode(leaf.mode, leaf.returnValue ?? 0, { type: 'control.abort' });
+  if (next === undefined) {
+    throw new BackupError(`the restore on ${leaf.leaf} is at ${leaf.mode}: it can only be aborted while waiting for decisions (unretainedSmallFiles) or after a failed copy`, ReturnCode.wrongStateInformation);
+  }
+  if (!(await directory.casMode(leaf.dn, leaf.mode, next, { state: protocolTimestamp(), returnValue: 0 }))) {
+    throw new BackupError(`the leaf ${leaf.leaf} changed while aborting; look again`, ReturnCode.wrongStateInformation);
+  }
+  logger.info({ vm: leaf.vm, leaf: leaf.leaf, from: leaf.mode }, 'restore aborted');
+  return (await directory.getLeaf(leaf.dn)) ?? leaf;
+}
+
+function failure(l: LeafEntry): { mode: string; returnValue: number } {
+  return { mode: l.mode, returnValue: l.returnValue ?? 1 };
+}
+
+async function abort(o: RestoreOptions, now: LeafEntry): Promise<LeafEntry> {
+  const after = await abortRestore(o.directory, now, o.logger);
+  o.onLeafChange?.(after);
+  return after;
+}
+
+async function command(o: RestoreOptions, from: string, to: string): Promise<void> {
+  const state = ['finished'].includes(to) ? protocolTimestamp() : '0';
+  if (!(await o.directory.casMode(o.leaf.dn, from, to, { state }))) {
+    throw new BackupError(`the leaf ${o.leaf.leaf} was not at ${from} any more; another process is working on it`, ReturnCode.wrongStateInformation);
+  }
+  const l = await o.directory.getLeaf(o.leaf.dn);
+  if (l) o.onLeafChange?.(l);
+}
+
+/** Wait for the node to take `commandMode` and report `doneMode`; fail it on the policy's timeouts. */
+async function waitForNode(o: RestoreOptions, commandMode: string, doneMode: string): Promise<LeafEntry> {
+  let last = '';
+  for (;;) {
+    const l = await o.directory.getLeaf(o.leaf.dn);
+    if (!l) throw new BackupError(`the leaf ${o.leaf.leaf} disappeared`, ReturnCode.wrongStateInformation);
+    if (`${l.mode}/${l.returnValue}` !== last) {
+      last = `${l.mode}/${l.returnValue}`;
+      o.onLeafChange?.(l);
+    }
+    if (l.mode === doneMode) return l;
+    const age = l.modifiedAt ? Date.now() - l.modifiedAt.getTime() : 0;
+    const limit = l.mode === commandMode ? o.policy.claimTimeoutMs : o.policy.stepTimeoutMs;
+    if (age > limit) {
+      const next = nextRestoreMode(l.mode, 0, { type: 'control.timeout', returnValue: ReturnCode.stepTimedOut });
+      if (next && (await o.directory.casMode(l.dn, l.mode, next, { state: protocolTimestamp(), returnValue: ReturnCode.stepTimedOut }))) {
+        o.logger.warn({ vm: l.vm, leaf: l.leaf, mode: l.mode }, l.mode === commandMode ? 'no node claimed the restore step' : 'no report for the restore step');
+      }
+      continue;
+    }
+    await sleep(o.pollMs ?? 250, undefined, { signal: o.signal });
+  }
+}

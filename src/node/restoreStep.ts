@@ -1,0 +1,140 @@
+import { chmod, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { BackupError, errorMessage } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import { formatLdif, parseLdif } from '../domain/restore/ldifRecords.js';
+import { applyDecisions, randomMac, renameForRestoreAs } from '../domain/restore/restoreConflicts.js';
+import { parseDomainDisks, stripBackingStores } from '../hypervisor/domainXml.js';
+import { chownByName } from '../hypervisor/ownership.js';
+import { isBelow } from './backupDisks.js';
+import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
+import { isPlaceholderState, loadRestoreWork, siblingVmDn } from './restoreWork.js';
+import { seconds, type StepContext, type StepResult } from './StepContext.js';
+
+/**
+ * restore: bring the VM back to the backup's moment with the decided
+ * configuration. Everything is checked before the live VM is touched; then
+ * the VM is shut down (gracefully, then forced) and undefined, the verified
+ * images are renamed over the live paths, the decided directory subtree is
+ * written back (never ou=backup), the decided XML is defined, and the state
+ * file restored with it. A placeholder state (the VM was off) or
+ * sstRestoreVMWithoutState means define and cold-boot instead; a VM that was
+ * off stays off unless sstVirtualizationVirtualMachineForceStart.
+ * With a restore target (restore as new), the original VM is not touched:
+ * new name, no UUID (libvirt assigns one), new MACs, disks beside the originals.
+ */
+export async function restoreStep(ctx: StepContext): Promise<StepResult> {
+  const { vm, virsh, directory, settings, logger } = ctx;
+  const t0 = performance.now();
+  const { request, target, asNew, work } = await loadRestoreWork(ctx);
+
+  // --- Decide (pure) and check, touching nothing.
+  const backupXml = await readFile(work.retainPath(work.xmlFileName), 'utf8');
+  const backupLdif = parseLdif(await readFile(work.retainPath(work.ldifFileName), 'utf8'));
+  const liveLdif = !asNew && (await directory.getVm(vm.name)) ? parseLdif(await directory.exportVmLdif(vm.name)) : undefined;
+  const liveXml = !asNew && (await virsh.domainExists(vm.name)) ? await virsh.dumpXml(vm.name, { inactive: true }) : undefined;
+  const decided = applyDecisions({ vmDn: vm.dn, backupLdif, liveLdif, backupXml, liveXml }, request.decisions ?? { prefer: 'backup', overrides: {} });
+  let { ldif, xml } = decided;
+  if (asNew) {
+    if (await directory.getVm(target)) throw new BackupError(`a VM ${target} exists in the directory already`, ReturnCode.restoreTargetExists);
+    if (await virsh.domainExists(target)) throw new BackupError(`libvirt knows a VM ${target} already`, ReturnCode.restoreTargetExists);
+    ({ ldif, xml } = renameForRestoreAs(ldif, xml, {
+      oldName: vm.name,
+      newName: target,
+      oldVmDn: vm.dn,
+      newVmDn: siblingVmDn(vm.dn, target),
+      diskPath: (p) => path.join(path.dirname(p), `${target}-${path.basename(p)}`),
+      newMac: () => randomMac(),
+    }));
+  }
+  xml = stripBackingStores(xml);
+  await writeFileDurably(work.retainPath('decided.xml'), xml);
+  await writeFileDurably(work.retainPath('decided.ldif'), formatLdif(ldif));
+
+  // Which retained image goes where: by target device, through the backup's XML.
+  const retainedByTarget = new Map(
+    parseDomainDisks(backupXml).filter((d) => d.device === 'disk' && d.type === 'file' && d.source).map((d) => [d.target, work.retainPath(path.basename(d.source as string))]),
+  );
+  const moves: { from: string; to: string; target: string }[] = [];
+  for (const d of parseDomainDisks(xml)) {
+    if (d.device !== 'disk' || d.type !== 'file' || !d.source) continue;
+    const from = retainedByTarget.get(d.target);
+    if (!from || !(await exists(from))) throw new BackupError(`no retained image for disk ${d.target}`, ReturnCode.missingNecessaryFiles);
+    if (!ctx.imageRoots.some((r) => isBelow(r, d.source as string))) {
+      throw new BackupError(`disk ${d.target} would go to ${d.source}, outside the image roots`, ReturnCode.diskOutsideImageRoots);
+    }
+    if (!(await sameFilesystem(path.dirname(d.source), work.retainDir))) {
+      throw new BackupError(`${path.dirname(d.source)} is not on the retain filesystem; the move must be a rename`, ReturnCode.retainNotOnImageFilesystem);
+    }
+    if (asNew && (await exists(d.source))) throw new BackupError(`${d.source} exists; restore as new never overwrites a file`, ReturnCode.restoreTargetExists);
+    moves.push({ from, to: d.source, target: d.target });
+  }
+  const stateFile = work.retainPath(work.stateFileName);
+  const placeholder = await isPlaceholderState(stateFile);
+  ctx.onProgress?.({ step: 'restore', vm: vm.name, leaf: ctx.leaf, message: `restoring ${target}${asNew ? ` as a new VM from ${vm.name}` : ''}` });
+
+  // --- From here on the live VM changes.
+  if (!asNew && (await virsh.domainExists(vm.name))) {
+    const how = await virsh.stopGracefully(vm.name, ctx.shutdownTimeoutMs);
+    logger.info({ vm: vm.name, how }, 'VM stopped for the restore');
+    await virsh.undefine(vm.name);
+  }
+  for (const m of moves) {
+    try {
+      await rename(m.from, m.to);
+      await chownByName(m.to, settings.image.owner, settings.image.group, logger);
+      await chmod(m.to, settings.image.mode);
+    } catch (err) {
+      throw new BackupError(`cannot move the image of ${m.target} to ${m.to}: ${errorMessage(err)}`, ReturnCode.cannotMoveImageBack, { cause: err });
+    }
+  }
+  const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
+  let started: 'restored' | 'booted' | 'off';
+  try {
+    const xmlFile = path.join(tmp, `${target}.xml`);
+    await writeFile(xmlFile, xml);
+    try {
+      await virsh.define(xmlFile);
+    } catch (err) {
+      throw new BackupError(`virsh define failed: ${errorMessage(err)}`, ReturnCode.cannotDefineMachine, { cause: err });
+    }
+    const coldBoot = placeholder || settings.restoreWithoutState;
+    if (coldBoot) {
+      started = !placeholder || settings.forceStart ? 'booted' : 'off';
+    } else {
+      try {
+        await virsh.restore(stateFile, xmlFile);
+        started = 'restored';
+      } catch (err) {
+        // The decided configuration may not fit the saved machine (more memory, other MACs):
+        // its disks are back and the definition is right, so boot it instead.
+        logger.warn({ vm: target, err: errorMessage(err) }, 'the state file does not fit the decided configuration; cold-booting instead');
+        started = 'booted';
+      }
+    }
+    if (started === 'booted') {
+      try {
+        await virsh.start(target);
+      } catch (err) {
+        throw new BackupError(`cannot start ${target}: ${errorMessage(err)}`, ReturnCode.cannotStartMachine, { cause: err });
+      }
+    }
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+  // The guest first: the VM runs again before the directory is written, so a
+  // directory failure leaves a running VM and a clear code, not an undefined one.
+  try {
+    await directory.writeVmSubtree(target, ldif);
+  } catch (err) {
+    throw new BackupError(`the VM is restored, but its directory entries could not be written (the decided LDIF is ${work.retainPath('decided.ldif')}): ${errorMessage(err)}`, ReturnCode.cannotSaveBackendEntry, { cause: err });
+  }
+  const live = parseDomainDisks(await virsh.dumpXml(target));
+  const stale = live.find((d) => d.backingChain.some((b) => isBelow(ctx.settings.retainDirectory, b)));
+  if (stale) throw new BackupError(`restored disk ${stale.target} still references retain`, ReturnCode.chainStillReferencesRetain);
+  await rm(work.retainDir, { recursive: true, force: true });
+  const result = { executionTime: { restore: seconds(t0) } };
+  logger.info({ vm: vm.name, leaf: ctx.leaf, target, asNew, started, applied: decided.applied.length, ...result.executionTime }, 'restore done');
+  return result;
+}

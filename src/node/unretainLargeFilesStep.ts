@@ -1,0 +1,70 @@
+import { readdir, rename, rm } from 'node:fs/promises';
+import { BackupError, errorMessage } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import { MANIFEST_NAME } from '../domain/layout.js';
+import { readManifest } from './retainStep.js';
+import { sparseCopy } from './sparseCopy.js';
+import { exists } from './durableFs.js';
+import { loadRestoreWork } from './restoreWork.js';
+import { seconds, type StepContext, type StepResult } from './StepContext.js';
+
+/**
+ * unretainLargeFiles: copy the state file and the disk images into the
+ * restore's retain directory (sparse-aware), each checked against the
+ * backup's manifest (size, sha256) and every image with `qemu-img check`. A
+ * mismatch fails with 38 (corrupt disk image) before anything live is touched.
+ * Backups of the original implementation have no manifest: only the image
+ * check applies to them.
+ */
+export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResult> {
+  const { layout, logger, vm } = ctx;
+  const t0 = performance.now();
+  const { work } = await loadRestoreWork(ctx);
+  const suffix = `.${layout.leaf}`;
+  const small = new Set([layout.xmlFileName, layout.ldifFileName]);
+  const names = (await readdir(layout.backupDir))
+    .filter((n) => n.endsWith(suffix))
+    .map((n) => n.slice(0, -suffix.length))
+    .filter((n) => !small.has(n))
+    .sort();
+  if (!names.includes(layout.stateFileName)) throw new BackupError(`the backup has no ${layout.stateFileName}${suffix}`, ReturnCode.missingNecessaryFiles);
+  const manifest = (await exists(layout.manifestPath)) ? await readManifest(layout.manifestPath) : undefined;
+  if (!manifest) logger.warn({ vm: vm.name, leaf: ctx.leaf }, `no ${MANIFEST_NAME} (a backup of the original implementation?): checking images with qemu-img only`);
+
+  const copied: string[] = [];
+  const fail = async (message: string, cause?: unknown): Promise<never> => {
+    for (const f of copied) await rm(f, { force: true });
+    throw new BackupError(message, ReturnCode.corruptDiskImage, { cause });
+  };
+  for (const name of names) {
+    const source = layout.backupPath(name);
+    const dest = work.retainPath(name);
+    const partial = `${dest}.partial`;
+    await rm(partial, { force: true });
+    let result;
+    try {
+      result = await sparseCopy(source, partial, (done, total) => ctx.onProgress?.({ step: 'unretainLargeFiles', vm: vm.name, leaf: ctx.leaf, message: `copying ${name}`, done, total }), ctx.signal);
+    } catch (err) {
+      await rm(partial, { force: true });
+      throw new BackupError(`cannot copy ${source}: ${errorMessage(err)}`, ReturnCode.cannotCopyImage, { cause: err });
+    }
+    copied.push(partial);
+    const listed = manifest?.files.find((f) => f.name === `${name}${suffix}`);
+    if (manifest && !listed) await fail(`${name}${suffix} is not in the backup's manifest`);
+    if (listed && (listed.size !== result.size || listed.sha256 !== result.sha256)) {
+      await fail(`${name}${suffix} does not match the manifest (size ${result.size} vs ${listed.size}, sha256 ${result.sha256.slice(0, 12)}… vs ${listed.sha256.slice(0, 12)}…)`);
+    }
+    if (name !== layout.stateFileName) {
+      try {
+        await ctx.qemuImg.check(partial);
+      } catch (err) {
+        await fail(`qemu-img check of ${name}${suffix} failed: ${errorMessage(err)}`, err);
+      }
+    }
+    await rename(partial, dest);
+    copied[copied.length - 1] = dest;
+  }
+  const result = { executionTime: { unretainLargeFiles: seconds(t0) } };
+  logger.info({ vm: vm.name, leaf: ctx.leaf, files: names, verified: manifest ? 'manifest+qemu-img' : 'qemu-img', ...result.executionTime }, 'large files unretained');
+  return result;
+}

@@ -1,0 +1,256 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFile, mkdir, open, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { World, vmDn, SERVICE } from '../helpers/world.js';
+import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
+import { backingFileOf, guestReadMatches, guestWrite, imageMatches, macsOf, virsh } from '../helpers/libvirt.js';
+import { runBackupBatch } from '../../src/control/runBackupBatch.js';
+import { runRestore, type RestoreDecisions } from '../../src/control/runRestore.js';
+import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
+import { BackupLayout, NO_STATE_MARKER } from '../../src/domain/layout.js';
+import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
+import { run } from '../../src/hypervisor/exec.js';
+import type { LeafEntry } from '../../src/directory/types.js';
+
+const A = 0xab;
+const B = 0xcd;
+const POOL = '0f83f084-8080-413e-b558-b678e504836e';
+const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
+const CLI = path.resolve('bin/stoney-backup.js');
+
+let w: World;
+beforeAll(async () => {
+  w = await World.start();
+  await w.startNodeDaemon();
+});
+afterAll(async () => {
+  await w?.cleanup();
+});
+
+async function backup(vm: string, leaf: string): Promise<LeafEntry> {
+  const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf, policy, logger: w.logger });
+  expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+  return done!;
+}
+
+async function restore(vm: string, leaf: string, decide: RestoreDecisions | 'abort' = { prefer: 'backup', overrides: {} }, target?: string) {
+  const l = await w.leaf(vm, leaf);
+  return runRestore({ directory: w.directory, vm: (await w.directory.getVm(vm))!, leaf: l, policy, logger: w.logger, pollMs: 100, decide: async () => decide, ...(target ? { target } : {}) });
+}
+
+function layoutOf(vm: string, leaf: string): BackupLayout {
+  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: POOL, vm, leaf });
+}
+
+/** The VM's directory subtree without volatile attributes, for before/after comparisons. */
+async function subtree(vm: string): Promise<string> {
+  const out = await ldapSearch(w.slapd, vmDn(vm), '(objectClass=*)', ['*']);
+  return out.split('\n\n').filter((e) => !/^dn: ou=restore,/m.test(e)).map((e) => e.split('\n').filter((l) => !/^sstProvisioningState:/.test(l)).sort().join('\n')).sort().join('\n\n');
+}
+
+async function files(): Promise<string> {
+  return (await execa('find', [w.root, '-type', 'f', '-printf', '%p %s %T@ %m\n'])).stdout.split('\n').sort().join('\n');
+}
+
+describe('restore of a running VM with two disks', () => {
+  it('brings back exactly the backed-up data and the saved memory state', async () => {
+    const tiny = await w.addVm('r2', { targets: ['vda', 'vdb'], running: true, pattern: A });
+    const leaf = '20261122T050000Z';
+    await backup(tiny.name, leaf);
+    for (const t of ['vda', 'vdb']) await guestWrite(tiny.name, t, B, '2M', '1M');
+    const r = await restore(tiny.name, leaf);
+    expect({ outcome: r.outcome, mode: r.leaf.mode, rv: r.leaf.returnValue }).toEqual({ outcome: 'restored', mode: 'finished', rv: 0 });
+    expect(await virsh.domStateReason(tiny.name)).toBe('running (restored)');
+    expect(await virsh.isPersistent(tiny.name)).toBe(true);
+    for (const t of ['vda', 'vdb']) {
+      expect(await guestReadMatches(tiny.name, t, A, '0', '1M')).toBe(true);
+      expect(await guestReadMatches(tiny.name, t, 0, '2M', '1M')).toBe(true);
+    }
+    for (const d of tiny.disks) expect(await backingFileOf(d.path)).toBeUndefined();
+    expect(parseDomainDisks(await virsh.dumpXml(tiny.name)).map((d) => d.backingChain)).toEqual([[], []]);
+    // The restore's retain directory and request are gone once it ended.
+    await w.waitFor(async () => (await w.directory.getRestoreRequest(r.leaf.dn)) === undefined);
+    expect((await execa('find', [path.join(w.retainRoot, 'vm-persistent', POOL, tiny.name), '-mindepth', '1'])).stdout).toBe('');
+  });
+});
+
+describe('restore of a shut-off VM', () => {
+  it('defines it and leaves it off; with force start it boots', async () => {
+    const off = await w.addVm('roff', { running: false, pattern: A });
+    await backup(off.name, '20261122T050100Z');
+    const r = await restore(off.name, '20261122T050100Z');
+    expect(r.outcome).toBe('restored');
+    expect(await virsh.domState(off.name)).toBe('shut off');
+    expect(await imageMatches(off.disks[0]!.path, A, '0', '1M')).toBe(true);
+
+    const forced = await w.addVm('rforce', { running: false, pattern: A, backupAttributes: ['sstVirtualizationVirtualMachineForceStart: TRUE'] });
+    await backup(forced.name, '20261122T050200Z');
+    expect((await restore(forced.name, '20261122T050200Z')).outcome).toBe('restored');
+    expect(await virsh.domStateReason(forced.name)).toBe('running (booted)');
+    expect(await guestReadMatches(forced.name, 'vda', A, '0', '1M')).toBe(true);
+  });
+});
+
+describe('restore as a new VM while the original runs', () => {
+  it('makes a copy with the backup data, a new name, UUID and MAC; the original is untouched', async () => {
+    const orig = await w.addVm('rorig', { running: true, pattern: A, nic: true });
+    const leaf = '20261122T050300Z';
+    await backup(orig.name, leaf);
+    await guestWrite(orig.name, 'vda', B, '2M', '1M');
+    const copy = w.name('rcopy');
+    w.track(copy);
+    const r = await restore(orig.name, leaf, { prefer: 'backup', overrides: {} }, copy);
+    expect({ outcome: r.outcome, mode: r.leaf.mode }).toEqual({ outcome: 'restored', mode: 'finished' });
+    // Original: still running, still both patterns.
+    expect(await virsh.domState(orig.name)).toBe('running');
+    expect(await guestReadMatches(orig.name, 'vda', A, '0', '1M')).toBe(true);
+    expect(await guestReadMatches(orig.name, 'vda', B, '2M', '1M')).toBe(true);
+    // Copy: runs, has A only, own disk, own UUID and MAC, its own directory entry.
+    expect(await virsh.domState(copy)).toBe('running');
+    expect(await guestReadMatches(copy, 'vda', A, '0', '1M')).toBe(true);
+    expect(await guestReadMatches(copy, 'vda', 0, '2M', '1M')).toBe(true);
+    const copyDisk = parseDomainDisks(await virsh.dumpXml(copy))[0]!;
+    expect(copyDisk.source).toBe(path.join(w.imageDir, `${copy}-${path.basename(orig.disks[0]!.path)}`));
+    const [origMac] = await macsOf(orig.name);
+    const [copyMac] = await macsOf(copy);
+    expect(copyMac).toMatch(/^52:54:00:/);
+    expect(copyMac).not.toBe(origMac);
+    const uuid = async (v: string) => (await run('virsh', ['-c', w.libvirtUri, 'domuuid', v])).stdout.trim();
+    expect(await uuid(copy)).not.toBe(await uuid(orig.name));
+    const entry = await ldapSearch(w.slapd, vmDn(copy), '(objectClass=*)', ['sstMacAddress', 'sstSourceFile', 'sstVirtualMachine']);
+    expect(entry).toContain(`sstMacAddress: ${copyMac}`);
+    expect(entry).toContain(`sstSourceFile: ${copyDisk.source}`);
+    expect(entry).not.toMatch(/^dn: ou=backup,/m);
+  });
+});
+
+describe('abort in the interaction phase', () => {
+  it('leaves the VM, the directory and the files exactly as before', async () => {
+    const vm = await w.addVm('rabort', { running: true, pattern: A });
+    const leaf = '20261122T050400Z';
+    await backup(vm.name, leaf);
+    await guestWrite(vm.name, 'vda', B, '2M', '1M');
+    const before = { tree: await subtree(vm.name), files: await files(), state: await virsh.domState(vm.name) };
+    const r = await restore(vm.name, leaf, 'abort');
+    expect({ outcome: r.outcome, mode: r.leaf.mode }).toEqual({ outcome: 'aborted', mode: 'finished' });
+    await w.waitFor(async () => (await w.directory.getRestoreRequest(r.leaf.dn)) === undefined);
+    expect({ tree: await subtree(vm.name), files: await files(), state: await virsh.domState(vm.name) }).toEqual(before);
+    expect(await guestReadMatches(vm.name, 'vda', B, '2M', '1M')).toBe(true);
+  });
+});
+
+describe('conflicts between the backup and the live VM', () => {
+  async function changedMemoryVm(short: string, leaf: string) {
+    const vm = await w.addVm(short, { running: true, pattern: A });
+    await backup(vm.name, leaf);
+    // After the backup the VM gets 64 MiB, in the directory and in its definition.
+    await ldapModify(w.slapd, `dn: ${vmDn(vm.name)}\nchangetype: modify\nreplace: sstMemory\nsstMemory: ${64 * 1024 * 1024}\n`);
+    await run('virsh', ['-c', w.libvirtUri, 'setmaxmem', vm.name, '65536', '--config']);
+    await run('virsh', ['-c', w.libvirtUri, 'setmem', vm.name, '65536', '--config']);
+    return vm.name;
+  }
+  const memoryOf = async (vm: string) => ({
+    ldap: /sstMemory: (\d+)/.exec(await ldapSearch(w.slapd, vmDn(vm), '(objectClass=*)', ['sstMemory'], 'base'))?.[1],
+    xmlKiB: /<memory unit='KiB'>(\d+)<\/memory>/.exec(await virsh.dumpXml(vm, { inactive: true }))?.[1],
+  });
+
+  it('taking the backup gives a consistent 32 MiB entry and definition, restored from its state', async () => {
+    const vm = await changedMemoryVm('rconfb', '20261122T050500Z');
+    const seen: unknown[] = [];
+    const l = await w.leaf(vm, '20261122T050500Z');
+    const r = await runRestore({
+      directory: w.directory, vm: (await w.directory.getVm(vm))!, leaf: l, policy, logger: w.logger, pollMs: 100,
+      decide: async (c) => { seen.push(...c); return { prefer: 'backup', overrides: {} }; },
+    });
+    expect(r.outcome).toBe('restored');
+    expect(seen.map((c) => (c as { id: string }).id)).toContain('memory');
+    expect(await memoryOf(vm)).toEqual({ ldap: String(32 * 1024 * 1024), xmlKiB: '32768' });
+    expect(await virsh.domStateReason(vm)).toBe('running (restored)');
+  });
+
+  it('taking the live value gives a consistent 64 MiB entry and definition (cold boot: the saved state has 32 MiB)', async () => {
+    const vm = await changedMemoryVm('rconfl', '20261122T050600Z');
+    const r = await restore(vm, '20261122T050600Z', { prefer: 'backup', overrides: { memory: 'live' } });
+    expect(r.outcome).toBe('restored');
+    expect(await memoryOf(vm)).toEqual({ ldap: String(64 * 1024 * 1024), xmlKiB: '65536' });
+    expect(await virsh.domState(vm)).toBe('running');
+    expect(await guestReadMatches(vm, 'vda', A, '0', '1M')).toBe(true);
+  });
+});
+
+describe('a corrupted backup', () => {
+  it('is refused with 38 before anything live is touched', async () => {
+    const vm = await w.addVm('rcorrupt', { running: true, pattern: A });
+    const leaf = '20261122T050700Z';
+    await backup(vm.name, leaf);
+    await guestWrite(vm.name, 'vda', B, '2M', '1M');
+    const image = layoutOf(vm.name, leaf).backupPath(path.basename(vm.disks[0]!.path));
+    const f = await open(image, 'r+');
+    const byte = Buffer.alloc(1);
+    await f.read(byte, 0, 1, 4096 + 17);
+    byte[0] = (byte[0] ?? 0) ^ 0xff;
+    await f.write(byte, 0, 1, 4096 + 17);
+    await f.close();
+    const before = { tree: await subtree(vm.name), state: await virsh.domState(vm.name) };
+    const r = await restore(vm.name, leaf);
+    expect({ outcome: r.outcome, mode: r.leaf.mode, failedAt: r.failedAt }).toEqual({
+      outcome: 'failed', mode: 'finished', failedAt: { mode: 'unretainedLargeFiles', returnValue: 38 },
+    });
+    expect({ tree: await subtree(vm.name), state: await virsh.domState(vm.name) }).toEqual(before);
+    expect(await guestReadMatches(vm.name, 'vda', B, '2M', '1M')).toBe(true);
+  });
+});
+
+describe('a backup in the original implementation\'s layout', () => {
+  it('restores (placeholder state: defined and off, disk as backed up)', async () => {
+    const vm = await w.addVm('rlegacy', { running: false, pattern: A });
+    const leaf = '20140109T134445Z';
+    const layout = layoutOf(vm.name, leaf);
+    await mkdir(layout.backupDir, { recursive: true });
+    // What the Perl implementation left: <file>.<leaf>, the placeholder, no manifest.
+    await writeFile(layout.backupPath(`${vm.name}.state`), `${NO_STATE_MARKER}\n`);
+    await writeFile(layout.backupPath(`${vm.name}.xml`), await virsh.dumpXml(vm.name, { inactive: true }));
+    await writeFile(layout.backupPath(`${vm.name}.ldif`), await w.directory.exportVmLdif(vm.name));
+    await copyFile(vm.disks[0]!.path, layout.backupPath(path.basename(vm.disks[0]!.path)));
+    await ldapAdd(w.slapd, `dn: ou=${leaf},ou=backup,${vmDn(vm.name)}
+objectClass: top
+objectClass: organizationalUnit
+objectClass: sstProvisioning
+ou: ${leaf}
+sstProvisioningMode: finished
+sstProvisioningState: 20140109T135012Z
+sstProvisioningExecutionDate: 0
+sstProvisioningReturnValue: 0
+`);
+    // The live disk changes after that backup.
+    await run('qemu-io', ['-c', `write -P ${B} 0 1M`, vm.disks[0]!.path]);
+    const r = await restore(vm.name, leaf);
+    expect(r.outcome).toBe('restored');
+    expect(await virsh.domState(vm.name)).toBe('shut off');
+    expect(await imageMatches(vm.disks[0]!.path, A, '0', '1M')).toBe(true);
+  });
+});
+
+describe('the restore command', () => {
+  it('restores non-interactively with --prefer, and refuses to guess without a decision', async () => {
+    const vm = await w.addVm('rcli', { running: true, pattern: A });
+    const leaf = '20261122T050800Z';
+    await backup(vm.name, leaf);
+    await ldapModify(w.slapd, `dn: ${vmDn(vm.name)}\nchangetype: modify\nreplace: sstVCPU\nsstVCPU: 2\n`);
+    const env = {
+      STONEY_LDAP_URL: w.slapd.url, STONEY_LDAP_BIND_DN: w.slapd.bindDn, STONEY_LDAP_PASSWORD_FILE: w.slapd.passwordFile,
+      STONEY_LDAP_BASE_DN: w.slapd.baseDn, STONEY_LIBVIRT_URI: w.libvirtUri, STONEY_IMAGE_ROOTS: w.imageRoot,
+    };
+    const dry = await execa('node', [CLI, 'restore', vm.name, leaf, '--dry-run'], { env, reject: false });
+    expect(dry.exitCode).toBe(0);
+    expect(dry.stdout).toContain('dry run');
+    const undecided = await execa('node', [CLI, 'restore', vm.name, leaf], { env, reject: false, input: '' });
+    expect(undecided.exitCode).toBe(2);
+    expect(undecided.stderr).toContain('need a decision');
+    expect((await w.leaf(vm.name, leaf)).mode).toBe('finished');
+    const ok = await execa('node', [CLI, 'restore', vm.name, leaf, '--prefer', 'backup'], { env, reject: false, input: '' });
+    expect({ code: ok.exitCode, out: ok.stdout }).toEqual({ code: 0, out: `${vm.name}: restored from ${leaf}` });
+    expect(await ldapSearch(w.slapd, vmDn(vm.name), '(objectClass=*)', ['sstVCPU'], 'base')).toContain('sstVCPU: 1');
+  });
+});
