@@ -2,6 +2,9 @@ import pino, { type Logger } from 'pino';
 import { UsageError, errorMessage } from '../domain/errors.js';
 import { connectDirectory } from '../directory/connect.js';
 import type { LdapBackupDirectory } from '../directory/LdapBackupDirectory.js';
+import { createChangeFeed } from '../directory/createChangeFeed.js';
+import type { LeafScope } from '../directory/leafScan.js';
+import type { ChangeFeed } from '../directory/types.js';
 import { Virsh } from '../hypervisor/Virsh.js';
 import { QemuImg } from '../hypervisor/QemuImg.js';
 import { loadConfig, type Config } from './config.js';
@@ -71,6 +74,12 @@ export class Runtime {
       throw new CliError(`libvirt does not answer on ${this.config.libvirtUri}: ${errorMessage(err)}`, ExitCode.libvirtUnavailable);
     }
     return { virsh, qemuImg: new QemuImg(this.logger) };
+  }
+
+  /** The configured change feed (sync or poll) for a daemon watching `scope`. */
+  changeFeed(directory: LdapBackupDirectory, scope: LeafScope): ChangeFeed {
+    const c = this.config;
+    return createChangeFeed(c.changeFeed, { ...c.ldap, scope, stateDir: c.feedStateDir, caFile: c.ldapCaFile, startTls: c.ldapStartTls, pollIntervalMs: c.pollIntervalMs, logger: this.logger }, directory);
   }
 
   /** Resolves on the first SIGINT/SIGTERM; the abort signal fires too. */

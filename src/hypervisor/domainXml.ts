@@ -18,12 +18,13 @@ export interface DomainDisk {
   backingChain: string[];
 }
 
-function attr(tag: string, name: string): string | undefined {
+/** An attribute of one XML start tag, entities decoded. */
+export function xmlAttr(tag: string, name: string): string | undefined {
   const m = new RegExp(`\\s${name}=(['"])(.*?)\\1`).exec(tag);
   return m ? decodeEntities(m[2] ?? '') : undefined;
 }
 
-function decodeEntities(s: string): string {
+export function decodeEntities(s: string): string {
   return s
     .replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&apos;/g, "'")
     .replace(/&#(\d+);/g, (_, d: string) => String.fromCodePoint(Number(d)))
@@ -37,16 +38,16 @@ function diskBlocks(xml: string): string[] {
 export function parseDomainDisks(xml: string): DomainDisk[] {
   return diskBlocks(xml).map((block) => {
     const open = /<disk\b[^>]*>/.exec(block)?.[0] ?? '';
-    const target = attr(/<target\b[^>]*>/.exec(block)?.[0] ?? '', 'dev') ?? '';
+    const target = xmlAttr(/<target\b[^>]*>/.exec(block)?.[0] ?? '', 'dev') ?? '';
     const driver = /<driver\b[^>]*>/.exec(block)?.[0];
     // Sources appear top first, then each nested <backingStore>'s source.
-    const sources = [...block.matchAll(/<source\b[^>]*>/g)].map((m) => attr(m[0], 'file') ?? attr(m[0], 'dev'));
+    const sources = [...block.matchAll(/<source\b[^>]*>/g)].map((m) => xmlAttr(m[0], 'file') ?? xmlAttr(m[0], 'dev'));
     const [top, ...chain] = sources;
     return {
-      type: attr(open, 'type') ?? 'file',
-      device: attr(open, 'device') ?? 'disk',
+      type: xmlAttr(open, 'type') ?? 'file',
+      device: xmlAttr(open, 'device') ?? 'disk',
       target,
-      format: driver ? attr(driver, 'type') : undefined,
+      format: driver ? xmlAttr(driver, 'type') : undefined,
       source: top,
       backingChain: chain.filter((s): s is string => s !== undefined),
     };
@@ -57,7 +58,7 @@ export function parseDomainDisks(xml: string): DomainDisk[] {
 export function parseDomainMemoryBytes(xml: string): number {
   const m = /<currentMemory\b([^>]*)>(\d+)<\/currentMemory>/.exec(xml) ?? /<memory\b([^>]*)>(\d+)<\/memory>/.exec(xml);
   if (!m) return 0;
-  const unit = attr(m[1] ?? '', 'unit') ?? 'KiB';
+  const unit = xmlAttr(m[1] ?? '', 'unit') ?? 'KiB';
   const n = Number(m[2]);
   const factor = new Map<string, number>([
     ['b', 1], ['bytes', 1], ['k', 1024], ['kib', 1024], ['m', 1024 ** 2], ['mib', 1024 ** 2], ['g', 1024 ** 3], ['gib', 1024 ** 3],

@@ -1,10 +1,10 @@
 import { formatLeafName } from '../../domain/leafName.js';
-import { runBackupBatch } from '../../control/runBackupBatch.js';
 import type { VmEntry } from '../../directory/types.js';
 import { requireNodeName } from '../config.js';
 import { ExitCode, exitCodeHelp } from '../exitCodes.js';
 import { CliError, Runtime } from '../runtime.js';
-import { leafChangeLine, progressPrinter, resultLines, summarize } from '../report.js';
+import { progressPrinter } from '../report.js';
+import { runBatchAndReport } from '../runBatchCommand.js';
 import { startLocalNode } from '../localNode.js';
 import type { Command } from '../command.js';
 
@@ -51,18 +51,7 @@ ${exitCodeHelp}`,
         if (foreign.length) throw new CliError(`--local: ${foreign.map((v) => `${v.name} runs on ${v.node}`).join(', ')}, not on ${nodeName}`, ExitCode.usage);
         await startLocalNode(rt, directory, nodeName, progressPrinter(io));
       }
-      const leaf = formatLeafName(new Date());
-      io.err(`backing up ${vms.map((v) => v.name).join(', ')} as ${leaf}`);
-      const done = rt.untilSignal();
-      const leaves = await Promise.race([
-        runBackupBatch({ directory, vms, leaf, policy: rt.config.policy, logger: rt.logger, signal: rt.abort.signal, onLeafChange: (l) => io.err(leafChangeLine(l)) }),
-        done.then(() => undefined),
-      ]);
-      if (!leaves) return ExitCode.interrupted;
-      const { failed } = summarize(leaves);
-      if (values['json'] === true) io.out(JSON.stringify(leaves, null, 2));
-      else resultLines(leaves).forEach((l) => io.out(l));
-      return failed.length ? ExitCode.backupFailed : ExitCode.ok;
+      return await runBatchAndReport(rt, directory, vms, formatLeafName(new Date()), values['json'] === true ? (leaves) => leaves : undefined);
     } finally {
       await rt.close();
     }

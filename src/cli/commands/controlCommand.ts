@@ -1,4 +1,3 @@
-import { createChangeFeed } from '../../directory/createChangeFeed.js';
 import { ControlDaemon } from '../../control/ControlDaemon.js';
 import { ExitCode } from '../exitCodes.js';
 import { Runtime } from '../runtime.js';
@@ -22,7 +21,7 @@ Old leaves beyond sstBackupNumberOfIterations are removed.`,
     const rt = await Runtime.create(config, { daemon: true });
     try {
       const directory = await rt.connect();
-      const feed = createChangeFeed(rt.config.changeFeed, { ...rt.config.ldap, scope: {}, stateDir: rt.config.feedStateDir, caFile: rt.config.ldapCaFile, startTls: rt.config.ldapStartTls, pollIntervalMs: rt.config.pollIntervalMs, logger: rt.logger }, directory);
+      const feed = rt.changeFeed(directory, {});
       const daemon = new ControlDaemon({ directory, feed, logger: rt.logger, policy: rt.config.policy, ...(rt.config.timeZone ? { zone: rt.config.timeZone } : {}) });
       watchConfig(rt);
       await daemon.start();

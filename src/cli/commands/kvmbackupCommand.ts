@@ -2,14 +2,14 @@ import { formatLeafName } from '../../domain/leafName.js';
 import { describeReturnCode } from '../../domain/returnCodes.js';
 import { errorMessage } from '../../domain/errors.js';
 import { BackupLayout, vmTypeDirectory } from '../../domain/layout.js';
-import { runBackupBatch } from '../../control/runBackupBatch.js';
 import type { BackupDirectory, VmEntry } from '../../directory/types.js';
 import type { Virsh } from '../../hypervisor/Virsh.js';
 import { listOption, type Command } from '../command.js';
 import { requireNodeName } from '../config.js';
 import { ExitCode, exitCodeHelp } from '../exitCodes.js';
 import { CliError, Runtime } from '../runtime.js';
-import { leafChangeLine, progressPrinter, resultLines, summarize } from '../report.js';
+import { progressPrinter } from '../report.js';
+import { runBatchAndReport } from '../runBatchCommand.js';
 import { startLocalNode } from '../localNode.js';
 
 export interface PlannedVm {
@@ -158,17 +158,7 @@ ${exitCodeHelp}`,
         if (vm) vms.push(vm);
       }
       await startLocalNode(rt, directory, nodeName, progressPrinter(io));
-      io.err(`backing up ${vms.map((v) => v.name).join(', ')} as ${leaf}`);
-      const stopped = rt.untilSignal();
-      const leaves = await Promise.race([
-        runBackupBatch({ directory, vms, leaf, policy: rt.config.policy, logger: rt.logger, signal: rt.abort.signal, onLeafChange: (l) => io.err(leafChangeLine(l)) }),
-        stopped.then(() => undefined),
-      ]);
-      if (!leaves) return ExitCode.interrupted;
-      const { failed } = summarize(leaves);
-      if (values['json'] === true) io.out(JSON.stringify({ node: nodeName, leaf, plan, leaves }, null, 2));
-      else resultLines(leaves).forEach((l) => io.out(l));
-      return failed.length ? ExitCode.backupFailed : ExitCode.ok;
+      return await runBatchAndReport(rt, directory, vms, leaf, values['json'] === true ? (leaves) => ({ node: nodeName, leaf, plan, leaves }) : undefined);
     } finally {
       await rt.close();
     }

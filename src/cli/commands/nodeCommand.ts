@@ -1,4 +1,3 @@
-import { createChangeFeed } from '../../directory/createChangeFeed.js';
 import { NodeDaemon } from '../../node/NodeDaemon.js';
 import { requireNodeName } from '../config.js';
 import { ExitCode } from '../exitCodes.js';
@@ -21,7 +20,7 @@ Logs JSON lines on stdout. Stops cleanly on SIGINT/SIGTERM (running steps end fi
       const nodeName = requireNodeName(rt.config);
       const directory = await rt.connect();
       const { virsh, qemuImg } = await rt.hypervisor();
-      const feed = createChangeFeed(rt.config.changeFeed, { ...rt.config.ldap, scope: { node: nodeName }, stateDir: rt.config.feedStateDir, caFile: rt.config.ldapCaFile, startTls: rt.config.ldapStartTls, pollIntervalMs: rt.config.pollIntervalMs, logger: rt.logger }, directory);
+      const feed = rt.changeFeed(directory, { node: nodeName });
       const daemon = new NodeDaemon({ nodeName, directory, feed, virsh, qemuImg, imageRoots: rt.config.imageRoots, logger: rt.logger, concurrency: rt.config.concurrency, runDir: rt.config.runDir, shutdownTimeoutMs: rt.config.shutdownTimeoutMs });
       watchConfig(rt);
       await daemon.start();

@@ -1,4 +1,4 @@
-import { parseDomainDisks, parseDomainMemoryBytes, parseDomainName } from '../../hypervisor/domainXml.js';
+import { parseDomainDisks, parseDomainMemoryBytes, parseDomainName, xmlAttr } from '../../hypervisor/domainXml.js';
 
 /**
  * The facts of a libvirt domain definition that a restore compares and
@@ -72,37 +72,26 @@ function diskElements(xml: string): (Found & { target: string })[] {
     text: m[0],
     start: m.index,
     end: m.index + m[0].length,
-    target: attr(/<target\b[^>]*>/.exec(m[0])?.[0] ?? '', 'dev') ?? '',
+    target: xmlAttr(/<target\b[^>]*>/.exec(m[0])?.[0] ?? '', 'dev') ?? '',
   }));
 }
 
 function interfaceFacts(block: string): DomainFacts['interfaces'][number] {
   const open = /<interface\b[^>]*>/.exec(block)?.[0] ?? '';
-  const type = attr(open, 'type') ?? 'network';
+  const type = xmlAttr(open, 'type') ?? 'network';
   const out: DomainFacts['interfaces'][number] = { type };
-  const mac = attr(/<mac\b[^>]*>/.exec(block)?.[0] ?? '', 'address');
+  const mac = xmlAttr(/<mac\b[^>]*>/.exec(block)?.[0] ?? '', 'address');
   if (mac !== undefined) out.mac = mac.toLowerCase();
   const source = /<source\b[^>]*>/.exec(block)?.[0];
   if (source !== undefined) {
-    const value = attr(source, 'network') ?? attr(source, 'bridge') ?? attr(source, 'dev') ?? attr(source, 'path');
+    const value = xmlAttr(source, 'network') ?? xmlAttr(source, 'bridge') ?? xmlAttr(source, 'dev') ?? xmlAttr(source, 'path');
     if (value !== undefined) out.source = value;
   }
-  const model = attr(/<model\b[^>]*>/.exec(block)?.[0] ?? '', 'type');
+  const model = xmlAttr(/<model\b[^>]*>/.exec(block)?.[0] ?? '', 'type');
   if (model !== undefined) out.model = model;
   return out;
 }
 
-function attr(tag: string, name: string): string | undefined {
-  const m = new RegExp(`\\s${name}=(['"])(.*?)\\1`).exec(tag);
-  return m ? decodeEntities(m[2] ?? '') : undefined;
-}
-
-function decodeEntities(s: string): string {
-  return s
-    .replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&apos;/g, "'")
-    .replace(/&#(\d+);/g, (_, d: string) => String.fromCodePoint(Number(d)))
-    .replace(/&amp;/g, '&');
-}
 
 /** Escapes text for an attribute value in single quotes (libvirt's style) or element content. */
 function escapeXml(s: string): string {
@@ -158,7 +147,7 @@ export function setDiskSource(xml: string, target: string, path: string): string
   const src = /<source\b[^>]*>/.exec(disk.text);
   let block: string;
   if (src) {
-    const name = attr(src[0], 'dev') !== undefined && attr(src[0], 'file') === undefined ? 'dev' : 'file';
+    const name = xmlAttr(src[0], 'dev') !== undefined && xmlAttr(src[0], 'file') === undefined ? 'dev' : 'file';
     block = disk.text.slice(0, src.index) + setAttr(src[0], name, path) + disk.text.slice(src.index + src[0].length);
   } else {
     // A disk without a source (empty cdrom): add one after <driver>, or after the start tag.
