@@ -91,6 +91,7 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   };
   await writeFileDurably(layout.manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, settings.image.mode);
   await chownByName(layout.manifestPath, settings.image.owner, settings.image.group, logger);
+  await chmod(layout.manifestPath, settings.image.mode); // the umask applied at create
   await syncDir(layout.backupDir);
 
   try {
