@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { BackupError, UsageError, errorMessage } from '../domain/errors.js';
 import type { Command } from './command.js';
+import { DirectoryError, isConnectionFailure } from '../directory/DirectoryError.js';
 import { ExitCode, exitCodeHelp } from './exitCodes.js';
 import { CliError, processIo, type Io } from './runtime.js';
 import { configKeys } from './config.js';
@@ -69,6 +70,14 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       io.err(`stoney-backup ${name}: ${errorMessage(err)}\nUsage: ${command.usage}`);
       return ExitCode.usage;
+    }
+    if ((err as Error)?.name === 'AbortError' || (err as { code?: string })?.code === 'ABORT_ERR') {
+      io.err(`stoney-backup ${name}: interrupted`);
+      return ExitCode.interrupted;
+    }
+    if (err instanceof DirectoryError && isConnectionFailure(err)) {
+      io.err(`stoney-backup ${name}: the directory failed: ${err.message}`);
+      return ExitCode.directoryUnavailable;
     }
     if (err instanceof BackupError) {
       io.err(`stoney-backup ${name}: ${err.message} (code ${err.code}: ${err.codeText})`);

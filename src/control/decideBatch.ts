@@ -1,4 +1,5 @@
 import { controlDecision, timeoutTarget } from '../../workflows/backupMachine.js';
+import { isRestoreMode } from '../../workflows/restoreMachine.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import type { LeafEntry } from '../directory/types.js';
 
@@ -87,11 +88,22 @@ export function decideBatch(leaves: LeafEntry[], policy: BatchPolicy, now: Date,
 export function vmsBusyElsewhere(allLeaves: LeafEntry[], leaf: string): Set<string> {
   const busy = new Set<string>();
   for (const l of allLeaves) {
-    if (l.leaf === leaf || batchDone([l])) continue;
+    if (l.leaf === leaf || !leafActive(l)) continue;
     const waiting = l.mode === 'initialize' || l.mode === 'initialized';
     if (!waiting || l.leaf < leaf) busy.add(l.vm);
   }
   return busy;
+}
+
+/**
+ * Whether a leaf's workflow — backup or restore — is still running (or, for a
+ * restore, waiting for a human). One answer for every "is this VM busy?"
+ * question: scheduling, restore preconditions, status, pruning.
+ */
+export function leafActive(l: LeafEntry): boolean {
+  if (isRestoreMode(l.mode)) return true;
+  const d = controlDecision(l.mode, l.returnValue ?? 0);
+  return d !== undefined && d.kind !== 'done';
 }
 
 /** True when every leaf of the batch has ended (finished, or failed where it stopped). */

@@ -2,10 +2,10 @@ import type { Logger } from 'pino';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { protocolTimestamp } from '../domain/leafName.js';
+import { parseLeafName, protocolTimestamp } from '../domain/leafName.js';
 import type { BackupDirectory, LeafEntry, RestoreRequest, VmEntry } from '../directory/types.js';
 import { nextRestoreMode } from '../../workflows/restoreMachine.js';
-import { batchDone, type BatchPolicy } from './decideBatch.js';
+import { leafActive, type BatchPolicy } from './decideBatch.js';
 
 export type RestoreDecisions = NonNullable<RestoreRequest['decisions']>;
 
@@ -45,7 +45,7 @@ export async function runRestore(o: RestoreOptions): Promise<RestoreOutcome> {
   if (leaf.mode !== 'finished' || (leaf.returnValue ?? 0) !== 0) {
     throw new BackupError(`backup ${leaf.leaf} of ${leaf.vm} is not restorable (mode ${leaf.mode}, return value ${leaf.returnValue ?? '?'})`, ReturnCode.wrongStateInformation);
   }
-  const others = (await directory.listLeaves(o.vm.name)).filter((l) => l.dn !== leaf.dn && !batchDone([l]));
+  const others = (await directory.listLeaves(o.vm.name)).filter((l) => l.dn !== leaf.dn && leafActive(l));
   if (others.length > 0 && o.target === undefined) {
     throw new BackupError(`${o.vm.name} has a workflow in progress (${others.map((l) => `${l.leaf}: ${l.mode}`).join(', ')}); restore it when that has ended`, ReturnCode.workflowBusy);
   }
@@ -53,7 +53,16 @@ export async function runRestore(o: RestoreOptions): Promise<RestoreOutcome> {
     throw new BackupError(`a VM ${o.target} exists in the directory already`, ReturnCode.restoreTargetExists);
   }
 
-  await directory.putRestoreRequest(leaf.dn, { ...(o.target ? { target: o.target } : {}), requestedAt: protocolTimestamp() });
+  const request = { ...(o.target ? { target: o.target } : {}), requestedAt: protocolTimestamp() };
+  if (!(await directory.createRestoreRequest(leaf.dn, request))) {
+    // Left by a command that died before it started the restore (no retain yet, a minute old)?
+    const existing = await directory.getRestoreRequest(leaf.dn);
+    const age = existing?.requestedAt ? Date.now() - (parseLeafName(existing.requestedAt)?.toMillis() ?? 0) : Infinity;
+    if (existing?.retain !== undefined || age < 60_000) {
+      throw new BackupError(`another restore of ${leaf.leaf} is being started or cleaned up; try again in a minute`, ReturnCode.workflowBusy);
+    }
+    await directory.putRestoreRequest(leaf.dn, request);
+  }
   await command(o, 'finished', 'unretainSmallFiles');
   let now = await waitForNode(o, 'unretainSmallFiles', 'unretainedSmallFiles');
   if (now.returnValue) return { outcome: 'failed', failedAt: failure(now), leaf: await abort(o, now), conflicts: [] };
@@ -61,8 +70,8 @@ export async function runRestore(o: RestoreOptions): Promise<RestoreOutcome> {
   const conflicts = (await directory.getRestoreRequest(leaf.dn))?.conflicts ?? [];
   const decision = await o.decide(conflicts);
   if (decision === 'abort') return { outcome: 'aborted', leaf: await abort(o, now), conflicts };
-  const request = (await directory.getRestoreRequest(leaf.dn)) ?? {};
-  await directory.putRestoreRequest(leaf.dn, { ...request, decisions: decision });
+  const current = (await directory.getRestoreRequest(leaf.dn)) ?? {};
+  await directory.putRestoreRequest(leaf.dn, { ...current, decisions: decision });
 
   await command(o, 'unretainedSmallFiles', 'unretainLargeFiles');
   now = await waitForNode(o, 'unretainLargeFiles', 'unretainedLargeFiles');
@@ -118,6 +127,10 @@ async function waitForNode(o: RestoreOptions, commandMode: string, doneMode: str
       o.onLeafChange?.(l);
     }
     if (l.mode === doneMode) return l;
+    const working = nextRestoreMode(commandMode, 0, { type: 'node.claim' });
+    if (l.mode !== commandMode && l.mode !== working) {
+      throw new BackupError(`the leaf ${l.leaf} went to ${l.mode} while waiting for ${doneMode}; someone else changed it`, ReturnCode.wrongStateInformation);
+    }
     const age = l.modifiedAt ? Date.now() - l.modifiedAt.getTime() : 0;
     const limit = l.mode === commandMode ? o.policy.claimTimeoutMs : o.policy.stepTimeoutMs;
     if (age > limit) {

@@ -345,6 +345,17 @@ export class LdapBackupDirectory implements BackupDirectory, LeafScanner {
     }
   }
 
+  async createRestoreRequest(leafDn: string, request: RestoreRequest): Promise<boolean> {
+    const dn = this.restoreDn(leafDn);
+    try {
+      await this.session.add(dn, { objectClass: ['top', 'organizationalUnit'], ou: 'restore', description: JSON.stringify(request) });
+      return true;
+    } catch (err) {
+      if (err instanceof AlreadyExistsError) return false;
+      throw DirectoryError.from(err, `add ${dn}`, true);
+    }
+  }
+
   async putRestoreRequest(leafDn: string, request: RestoreRequest): Promise<void> {
     const dn = this.restoreDn(leafDn);
     const value = JSON.stringify(request);

@@ -83,6 +83,8 @@ export interface BackupDirectory {
   /** The VM's subtree as LDIF, without its ou=backup subtree. */
   exportVmLdif(vm: string): Promise<string>;
   getRestoreRequest(leafDn: string): Promise<RestoreRequest | undefined>;
+  /** Create the leaf's restore request; false when one exists already (add-only: two restores cannot both start). */
+  createRestoreRequest(leafDn: string, request: RestoreRequest): Promise<boolean>;
   /** Create or replace the leaf's restore request. */
   putRestoreRequest(leafDn: string, request: RestoreRequest): Promise<void>;
   deleteRestoreRequest(leafDn: string): Promise<void>;

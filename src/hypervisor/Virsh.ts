@@ -110,10 +110,12 @@ export class Virsh {
 
   /**
    * Pull the backing data into the live top image with libvirt's block job
-   * API and wait for it. bandwidth in MiB/s, 0 = unlimited.
+   * API and wait for it. bandwidth in MiB/s, 0 = unlimited; with `base`, only
+   * the images above it are pulled (a template below stays shared).
    */
-  async blockPull(vm: string, target: string, bandwidthMiB: number): Promise<void> {
+  async blockPull(vm: string, target: string, bandwidthMiB: number, base?: string): Promise<void> {
     const args = ['blockpull', vm, target, '--wait'];
+    if (base !== undefined) args.push('--base', base);
     if (bandwidthMiB > 0) args.push('--bandwidth', String(bandwidthMiB));
     await this.virsh(args);
   }

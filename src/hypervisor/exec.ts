@@ -45,6 +45,10 @@ export async function run(command: string, args: readonly string[], opts: RunOpt
     timeout: opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
     input: opts.input,
     cancelSignal: opts.signal,
+    // Own process group: a Ctrl-C or SIGTERM meant for us must not cut a
+    // `virsh save`/`restore` in half (libvirtd would finish it regardless, and
+    // we would then act on a wrong picture). We end our children ourselves.
+    detached: true,
     env: { LC_ALL: 'C', ...opts.env },
     stripFinalNewline: false,
   });

@@ -5,7 +5,7 @@ import { isLeafMode, NodeStepModes, type NodeStep } from '../domain/modes.js';
 import { protocolTimestamp } from '../domain/leafName.js';
 import { BackupLayout, vmTypeDirectory } from '../domain/layout.js';
 import { isSafeName } from '../domain/names.js';
-import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, VmEntry } from '../directory/types.js';
+import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, ModeChangeExtras, VmEntry } from '../directory/types.js';
 import type { Virsh } from '../hypervisor/Virsh.js';
 import type { QemuImg } from '../hypervisor/QemuImg.js';
 import { nodeClaim } from '../../workflows/backupMachine.js';
@@ -21,6 +21,8 @@ import { restoreStep } from './restoreStep.js';
 import { workLayout } from './restoreWork.js';
 import { restoreNodeClaim } from '../../workflows/restoreMachine.js';
 import { rm } from 'node:fs/promises';
+import path from 'node:path';
+import { exists } from './durableFs.js';
 import type { StepContext, StepProgress, StepResult } from './StepContext.js';
 
 export interface NodeDaemonOptions {
@@ -181,12 +183,30 @@ export class NodeDaemon {
     // sstProvisioningExecutionTime describes the backup (snapshot, downtime, merge,
     // retain); a restore's timings go to the log only, so an aborted restore leaves no trace.
     const isBackupStep = step === 'snapshot' || step === 'merge' || step === 'retain';
-    const reported = await this.o.directory.casMode(leaf.dn, NodeStepModes[step].working, done, {
+    const reported = await this.report(leaf.dn, NodeStepModes[step].working, done, {
       state: protocolTimestamp(),
       returnValue,
       ...(isBackupStep ? { executionTime } : {}),
-    });
+    }, log);
     log.info({ mode: done, returnValue, durationMs: Math.round(performance.now() - t0), executionTime, reported }, `${step} reported`);
+  }
+
+  /**
+   * The step is done on the host; its report must reach the directory even
+   * through a short outage, or the leaf would sit in its working mode until
+   * the control side's timeout. Retried with backoff for about five minutes.
+   */
+  private async report(dn: string, working: string, done: string, extras: ModeChangeExtras, log: Logger): Promise<boolean> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.o.directory.casMode(dn, working, done, extras);
+      } catch (err) {
+        if (attempt >= 12) throw err;
+        const waitMs = Math.min(30_000, 500 * 2 ** attempt);
+        log.warn({ err: errorMessage(err), attempt, waitMs }, 'cannot report the step yet; retrying');
+        await new Promise((r) => setTimeout(r, waitMs));
+      }
+    }
   }
 
   /**
@@ -200,7 +220,9 @@ export class NodeDaemon {
     if (!request?.retain) return;
     const ctx = await this.context(vm, leaf, log);
     const dir = workLayout(ctx, request.retain).retainDir;
-    await rm(dir, { recursive: true, force: true });
+    // Only a directory this program made for a restore (it holds conflicts.json) is removed.
+    if (await exists(path.join(dir, 'conflicts.json'))) await rm(dir, { recursive: true, force: true });
+    else if (await exists(dir)) log.warn({ retainDir: dir }, 'the restore request names a directory that is not a restore work directory; left alone');
     await this.o.directory.deleteRestoreRequest(leaf.dn);
     log.info({ retainDir: dir }, 'restore ended; its request and retain directory are removed');
   }

@@ -42,10 +42,13 @@ export async function pullRetainedImages(ctx: StepContext): Promise<void> {
   const retainRoot = settings.retainDirectory;
   const before = parseDomainDisks(await virsh.dumpXml(vm.name));
   for (const d of before) {
-    if (!d.backingChain.some((b) => isBelow(retainRoot, b))) continue;
+    const lastRetained = d.backingChain.map((b) => isBelow(retainRoot, b)).lastIndexOf(true);
+    if (lastRetained < 0) continue;
+    // A linked clone's template below the retained image stays where it is.
+    const base = d.backingChain[lastRetained + 1];
     ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `pulling ${d.target}` });
     try {
-      await virsh.blockPull(vm.name, d.target, settings.bandwidthMerge);
+      await virsh.blockPull(vm.name, d.target, settings.bandwidthMerge, base);
     } catch (err) {
       throw new BackupError(`block pull of ${d.target} failed: ${errorMessage(err)}`, ReturnCode.cannotMergeDiskImages, { cause: err });
     }

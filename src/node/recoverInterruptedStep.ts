@@ -54,8 +54,16 @@ async function recoverSnapshot(ctx: StepContext): Promise<void> {
   if (state === 'shut off' || state === 'shutdown' || state === 'crashed') {
     // Stopped with disks possibly swapped: the guest has not run on the
     // overlays, so moving the images back loses nothing.
+    // Committing the overlays keeps whatever the guest wrote after the snapshot.
     await moveImagesBack(ctx);
-    if (savedState) {
+    // Old memory may only go back onto the disks if the VM is off *because we
+    // saved it*; a VM that ran on the overlays and then crashed (power loss) has
+    // newer disk contents than that memory.
+    const reason = await virsh.domStateReason(vm.name);
+    if (savedState && !/\(saved\)/.test(reason)) {
+      logger.warn({ vm: vm.name, leaf: ctx.leaf, reason }, 'recovery: the VM did not stop by our save; its disks are kept, the stale state file dropped, the VM stays off');
+      await rm(savedState, { force: true });
+    } else if (savedState) {
       logger.warn({ vm: vm.name, leaf: ctx.leaf, savedState }, 'recovery: VM was saved but not restored; restoring it on its original images');
       await virsh.restore(savedState);
       await rm(savedState, { force: true });

@@ -13,6 +13,30 @@ import { isPlaceholderState, loadRestoreWork, siblingVmDn } from './restoreWork.
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 /**
+ * Undo the live part of a restore that failed before the decided VM was
+ * defined: retained images back to retain, live images back in place, the
+ * live definition back, and the VM started (cold) if it was running.
+ */
+async function rollBack(
+  ctx: StepContext,
+  r: { placed: { from: string; to: string }[]; asides: { dest: string; aside: string }[]; undefinedLive: boolean; liveXmlFile: string; wasRunning: boolean; asNew: boolean; target: string },
+): Promise<void> {
+  const { virsh, logger, vm } = ctx;
+  try {
+    for (const m of [...r.placed].reverse()) await rename(m.to, m.from);
+    for (const a of [...r.asides].reverse()) await rename(a.aside, a.dest);
+    if (r.undefinedLive && (await exists(r.liveXmlFile))) {
+      await virsh.define(r.liveXmlFile);
+      if (r.wasRunning) await virsh.start(vm.name);
+    }
+    logger.warn({ vm: vm.name, target: r.target }, 'restore rolled back');
+  } catch (err) {
+    logger.error({ vm: vm.name, err: errorMessage(err) }, `rolling the restore back failed: the previous images and live.xml are in ${path.dirname(r.liveXmlFile)}; see docs/restore-runbook.md`);
+    throw new BackupError(`rolling the restore back failed: ${errorMessage(err)}; the previous images and live.xml are in ${path.dirname(r.liveXmlFile)}`, ReturnCode.cannotMoveImageBack, { cause: err });
+  }
+}
+
+/**
  * restore: bring the VM back to the backup's moment with the decided
  * configuration. Everything is checked before the live VM is touched; then
  * the VM is shut down (gracefully, then forced) and undefined, the verified
@@ -57,6 +81,7 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
     parseDomainDisks(backupXml).filter((d) => d.device === 'disk' && d.type === 'file' && d.source).map((d) => [d.target, work.retainPath(path.basename(d.source as string))]),
   );
   const moves: { from: string; to: string; target: string }[] = [];
+  const liveSources = new Set(liveXml ? parseDomainDisks(liveXml).flatMap((d) => (d.source ? [d.source] : [])) : []);
   for (const d of parseDomainDisks(xml)) {
     if (d.device !== 'disk' || d.type !== 'file' || !d.source) continue;
     const from = retainedByTarget.get(d.target);
@@ -68,37 +93,63 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
       throw new BackupError(`${path.dirname(d.source)} is not on the retain filesystem; the move must be a rename`, ReturnCode.retainNotOnImageFilesystem);
     }
     if (asNew && (await exists(d.source))) throw new BackupError(`${d.source} exists; restore as new never overwrites a file`, ReturnCode.restoreTargetExists);
+    if (!asNew && !liveSources.has(d.source) && (await exists(d.source))) {
+      throw new BackupError(`${d.source} exists and is not a disk of ${vm.name}; a restore never overwrites another file`, ReturnCode.restoreTargetExists);
+    }
     moves.push({ from, to: d.source, target: d.target });
   }
   const stateFile = work.retainPath(work.stateFileName);
   const placeholder = await isPlaceholderState(stateFile);
   ctx.onProgress?.({ step: 'restore', vm: vm.name, leaf: ctx.leaf, message: `restoring ${target}${asNew ? ` as a new VM from ${vm.name}` : ''}` });
 
-  // --- From here on the live VM changes.
-  if (!asNew && (await virsh.domainExists(vm.name))) {
-    const how = await virsh.stopGracefully(vm.name, ctx.shutdownTimeoutMs);
-    logger.info({ vm: vm.name, how }, 'VM stopped for the restore');
-    await virsh.undefine(vm.name);
-  }
-  for (const m of moves) {
-    try {
-      await rename(m.from, m.to);
-      await chownByName(m.to, settings.image.owner, settings.image.group, logger);
-      await chmod(m.to, settings.image.mode);
-    } catch (err) {
-      throw new BackupError(`cannot move the image of ${m.target} to ${m.to}: ${errorMessage(err)}`, ReturnCode.cannotMoveImageBack, { cause: err });
-    }
-  }
+  // --- From here on the live VM changes. Until the decided VM is defined,
+  // every change can be undone: the live definition is kept in live.xml and
+  // the live images are moved aside, not overwritten.
+  const liveXmlFile = work.retainPath('live.xml');
+  if (liveXml) await writeFileDurably(liveXmlFile, liveXml);
+  const wasRunning = !asNew && (await virsh.domainExists(vm.name)) && (await virsh.domState(vm.name)) !== 'shut off';
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
-  let started: 'restored' | 'booted' | 'off';
+  const xmlFile = path.join(tmp, `${target}.xml`);
+  await writeFile(xmlFile, xml);
+  const asides: { dest: string; aside: string }[] = [];
+  const placed: { from: string; to: string }[] = [];
+  let undefinedLive = false;
   try {
-    const xmlFile = path.join(tmp, `${target}.xml`);
-    await writeFile(xmlFile, xml);
+    if (!asNew && (await virsh.domainExists(vm.name))) {
+      const how = await virsh.stopGracefully(vm.name, ctx.shutdownTimeoutMs);
+      logger.info({ vm: vm.name, how }, 'VM stopped for the restore');
+      await virsh.undefine(vm.name);
+      undefinedLive = true;
+    }
+    for (const m of moves) {
+      try {
+        if (await exists(m.to)) {
+          const aside = work.retainPath(`live-${path.basename(m.to)}`);
+          await rename(m.to, aside);
+          asides.push({ dest: m.to, aside });
+        }
+        await rename(m.from, m.to);
+        placed.push(m);
+        await chownByName(m.to, settings.image.owner, settings.image.group, logger);
+        await chmod(m.to, settings.image.mode);
+      } catch (err) {
+        throw new BackupError(`cannot move the image of ${m.target} to ${m.to}: ${errorMessage(err)}`, ReturnCode.cannotMoveImageBack, { cause: err });
+      }
+    }
     try {
       await virsh.define(xmlFile);
     } catch (err) {
       throw new BackupError(`virsh define failed: ${errorMessage(err)}`, ReturnCode.cannotDefineMachine, { cause: err });
     }
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true });
+    await rollBack(ctx, { placed, asides, undefinedLive, liveXmlFile, wasRunning, asNew, target });
+    throw err instanceof BackupError
+      ? new BackupError(`${err.message}; rolled back: ${asNew ? 'nothing of the copy is left' : `${vm.name} is back on its previous images and definition`}`, err.code, { cause: err })
+      : err;
+  }
+  let started: 'restored' | 'booted' | 'off';
+  try {
     const coldBoot = placeholder || settings.restoreWithoutState;
     if (coldBoot) {
       started = !placeholder || settings.forceStart ? 'booted' : 'off';

@@ -7,6 +7,7 @@ import { MANIFEST_NAME } from '../domain/layout.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { isBelow } from './backupDisks.js';
+import { isRestoreMode } from '../../workflows/restoreMachine.js';
 import { exists, mkdirp, syncDir, writeFileDurably } from './durableFs.js';
 import { sparseCopy } from './sparseCopy.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
@@ -141,6 +142,8 @@ export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]
   }
   const keep = new Set(complete.slice(-settings.numberOfIterations));
   keep.add(layout.leaf);
+  // Never pull files from under a restore that is reading them.
+  for (const l of await ctx.directory.listLeaves(ctx.vm.name)) if (isRestoreMode(l.mode)) keep.add(l.leaf);
   const pruned = complete.filter((l) => !keep.has(l));
   for (const l of pruned) await rm(path.join(layout.vmBackupDir, l), { recursive: true });
   return pruned;

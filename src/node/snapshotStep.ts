@@ -78,6 +78,12 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       try {
         await virsh.save(vm.name, stateFile);
       } catch (err) {
+        // libvirtd may have finished the save although virsh failed: never leave the VM stopped.
+        if ((await virsh.domState(vm.name)) === 'shut off' && (await exists(stateFile))) {
+          logger.error({ vm: vm.name, err: errorMessage(err) }, 'virsh save failed but the VM is stopped; restoring it from the state file');
+          await virsh.restore(stateFile);
+        }
+        await rm(stateFile, { force: true });
         throw new BackupError(`virsh save failed: ${errorMessage(err)}`, ReturnCode.cannotSaveMachineState, { cause: err });
       }
       // From here until restore the VM is stopped.
@@ -91,13 +97,28 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
         }
         await virsh.restore(stateFile, restoreXml);
       } catch (err) {
-        logger.error({ vm: vm.name, leaf: ctx.leaf, err: errorMessage(err) }, 'snapshot failed inside the stopped window; undoing');
-        await undoSwaps(ctx, swapped);
-        await virsh.restore(stateFile); // its embedded XML names the original images, which are back in place
-        await rm(stateFile, { force: true });
-        throw err instanceof BackupError
-          ? err
-          : new BackupError(`cannot restore the VM onto its new overlays: ${errorMessage(err)}`, ReturnCode.cannotRestoreMachine, { cause: err });
+        // Look at the world before undoing anything: libvirtd may have
+        // completed the restore although virsh reported a failure.
+        const nowState = await virsh.domState(vm.name).catch(() => 'other' as const);
+        if (nowState !== 'shut off') {
+          logger.error({ vm: vm.name, leaf: ctx.leaf, err: errorMessage(err), nowState }, 'virsh restore reported a failure but the VM runs; checking its chain instead of undoing');
+        } else {
+          logger.error({ vm: vm.name, leaf: ctx.leaf, err: errorMessage(err) }, 'snapshot failed inside the stopped window; undoing');
+          try {
+            await undoSwaps(ctx, swapped);
+          } catch (undoErr) {
+            // Restoring now would let QEMU open an overlay as if it had no backing.
+            throw new BackupError(
+              `snapshot failed (${errorMessage(err)}) and moving the images back failed too (${errorMessage(undoErr)}); the VM is left STOPPED with its data intact in ${ctx.layout.retainDir} and ${stateFile}: see docs/restore-runbook.md`,
+              ReturnCode.cannotMoveImageBack, { cause: undoErr },
+            );
+          }
+          await virsh.restore(stateFile); // its embedded XML names the original images, which are back in place
+          await rm(stateFile, { force: true });
+          throw err instanceof BackupError
+            ? err
+            : new BackupError(`cannot restore the VM onto its new overlays: ${errorMessage(err)}`, ReturnCode.cannotRestoreMachine, { cause: err });
+        }
       }
       downtime = seconds(tDown);
       await verifyLiveChain(ctx, disks, stateFile);

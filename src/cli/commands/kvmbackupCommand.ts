@@ -11,6 +11,7 @@ import { CliError, Runtime } from '../runtime.js';
 import { progressPrinter } from '../report.js';
 import { runBatchAndReport } from '../runBatchCommand.js';
 import { startLocalNode } from '../localNode.js';
+import { leafActive } from '../../control/decideBatch.js';
 
 export interface PlannedVm {
   vm: string;
@@ -61,6 +62,11 @@ export async function planKvmBackup(
     }
     const leaves = await directory.listLeaves(vm.name);
     const last = leaves.filter((l) => l.leaf !== leaf).at(-1);
+    const busy = leaves.find((l) => l.leaf !== leaf && leafActive(l));
+    if (busy) {
+      plan.push({ vm: vm.name, backup: false, reason: `a workflow is in progress on ${busy.leaf} (mode ${busy.mode}); not even --force replaces it` });
+      continue;
+    }
     const lastFailed = last !== undefined && !(last.mode === 'finished' && (last.returnValue ?? 0) === 0);
     if (lastFailed && !opts.force) {
       plan.push({
@@ -125,6 +131,9 @@ ${exitCodeHelp}`,
       const directory = await rt.connect();
       const { virsh } = await rt.hypervisor();
       const leaf = formatLeafName(new Date());
+      // Take the node lock and recover interrupted steps before deciding anything
+      // (a dry run only reads, and takes no lock).
+      if (values['dry-run'] !== true) await startLocalNode(rt, directory, nodeName, progressPrinter(io));
       const plan = await planKvmBackup(directory, virsh, nodeName, leaf, {
         include: listOption(values['include']),
         exclude: listOption(values['exclude']),
@@ -157,7 +166,6 @@ ${exitCodeHelp}`,
         const vm = await directory.getVm(p.vm);
         if (vm) vms.push(vm);
       }
-      await startLocalNode(rt, directory, nodeName, progressPrinter(io));
       return await runBatchAndReport(rt, directory, vms, leaf, values['json'] === true ? (leaves) => ({ node: nodeName, leaf, plan, leaves }) : undefined);
     } finally {
       await rt.close();

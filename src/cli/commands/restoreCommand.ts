@@ -133,6 +133,8 @@ ${exitCodeHelp}`,
         await startLocalNode(rt, directory, nodeName, progressPrinter(io));
       }
       const interactive = process.stdin.isTTY === true && values['yes'] !== true && prefer === undefined;
+      // SIGINT/SIGTERM end the waits (the abort signal); with --local the cleanup lets a running step finish.
+      void rt.untilSignal();
       const result = await runRestore({
         directory, vm, leaf, ...(target ? { target } : {}), policy: rt.config.policy, logger: rt.logger, signal: rt.abort.signal,
         onLeafChange: (l) => io.err(leafChangeLine(l)),

@@ -1,5 +1,5 @@
 import { describeReturnCode } from '../../domain/returnCodes.js';
-import { batchDone } from '../../control/decideBatch.js';
+import { leafActive } from '../../control/decideBatch.js';
 import type { Command } from '../command.js';
 import { ExitCode, exitCodeHelp } from '../exitCodes.js';
 import { Runtime } from '../runtime.js';
@@ -25,7 +25,7 @@ ${exitCodeHelp}`,
         node: vms.find((v) => v.name === l.vm)?.node ?? null,
         leaf: l.leaf,
         mode: l.mode,
-        state: batchDone([l]) ? 'failed' : 'in progress',
+        state: leafActive(l) ? (l.returnValue ? 'failed, waiting for a human' : 'in progress') : 'failed',
         returnValue: l.returnValue ?? null,
         returnText: l.returnValue ? describeReturnCode(l.returnValue) : null,
         modifiedAt: l.modifiedAt?.toISOString() ?? null,
