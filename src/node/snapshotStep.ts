@@ -179,27 +179,20 @@ async function swapInOverlay(ctx: StepContext, d: BackupDisk): Promise<void> {
   } catch (err) {
     throw new BackupError(`cannot move ${d.source} to retain: ${errorMessage(err)}`, ReturnCode.cannotRenameDiskImage, { cause: err });
   }
-  try {
-    await ctx.qemuImg.createOverlay(d.source, retained, d.format);
-  } catch (err) {
-    // Put the image back before anyone can notice it was gone.
-    await rm(d.source, { force: true });
-    await rename(retained, d.source);
-    throw new BackupError(`cannot create the overlay ${d.source}: ${errorMessage(err)}`, ReturnCode.cannotCreateEmptyDiskImage, { cause: err });
-  }
-  try {
-    await chownByName(d.source, image.owner, image.group, ctx.logger);
-  } catch (err) {
-    await rm(d.source, { force: true });
-    await rename(retained, d.source);
-    throw new BackupError(`cannot set owner ${image.owner}:${image.group} on ${d.source}: ${errorMessage(err)}`, ReturnCode.cannotSetImageOwnership, { cause: err });
-  }
-  try {
-    await chmod(d.source, image.mode);
-  } catch (err) {
-    await rm(d.source, { force: true });
-    await rename(retained, d.source);
-    throw new BackupError(`cannot set mode on ${d.source}: ${errorMessage(err)}`, ReturnCode.cannotSetImagePermission, { cause: err });
+  // Each later step, if it fails, puts the image back before anyone can notice it was gone.
+  const steps: [() => Promise<unknown>, string, number][] = [
+    [() => ctx.qemuImg.createOverlay(d.source, retained, d.format), `cannot create the overlay ${d.source}`, ReturnCode.cannotCreateEmptyDiskImage],
+    [() => chownByName(d.source, image.owner, image.group, ctx.logger), `cannot set owner ${image.owner}:${image.group} on ${d.source}`, ReturnCode.cannotSetImageOwnership],
+    [() => chmod(d.source, image.mode), `cannot set mode on ${d.source}`, ReturnCode.cannotSetImagePermission],
+  ];
+  for (const [step, what, code] of steps) {
+    try {
+      await step();
+    } catch (err) {
+      await rm(d.source, { force: true });
+      await rename(retained, d.source);
+      throw new BackupError(`${what}: ${errorMessage(err)}`, code, { cause: err });
+    }
   }
 }
 
