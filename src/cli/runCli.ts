@@ -14,7 +14,7 @@ import { nodeCommand } from './commands/nodeCommand.js';
 import { statusCommand } from './commands/statusCommand.js';
 import { restoreCommand } from './commands/restoreCommand.js';
 
-const commands: Command[] = [backupCommand, restoreCommand, listCommand, statusCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
+export const commands: Command[] = [backupCommand, restoreCommand, listCommand, statusCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
 
 function mainHelp(): string {
   return `stoney-backup — back up KVM virtual machines of a stoney cloud through its OpenLDAP directory
