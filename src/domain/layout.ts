@@ -27,6 +27,15 @@ export function vmTypeDirectory(type: string): string {
 export const NO_STATE_MARKER = 'Machine is not runnung, no state file';
 export const MANIFEST_NAME = 'manifest.json';
 
+/**
+ * The overlay a live snapshot puts under a running disk, in the backup's
+ * retain directory: `<image file name>.overlay`. Never part of a backup.
+ */
+export const LIVE_OVERLAY_SUFFIX = '.overlay';
+export function liveOverlayName(imageFileName: string): string {
+  return `${imageFileName}${LIVE_OVERLAY_SUFFIX}`;
+}
+
 export class BackupLayout {
   readonly vmType: string;
   readonly pool: string;

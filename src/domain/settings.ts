@@ -16,9 +16,20 @@ export interface CronSettings {
   sourceDn: string;
 }
 
+/**
+ * How a running VM is snapshotted. `save`: virsh save, swap the disks, virsh
+ * restore (the seed's way; the guest stops for as long as writing its RAM
+ * takes). `live`: an external snapshot with memory while the guest runs (it
+ * stops only for the final instant), merged back by an active block commit.
+ */
+export type SnapshotMethod = 'live' | 'save';
+export const snapshotMethods: readonly SnapshotMethod[] = ['live', 'save'];
+
 export interface BackupSettings {
   /** DN of the entry the settings came from (VM, pool or global ou=backup). */
   sourceDn: string;
+  /** looked up on its own (sstBackupSnapshotMethod), like the exclusion flag */
+  snapshotMethod: SnapshotMethod;
   rootDirectory: string;
   retainDirectory: string;
   ramDiskLocation: string | undefined;
@@ -33,6 +44,7 @@ export interface BackupSettings {
 }
 
 export const defaultBackupSettings: Omit<BackupSettings, 'sourceDn'> = {
+  snapshotMethod: 'live',
   rootDirectory: '/var/backup/virtualization',
   retainDirectory: '/var/virtualization/retain',
   ramDiskLocation: undefined,
@@ -105,6 +117,7 @@ export function backupSettingsFromAttributes(sourceDn: string, a: Attributes): B
   const ram = first(a, 'sstbackupramdisklocation');
   return {
     sourceDn,
+    snapshotMethod: d.snapshotMethod,
     rootDirectory: directoryFromUrl('sstBackupRootDirectory', first(a, 'sstbackuprootdirectory') ?? d.rootDirectory),
     retainDirectory: directoryFromUrl('sstBackupRetainDirectory', first(a, 'sstbackupretaindirectory') ?? d.retainDirectory),
     ramDiskLocation: ram === undefined ? undefined : directoryFromUrl('sstBackupRamDiskLocation', ram),
@@ -126,6 +139,15 @@ export function backupSettingsFromAttributes(sourceDn: string, a: Attributes): B
   };
 }
 
+export function parseSnapshotMethod(v: string | undefined): SnapshotMethod {
+  if (v === undefined) return defaultBackupSettings.snapshotMethod;
+  const m = v.trim().toLowerCase();
+  if (!(snapshotMethods as readonly string[]).includes(m)) {
+    throw new BackupError(`sstBackupSnapshotMethod: ${JSON.stringify(v)} is not one of ${snapshotMethods.join(', ')}`, ReturnCode.unsupportedConfigurationParameter);
+  }
+  return m as SnapshotMethod;
+}
+
 export function cronFromAttributes(sourceDn: string, a: Attributes): CronSettings {
   const field = (n: string) => first(a, n) ?? '*';
   return {
@@ -142,8 +164,10 @@ export function cronFromAttributes(sourceDn: string, a: Attributes): CronSetting
 /**
  * The settings lookup of the stoney cloud: the VM's own ou=backup, else its
  * pool's, else the global one; the first level that carries settings is used
- * whole. The exclusion flag and the cron schedule are looked up the same way
- * but independently, because the seed's exclusion entry carries nothing else.
+ * whole. The exclusion flag, the cron schedule and the snapshot method are
+ * looked up the same way but independently, because the seed's exclusion
+ * entry carries nothing else (and the method lives in the project's own
+ * auxiliary class, which an original settings entry does not carry).
  */
 export interface SettingsLevels {
   vm?: { dn: string; attributes: Attributes };
@@ -162,10 +186,13 @@ export function resolveSettings(levels: SettingsLevels): EffectiveSettings {
   const settingsLevel = ordered.find((l) => carriesBackupSettings(l.attributes));
   const cronLevel = ordered.find((l) => carriesCron(l.attributes));
   const exclusionLevel = ordered.find((l) => l.attributes['sstbackupexcludefrombackup'] !== undefined);
+  const methodLevel = ordered.find((l) => l.attributes['sstbackupsnapshotmethod'] !== undefined);
+  const backup = settingsLevel
+    ? backupSettingsFromAttributes(settingsLevel.dn, settingsLevel.attributes)
+    : { sourceDn: '(defaults)', ...defaultBackupSettings, image: { ...defaultBackupSettings.image }, directory: { ...defaultBackupSettings.directory } };
+  backup.snapshotMethod = parseSnapshotMethod(methodLevel?.attributes['sstbackupsnapshotmethod']?.[0]);
   return {
-    backup: settingsLevel
-      ? backupSettingsFromAttributes(settingsLevel.dn, settingsLevel.attributes)
-      : { sourceDn: '(defaults)', ...defaultBackupSettings, image: { ...defaultBackupSettings.image }, directory: { ...defaultBackupSettings.directory } },
+    backup,
     cron: cronLevel ? cronFromAttributes(cronLevel.dn, cronLevel.attributes) : undefined,
     excluded: exclusionLevel
       ? parseBoolean('sstBackupExcludeFromBackup', exclusionLevel.attributes['sstbackupexcludefrombackup']?.[0], false)

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { CommandError, run } from './exec.js';
+import { CommandError, run, startCollecting, type CollectingProcess } from './exec.js';
 import { parseDomState, type DomainRunState } from './domainXml.js';
 
 /**
@@ -16,10 +16,10 @@ export class Virsh {
     private readonly timeoutMs: number = 30 * 60 * 1000,
   ) {}
 
-  private async virsh(args: string[], timeoutMs?: number): Promise<string> {
+  private async virsh(args: string[], timeoutMs?: number, opts: { withStderr?: boolean } = {}): Promise<string> {
     try {
       const r = await run('virsh', ['-q', '-c', this.uri, ...args], { timeoutMs: timeoutMs ?? this.timeoutMs, logger: this.logger });
-      return r.stdout;
+      return opts.withStderr ? `${r.stdout}\n${r.stderr}` : r.stdout;
     } catch (err) {
       if (err instanceof CommandError && /failed to get domain|Domain not found|no domain with matching name/i.test(err.stderr)) {
         throw new BackupError(`libvirt does not know the VM: ${err.stderr.trim()}`, ReturnCode.cannotFindMachine, { cause: err });
@@ -120,8 +120,76 @@ export class Virsh {
     await this.virsh(args);
   }
 
+  /**
+   * External snapshot of a running VM with its memory, taken while the guest
+   * runs (`--live`): QEMU writes RAM into `stateFile` and pauses the guest only
+   * for the final instant, then every disk in `overlays` continues on a new
+   * qcow2 overlay at the given path; the images below stay frozen as of that
+   * instant. `--atomic`: either all disks switch or none. No libvirt snapshot
+   * metadata is kept (the directory is the record). Other disks are left out.
+   */
+  async snapshotLive(vm: string, stateFile: string, overlays: { target: string; file: string }[], otherTargets: string[]): Promise<void> {
+    const esc = (v: string) => v.replaceAll(',', ',,');
+    const args = ['snapshot-create-as', vm, '--no-metadata', '--live', '--atomic', '--memspec', `file=${esc(stateFile)},snapshot=external`];
+    for (const o of overlays) args.push('--diskspec', `${esc(o.target)},snapshot=external,driver=qcow2,file=${esc(o.file)}`);
+    for (const t of otherTargets) args.push('--diskspec', `${esc(t)},snapshot=no`);
+    await this.virsh(args);
+  }
+
+  /**
+   * Fold the active overlay of `target` into its backing image and switch the
+   * guest back onto that image (`blockcommit --active --pivot`): QEMU writes
+   * only what the overlay holds. bandwidth in MiB/s, 0 = unlimited.
+   */
+  async blockCommitActive(vm: string, target: string, bandwidthMiB: number): Promise<void> {
+    const args = ['blockcommit', vm, target, '--active', '--pivot', '--wait'];
+    if (bandwidthMiB > 0) args.push('--bandwidth', String(bandwidthMiB));
+    await this.virsh(args);
+  }
+
+  /** The block job running on a disk, if any (e.g. one our dead process started). */
+  async blockJob(vm: string, target: string): Promise<BlockJobInfo | undefined> {
+    // virsh prints a job's progress on stderr.
+    return parseBlockJobInfo(await this.virsh(['blockjob', vm, target, '--info'], 30_000, { withStderr: true }));
+  }
+
+  /** Finish a ready active commit or copy by switching onto its target. */
+  async blockJobPivot(vm: string, target: string): Promise<void> {
+    await this.virsh(['blockjob', vm, target, '--pivot'], 120_000);
+  }
+
+  /** Whether libvirt runs a job on the domain (save, snapshot, migration…). */
+  async domainJobActive(vm: string): Promise<boolean> {
+    const out = await this.virsh(['domjobinfo', vm], 30_000);
+    return !/^Job type:\s+None/m.test(out);
+  }
+
+  /**
+   * Start collecting the VM's lifecycle events (for the stopped window); the
+   * watcher ends after `timeoutMs` at the latest. Resolves once virsh had a
+   * moment to register for the events.
+   */
+  async watchLifecycle(vm: string, timeoutMs: number): Promise<CollectingProcess> {
+    const p = startCollecting('virsh', ['-q', '-c', this.uri, 'event', '--domain', vm, '--loop', '--timestamp', '--event', 'lifecycle'], { timeoutMs, logger: this.logger });
+    await new Promise((r) => setTimeout(r, 150));
+    return p;
+  }
+
   /** `virsh qemu-monitor-command --hmp`: used only by tests to act as the guest. */
   async hmp(vm: string, command: string): Promise<string> {
     return this.virsh(['qemu-monitor-command', vm, '--hmp', command], 60_000);
   }
+}
+
+export interface BlockJobInfo {
+  /** e.g. "Active Block Commit", "Block Pull" */
+  type: string;
+  percent: number;
+}
+
+/** `virsh blockjob --info` (stdout and stderr): "No current block job for vda" or "Active Block Commit: [ 45 %]". */
+export function parseBlockJobInfo(stdout: string): BlockJobInfo | undefined {
+  const m = /^\s*([A-Za-z ]+?):\s*\[\s*([\d.]+)\s*%\]/m.exec(stdout);
+  if (!m) return undefined;
+  return { type: m[1] as string, percent: Number(m[2]) };
 }

@@ -66,3 +66,33 @@ export async function run(command: string, args: readonly string[], opts: RunOpt
   if (!ok.includes(exitCode)) throw new CommandError(argv, exitCode, stderr, stdout, `exit code ${exitCode}`);
   return { stdout, stderr, exitCode, durationMs };
 }
+
+/** A long-running process whose output is collected until it is stopped. */
+export interface CollectingProcess {
+  /** Ends the process (SIGTERM) and returns everything it printed on stdout. */
+  stop(): Promise<string>;
+}
+
+/**
+ * Start a process that runs until stopped (e.g. `virsh event --loop`); it is
+ * killed after `timeoutMs` at the latest so that nothing outlives a step.
+ */
+export function startCollecting(command: string, args: readonly string[], opts: { timeoutMs: number; logger?: Logger }): CollectingProcess {
+  const child = execa(command, args, { reject: false, timeout: opts.timeoutMs, detached: true, env: { LC_ALL: 'C' }, stripFinalNewline: false });
+  let stdout = '';
+  child.stdout?.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString('utf8');
+  });
+  const done = child.then(
+    () => undefined,
+    () => undefined,
+  );
+  return {
+    async stop() {
+      child.kill('SIGTERM');
+      await done;
+      opts.logger?.debug({ cmd: [command, ...args] }, 'exec (collected)');
+      return stdout;
+    },
+  };
+}

@@ -33,6 +33,9 @@ export function selectBackupDisks(disks: DomainDisk[], imageRoots: string[], ret
       logger.info({ target: d.target, device: d.device, type: d.type }, 'disk skipped: not a file-backed disk');
       continue;
     }
+    if (isBelow(retainRoot, d.source)) {
+      throw new BackupError(`disk ${d.target} runs on ${d.source} in retain: an earlier backup was not merged`, ReturnCode.chainStillReferencesRetain);
+    }
     if (!path.isAbsolute(d.source) || !imageRoots.some((r) => isBelow(r, d.source as string))) {
       throw new BackupError(`disk ${d.target} (${d.source}) is outside the image roots ${imageRoots.join(', ')}`, ReturnCode.diskOutsideImageRoots);
     }

@@ -1,14 +1,26 @@
+import { rename, rm } from 'node:fs/promises';
+import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { parseDomainDisks } from '../hypervisor/domainXml.js';
+import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
+import { parseDomainDisks, type DomainDisk } from '../hypervisor/domainXml.js';
 import { isBelow } from './backupDisks.js';
+import { exists, syncDir } from './durableFs.js';
+import { sparseCopy } from './sparseCopy.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 /**
- * Merge: pull the retained images' data into the live overlays with
- * libvirt's block job API, so that nothing live references retain any more.
- * A shut-off VM is started paused for the pull (it runs no guest code) and
- * destroyed again afterwards; the result is checked, not assumed.
+ * Merge: make every live disk flat again at its own path, so that nothing
+ * live references retain any more. What the snapshot left decides how:
+ * - a live snapshot's overlay (`<retain…>/<image>.overlay` over the frozen
+ *   image): the frozen image is first copied into retain — that copy is the
+ *   backup's point-in-time image — and then the overlay is committed into it
+ *   (`blockcommit --active --pivot`): QEMU writes only what the guest wrote
+ *   since the snapshot;
+ * - a save snapshot's overlay over an image moved into retain: the retained
+ *   data is pulled into the overlay (`blockpull`).
+ * A shut-off VM is started paused for it (it runs no guest code) and
+ * destroyed again; the result is checked, not assumed.
  */
 export async function mergeStep(ctx: StepContext): Promise<StepResult> {
   const { vm, virsh, layout, logger } = ctx;
@@ -24,7 +36,7 @@ export async function mergeStep(ctx: StepContext): Promise<StepResult> {
     }
   }
   try {
-    await pullRetainedImages(ctx);
+    await mergeIntoLiveImages(ctx, { keepPointInTime: true });
   } finally {
     if (startedByUs) {
       // Started paused, never ran guest code: destroying it loses nothing.
@@ -36,12 +48,27 @@ export async function mergeStep(ctx: StepContext): Promise<StepResult> {
   return result;
 }
 
-/** Block-pull every live disk whose chain runs into retain; then prove none does. */
-export async function pullRetainedImages(ctx: StepContext): Promise<void> {
+function isLiveOverlay(retainRoot: string, d: DomainDisk): d is DomainDisk & { source: string } {
+  return d.source !== undefined && d.source.endsWith(LIVE_OVERLAY_SUFFIX) && isBelow(retainRoot, d.source);
+}
+
+/**
+ * Flatten every live disk whose chain runs into retain; then prove none does.
+ * keepPointInTime: a live overlay's frozen image is copied into this backup's
+ * retain directory before the commit changes it (recovery of an interrupted
+ * snapshot passes false: that backup has failed, only the guest's data counts).
+ */
+export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInTime: boolean }): Promise<void> {
   const { vm, virsh, qemuImg, settings } = ctx;
   const retainRoot = settings.retainDirectory;
   const before = parseDomainDisks(await virsh.dumpXml(vm.name));
+  const committed: string[] = [];
   for (const d of before) {
+    if (isLiveOverlay(retainRoot, d)) {
+      await commitLiveOverlay(ctx, d, opts.keepPointInTime);
+      committed.push(d.source);
+      continue;
+    }
     const lastRetained = d.backingChain.map((b) => isBelow(retainRoot, b)).lastIndexOf(true);
     if (lastRetained < 0) continue;
     // A linked clone's template below the retained image stays where it is.
@@ -55,7 +82,7 @@ export async function pullRetainedImages(ctx: StepContext): Promise<void> {
   }
   const after = parseDomainDisks(await virsh.dumpXml(vm.name));
   for (const d of after) {
-    const stale = d.backingChain.find((b) => isBelow(retainRoot, b));
+    const stale = [d.source, ...d.backingChain].find((b) => b !== undefined && isBelow(retainRoot, b));
     if (stale !== undefined) {
       throw new BackupError(`after the merge ${d.target} still references ${stale}`, ReturnCode.cannotMergeDiskImages);
     }
@@ -66,5 +93,75 @@ export async function pullRetainedImages(ctx: StepContext): Promise<void> {
         throw new BackupError(`after the merge the header of ${d.source} still names ${info.backingFile}`, ReturnCode.cannotMergeDiskImages);
       }
     }
+  }
+  // Nothing references the committed overlays any more.
+  for (const f of committed) await rm(f, { force: true });
+}
+
+/**
+ * One disk of a live snapshot: keep the frozen image (copy into retain, made
+ * durable before anything changes the original), then commit the overlay into
+ * the original and pivot the guest onto it. A commit left running by a dead
+ * predecessor is taken over, not started twice.
+ */
+async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: string }, keepPointInTime: boolean): Promise<void> {
+  const { vm, virsh, layout, settings, logger } = ctx;
+  const frozen = d.backingChain[0];
+  if (frozen === undefined || !ctx.imageRoots.some((r) => isBelow(r, frozen)) || isBelow(settings.retainDirectory, frozen)) {
+    throw new BackupError(`${d.target} runs on ${d.source}, whose backing ${frozen ?? '(none)'} is not an image of the VM; leaving it for a human`, ReturnCode.wrongStateInformation);
+  }
+  const job = await virsh.blockJob(vm.name, d.target);
+  if (keepPointInTime && job === undefined) {
+    if (path.dirname(d.source) !== layout.retainDir) {
+      throw new BackupError(`${d.target} runs on ${d.source}, an overlay of another backup: it was not merged`, ReturnCode.chainStillReferencesRetain);
+    }
+    const copy = layout.retainPath(path.basename(frozen));
+    if (!(await exists(copy))) {
+      ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping the frozen ${d.target} (${path.basename(frozen)})` });
+      const partial = `${copy}.partial`;
+      try {
+        await rm(partial, { force: true });
+        await sparseCopy(frozen, partial, (done, total) => ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping ${path.basename(frozen)}`, done, total }), ctx.signal);
+        await rename(partial, copy);
+        await syncDir(layout.retainDir);
+      } catch (err) {
+        await rm(partial, { force: true });
+        throw new BackupError(`cannot keep the frozen image of ${d.target}: ${errorMessage(err)}`, ReturnCode.cannotCopyImage, { cause: err });
+      }
+    }
+  }
+  ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `committing ${d.target}` });
+  try {
+    if (job === undefined) {
+      await virsh.blockCommitActive(vm.name, d.target, settings.bandwidthMerge);
+    } else {
+      logger.warn({ vm: vm.name, disk: d.target, job }, 'a block job of an earlier run is still there; waiting for it and pivoting');
+      await finishRunningCommit(ctx, d.target);
+    }
+  } catch (err) {
+    throw new BackupError(`block commit of ${d.target} failed: ${errorMessage(err)}`, ReturnCode.cannotMergeDiskImages, { cause: err });
+  }
+}
+
+/** Wait while the job progresses, then pivot; a job that stops progressing for 10 minutes fails. */
+async function finishRunningCommit(ctx: StepContext, target: string): Promise<void> {
+  const { virsh, vm } = ctx;
+  let last = -1;
+  let lastChange = Date.now();
+  for (;;) {
+    const job = await virsh.blockJob(vm.name, target);
+    if (job === undefined) return; // it ended (e.g. pivoted before we died)
+    // A commit or copy waits at 100 % for the pivot; a pull ends by itself.
+    if (job.percent >= 100 && !/pull/i.test(job.type)) {
+      await virsh.blockJobPivot(vm.name, target);
+      return;
+    }
+    if (job.percent !== last) {
+      last = job.percent;
+      lastChange = Date.now();
+    } else if (Date.now() - lastChange > 10 * 60 * 1000) {
+      throw new Error(`the block job on ${target} made no progress for 10 minutes (${job.type} at ${job.percent} %)`);
+    }
+    await new Promise((r) => setTimeout(r, 500));
   }
 }

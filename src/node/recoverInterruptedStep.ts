@@ -2,10 +2,11 @@ import { readFile, readdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { NO_STATE_MARKER } from '../domain/layout.js';
+import { LIVE_OVERLAY_SUFFIX, NO_STATE_MARKER } from '../domain/layout.js';
+import { isBelow } from './backupDisks.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { exists } from './durableFs.js';
-import { mergeStep, pullRetainedImages } from './mergeStep.js';
+import { mergeStep, mergeIntoLiveImages } from './mergeStep.js';
 import { retainStep } from './retainStep.js';
 import type { StepContext, StepResult } from './StepContext.js';
 
@@ -46,12 +47,32 @@ async function isRealStateFile(file: string): Promise<boolean> {
 async function recoverSnapshot(ctx: StepContext): Promise<void> {
   const { vm, virsh, layout, settings, logger } = ctx;
   if (!(await virsh.domainExists(vm.name))) return;
-  const state = await virsh.domState(vm.name);
+  // A live snapshot (or a save) our dead process asked for may still run in libvirtd: judge the world once it is over.
+  await waitForDomainJob(ctx);
+  let state = await virsh.domState(vm.name);
+  if (state === 'paused' && /snapshot|migrat|save/i.test(await virsh.domStateReason(vm.name))) {
+    logger.warn({ vm: vm.name, leaf: ctx.leaf }, 'recovery: the VM was left paused by an interrupted snapshot; resuming it');
+    await virsh.resume(vm.name);
+    state = await virsh.domState(vm.name);
+  }
   const candidates = [layout.retainPath(layout.stateFileName)];
   if (settings.ramDiskLocation) candidates.push(path.join(settings.ramDiskLocation, `${vm.name}.${ctx.leaf}.state`));
   const savedState = (await Promise.all(candidates.map(async (f) => ((await isRealStateFile(f)) ? f : undefined)))).find((f) => f !== undefined);
 
-  if (state === 'shut off' || state === 'shutdown' || state === 'crashed') {
+  const onLiveOverlays = parseDomainDisks(await virsh.dumpXml(vm.name, { inactive: true })).some(
+    (d) => d.source !== undefined && d.source.endsWith(LIVE_OVERLAY_SUFFIX) && isBelow(settings.retainDirectory, d.source),
+  );
+  if (onLiveOverlays && (state === 'shut off' || state === 'shutdown' || state === 'crashed')) {
+    // A live snapshot switched the disks and the guest stopped later: what it
+    // wrote is in the overlays. Fold them back with the VM started paused.
+    await virsh.start(vm.name, { paused: true });
+    try {
+      await mergeIntoLiveImages(ctx, { keepPointInTime: false });
+    } finally {
+      await virsh.destroy(vm.name);
+    }
+    if (savedState) await rm(savedState, { force: true });
+  } else if (state === 'shut off' || state === 'shutdown' || state === 'crashed') {
     // Stopped with disks possibly swapped: the guest has not run on the
     // overlays, so moving the images back loses nothing.
     // Committing the overlays keeps whatever the guest wrote after the snapshot.
@@ -69,9 +90,10 @@ async function recoverSnapshot(ctx: StepContext): Promise<void> {
       await rm(savedState, { force: true });
     }
   } else {
-    // Running (the restore happened): pull the retained data back in so the
-    // chain no longer depends on retain.
-    await pullRetainedImages(ctx);
+    // Running (a live snapshot, or the save's restore, happened): fold the
+    // overlays back or pull the retained data in, so that the chain no longer
+    // depends on retain. The failed backup's point in time is not kept.
+    await mergeIntoLiveImages(ctx, { keepPointInTime: false });
   }
   await removeRetainDirIfNoImages(ctx);
 }
@@ -115,10 +137,22 @@ async function recoverMerge(ctx: StepContext): Promise<StepResult> {
     const placeholder = !(await isRealStateFile(layout.retainPath(layout.stateFileName)));
     if (placeholder) {
       // We had started this shut-off VM paused for the pull.
-      await pullRetainedImages(ctx);
+      await mergeIntoLiveImages(ctx, { keepPointInTime: true });
       await virsh.destroy(vm.name);
       return { executionTime: {} };
     }
   }
   return mergeStep(ctx);
+}
+
+/** Wait (bounded) until libvirt runs no job on the domain: a save or live snapshot outlives the process that asked for it. */
+async function waitForDomainJob(ctx: StepContext): Promise<void> {
+  const end = Date.now() + 30 * 60 * 1000;
+  let logged = false;
+  while (await ctx.virsh.domainJobActive(ctx.vm.name)) {
+    if (!logged) ctx.logger.warn({ vm: ctx.vm.name, leaf: ctx.leaf }, 'recovery: libvirt still runs a job on the VM; waiting for it to end');
+    logged = true;
+    if (Date.now() > end) throw new BackupError('recovery: a libvirt job on the VM did not end within 30 minutes', ReturnCode.cannotLockMachine);
+    await new Promise((r) => setTimeout(r, 500));
+  }
 }

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { isLeafName } from '../domain/leafName.js';
-import { MANIFEST_NAME } from '../domain/layout.js';
+import { LIVE_OVERLAY_SUFFIX, MANIFEST_NAME } from '../domain/layout.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { isBelow } from './backupDisks.js';
@@ -46,7 +46,8 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   }
   await refuseWhileReferenced(ctx);
 
-  const names = (await readdir(layout.retainDir)).filter((n) => !n.endsWith('.partial')).sort();
+  // A live snapshot's overlay (already committed and unreferenced, or retain would have refused) is never part of a backup.
+  const names = (await readdir(layout.retainDir)).filter((n) => !n.endsWith('.partial') && !n.endsWith(LIVE_OVERLAY_SUFFIX)).sort();
   for (const required of [layout.stateFileName, layout.xmlFileName, layout.ldifFileName]) {
     if (!names.includes(required)) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
   }
@@ -114,7 +115,7 @@ async function refuseWhileReferenced(ctx: StepContext): Promise<void> {
   const xmls = [await virsh.dumpXml(vm.name, { inactive: true }), ...(running ? [await virsh.dumpXml(vm.name)] : [])];
   for (const xml of xmls) {
     for (const d of parseDomainDisks(xml)) {
-      const refs = [...d.backingChain];
+      const refs = [...(d.source === undefined ? [] : [d.source]), ...d.backingChain];
       if (d.type === 'file' && d.device === 'disk' && d.source !== undefined && (await exists(d.source))) {
         const info = await qemuImg.info(d.source, { shared: true });
         if (info.backingFile) refs.push(info.backingFile);

@@ -4,7 +4,10 @@ import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { NO_STATE_MARKER } from '../domain/layout.js';
-import { parseDomainDisks, parseDomainMemoryBytes, stripBackingStores } from '../hypervisor/domainXml.js';
+import { parseDomainDisks, parseDomainMemoryBytes, stripBackingStores, type DomainDisk } from '../hypervisor/domainXml.js';
+import { parseLifecycleEvents, stoppedWindowMs } from '../hypervisor/lifecycleEvents.js';
+import { liveOverlayName } from '../domain/layout.js';
+import { mergeIntoLiveImages } from './mergeStep.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { selectBackupDisks, type BackupDisk } from './backupDisks.js';
 import { exists, freeBytes, mkdirp, moveFile, sameFilesystem, syncDir, writeFileDurably } from './durableFs.js';
@@ -69,7 +72,10 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   const retainState = layout.retainPath(layout.stateFileName);
 
   let downtime = 0;
-  if (runState === 'running' || runState === 'paused' || runState === 'blocked' || runState === 'idle') {
+  const runs = runState === 'running' || runState === 'paused' || runState === 'blocked' || runState === 'idle';
+  if (runs && settings.snapshotMethod === 'live') {
+    downtime = await liveSnapshot(ctx, disks, parseDomainDisks(liveXml), parseDomainMemoryBytes(liveXml), retainState);
+  } else if (runs) {
     const stateFile = await chooseStateFile(ctx, parseDomainMemoryBytes(liveXml), retainState);
     const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
     try {
@@ -152,6 +158,67 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   const result = { executionTime: { snapshot: seconds(t0), downtime } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, runState, disks: disks.map((d) => d.target), ...result.executionTime }, 'snapshot done');
   return result;
+}
+
+/**
+ * The live method: memory and disks captured at one instant while the guest
+ * runs (libvirt pauses it only to switch the disks). The images stay at their
+ * paths, frozen from that instant on; the guest continues on overlays in the
+ * retain directory (`<image>.overlay`), which the merge folds back. Returns the
+ * stopped window in seconds, measured from libvirt's lifecycle events.
+ */
+async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], memoryBytes: number, retainState: string): Promise<number> {
+  const { vm, virsh, layout, logger } = ctx;
+  const stateFile = await chooseStateFile(ctx, memoryBytes, retainState);
+  const overlays = disks.map((d) => ({ target: d.target, file: layout.retainPath(liveOverlayName(d.fileName)), disk: d }));
+  const others = allDisks.map((d) => d.target).filter((t) => !disks.some((d) => d.target === t));
+  for (const o of overlays) {
+    if (await exists(o.file)) throw new BackupError(`${o.file} exists already; refusing to reuse an overlay`, ReturnCode.cannotCreateEmptyDiskImage);
+  }
+  ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message: `live snapshot: memory to ${stateFile}, disks onto overlays` });
+  const watch = await virsh.watchLifecycle(vm.name, 60 * 60 * 1000).catch((err: unknown) => {
+    logger.warn({ vm: vm.name, err: errorMessage(err) }, 'cannot watch lifecycle events; the stopped window is not measured');
+    return undefined;
+  });
+  let failure: unknown;
+  try {
+    await virsh.snapshotLive(vm.name, stateFile, overlays, others);
+  } catch (err) {
+    failure = err;
+  }
+  const stoppedMs = watch ? stoppedWindowMs(parseLifecycleEvents(await watch.stop()), Date.now()) : 0;
+  // Judge by the world, not by virsh's exit: libvirt may have completed the snapshot.
+  const live = parseDomainDisks(await virsh.dumpXml(vm.name));
+  const switched = overlays.filter((o) => live.find((l) => l.target === o.target)?.source === o.file);
+  if (failure !== undefined && switched.length === 0) {
+    if ((await virsh.domState(vm.name)) === 'paused' && /snapshot|migration/i.test(await virsh.domStateReason(vm.name))) await virsh.resume(vm.name);
+    await Promise.all([...overlays.map((o) => rm(o.file, { force: true })), rm(stateFile, { force: true })]);
+    throw new BackupError(`live snapshot failed: ${errorMessage(failure)}`, ReturnCode.cannotSaveMachineState, { cause: failure });
+  }
+  const wrong = overlays.filter((o) => {
+    const l = live.find((x) => x.target === o.target);
+    return l?.source !== o.file || l.backingChain[0] !== o.disk.source;
+  });
+  if (wrong.length > 0) {
+    // The guest runs, on what it wrote: fold whatever overlays exist back, keep nothing of this snapshot.
+    logger.error({ vm: vm.name, leaf: ctx.leaf, disks: wrong.map((o) => o.target) }, 'live snapshot left an unexpected chain; folding the overlays back');
+    await mergeIntoLiveImages(ctx, { keepPointInTime: false });
+    await rm(stateFile, { force: true });
+    throw new BackupError(`after the live snapshot, disks ${wrong.map((o) => o.target).join(', ')} were not on their overlays`, ReturnCode.cannotSaveMachineState, { cause: failure });
+  }
+  for (const o of overlays) {
+    await chownByName(o.file, ctx.settings.image.owner, ctx.settings.image.group, logger);
+    await chmod(o.file, ctx.settings.image.mode);
+  }
+  if (stateFile !== retainState) {
+    try {
+      await moveFile(stateFile, retainState);
+    } catch (err) {
+      throw new BackupError(`cannot move the state file to retain: ${errorMessage(err)}`, ReturnCode.cannotCopyStateFileToRetain, { cause: err });
+    }
+  }
+  logger.info({ vm: vm.name, leaf: ctx.leaf, stoppedMs, method: 'live' }, 'live snapshot taken');
+  return Math.round(stoppedMs) / 1000;
 }
 
 /** The RAM disk when it exists and has room (≥ 1.05 × guest RAM), else retain. */

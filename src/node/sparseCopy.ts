@@ -6,20 +6,32 @@ export interface CopyResult {
   sha256: string;
 }
 
-const BLOCK = 1024 * 1024;
+/**
+ * 2 MiB blocks in a ring of eight, four read ahead: the hash never waits for a
+ * read, writes never hold up the hash, and a copy of any size stays at 16 MiB
+ * of buffers.
+ */
+const BLOCK = 2 * 1024 * 1024;
+const RING = 8;
+const READ_AHEAD = 4;
+const ZEROS = Buffer.alloc(BLOCK);
+const PROGRESS_EVERY = 64 * 1024 * 1024;
+/** Start writing back this much dirty data while the copy goes on, instead of all of it in the final fsync. */
+const FLUSH_EVERY = 64 * 1024 * 1024;
 
 function isZero(buf: Buffer, len: number): boolean {
-  // Compare 8 bytes at a time where possible; zero blocks are the common case in images.
-  let i = 0;
-  for (; i + 8 <= len; i += 8) if (buf.readBigUInt64LE(i) !== 0n) return false;
-  for (; i < len; i++) if (buf[i] !== 0) return false;
-  return true;
+  // memcmp in C; zero blocks are the common case in disk images.
+  return buf.subarray(0, len).equals(ZEROS.subarray(0, len));
 }
 
 /**
  * Copy `src` to `dst` in one pass: all-zero blocks are skipped (left as holes,
  * so sparse images stay sparse), the sha256 of the content is computed on the
  * way, and the result is fsynced before returning. `dst` must not exist.
+ *
+ * sha256 runs at about the speed of `cp` itself, so it must never wait: reads
+ * run ahead and writes run behind in libuv's pool while this thread hashes,
+ * and write-back to disk starts during the copy rather than all at the end.
  */
 export async function sparseCopy(
   src: string,
@@ -32,26 +44,44 @@ export async function sparseCopy(
   try {
     const { size } = await input.stat();
     const output = await open(dst, 'wx', 0o600);
+    const buffers = Array.from({ length: RING }, () => Buffer.allocUnsafe(BLOCK));
+    const writes: Promise<unknown>[] = Array.from({ length: RING }, () => Promise.resolve());
+    const blocks = Math.ceil(size / BLOCK);
+    const reads: Promise<{ bytesRead: number }>[] = [];
+    const readBlock = async (i: number) => {
+      await writes[i % RING]; // the buffer's previous block is written
+      return input.read(buffers[i % RING] as Buffer, 0, Math.min(BLOCK, size - i * BLOCK), i * BLOCK);
+    };
+    let flushing: Promise<unknown> = Promise.resolve();
     try {
-      const buf = Buffer.allocUnsafe(BLOCK);
+      for (let i = 0; i < Math.min(READ_AHEAD, blocks); i++) reads[i] = readBlock(i);
       let pos = 0;
       let lastReport = 0;
-      while (pos < size) {
+      let lastFlush = 0;
+      for (let i = 0; i < blocks; i++) {
         signal?.throwIfAborted();
-        const { bytesRead } = await input.read(buf, 0, Math.min(BLOCK, size - pos), pos);
-        if (bytesRead === 0) break;
+        const { bytesRead } = await (reads[i] as Promise<{ bytesRead: number }>);
+        delete reads[i];
+        if (bytesRead !== Math.min(BLOCK, size - pos)) throw new Error(`${src} changed size while being copied (${pos + bytesRead} of ${size} bytes read)`);
+        if (i + READ_AHEAD < blocks) reads[i + READ_AHEAD] = readBlock(i + READ_AHEAD);
+        const buf = buffers[i % RING] as Buffer;
         hash.update(buf.subarray(0, bytesRead));
-        if (!isZero(buf, bytesRead)) await output.write(buf, 0, bytesRead, pos);
+        if (!isZero(buf, bytesRead)) writes[i % RING] = output.write(buf, 0, bytesRead, pos);
         pos += bytesRead;
-        if (onProgress && (pos - lastReport >= 64 * BLOCK || pos === size)) {
+        if (pos - lastFlush >= FLUSH_EVERY) {
+          lastFlush = pos;
+          flushing = flushing.then(() => output.datasync());
+        }
+        if (onProgress && (pos - lastReport >= PROGRESS_EVERY || pos === size)) {
           onProgress(pos, size);
           lastReport = pos;
         }
       }
-      if (pos !== size) throw new Error(`${src} changed size while being copied (${pos} of ${size} bytes read)`);
+      await Promise.all([...writes, flushing]);
       await output.truncate(size);
       await output.sync();
     } finally {
+      await Promise.allSettled([...reads, ...writes, flushing]);
       await output.close();
     }
     return { size, sha256: hash.digest('hex') };

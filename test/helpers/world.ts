@@ -34,6 +34,10 @@ export interface WorldVmOptions {
   imageDir?: string;
   /** a user-mode NIC, also described in the directory (sstInterface=net0 with its MAC) */
   nic?: boolean;
+  /** sstBackupSnapshotMethod on the VM's ou=backup (absent: the default, live) */
+  method?: 'live' | 'save';
+  /** guest RAM in MiB (default 32) */
+  memoryMiB?: number;
 }
 
 /**
@@ -112,7 +116,7 @@ export class World {
     if (o.noDomain) {
       vm = { name, xml: '', disks: targets.map((t) => ({ target: t, path: path.join(o.imageDir ?? this.imageDir, `${name}-${t}.qcow2`) })) };
     } else {
-      vm = await createTinyVm({ name, imageDir: o.imageDir ?? this.imageDir, targets, running: o.running, initialPattern: o.pattern ?? 0xab, nic: o.nic ?? false });
+      vm = await createTinyVm({ name, imageDir: o.imageDir ?? this.imageDir, targets, running: o.running, initialPattern: o.pattern ?? 0xab, nic: o.nic ?? false, ...(o.memoryMiB ? { memoryMiB: o.memoryMiB } : {}) });
       this.vms.push(name);
     }
     const disks = vm.disks
@@ -159,7 +163,7 @@ dn: ou=backup,${vmDn(name)}
 objectClass: top
 objectClass: organizationalUnit
 objectClass: sstVirtualizationBackupObjectClass
-${o.cron ? 'objectClass: sstCronObjectClass\n' + cronLines(o.cron) : ''}ou: backup
+${o.cron ? 'objectClass: sstCronObjectClass\n' + cronLines(o.cron) : ''}${o.method ? `objectClass: sstBackupSettingsExtension\nsstBackupSnapshotMethod: ${o.method}\n` : ''}ou: backup
 ${this.backupSettings(o.backupAttributes)}
 `);
     return vm;

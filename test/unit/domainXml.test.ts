@@ -295,3 +295,13 @@ describe('parseDomState', () => {
     expect(parseDomState('paused\nrunning\n')).toBe('paused');
   });
 });
+
+describe('parseBlockJobInfo', () => {
+  it('reads the job type and progress virsh prints (on stderr), and no job', async () => {
+    const { parseBlockJobInfo } = await import('../../src/hypervisor/Virsh.js');
+    expect(parseBlockJobInfo('\nActive Block Commit: [100 %]')).toEqual({ type: 'Active Block Commit', percent: 100 });
+    expect(parseBlockJobInfo('Block Pull: [ 45 %]\n')).toEqual({ type: 'Block Pull', percent: 45 });
+    expect(parseBlockJobInfo('No current block job for vda\n')).toBeUndefined();
+    expect(parseBlockJobInfo('')).toBeUndefined();
+  });
+});

@@ -85,6 +85,7 @@ describe('resolveSettings', () => {
     const s = resolveSettings({ vm: { dn: vmDn, attributes: seedVmEntry } });
     const expected: BackupSettings = {
       sourceDn: vmDn,
+      snapshotMethod: 'live',
       rootDirectory: '/var/backup/virtualization',
       retainDirectory: '/var/virtualization/retain',
       ramDiskLocation: '/mnt/ramdisk-test',
@@ -209,6 +210,7 @@ describe('resolveSettings', () => {
     const s = resolveSettings({});
     expect(s.backup).toEqual({
       sourceDn: '(defaults)',
+      snapshotMethod: 'live',
       rootDirectory: '/var/backup/virtualization',
       retainDirectory: '/var/virtualization/retain',
       ramDiskLocation: undefined,
@@ -296,5 +298,29 @@ describe('backupSettingsFromAttributes values', () => {
   it('rejects a bad exclusion flag or cron activity flag with code 39', () => {
     expect(codeOf(() => resolveSettings({ vm: { dn: vmDn, attributes: { ...seedExclusionEntry, sstbackupexcludefrombackup: ['yes'] } } }))).toBe(39);
     expect(codeOf(() => cronFromAttributes(vmDn, { ...seedVmEntry, sstcronactive: ['on'] }))).toBe(39);
+  });
+});
+
+describe('sstBackupSnapshotMethod', () => {
+  const level = (dn: string, attributes: Record<string, string[]>) => ({ dn, attributes });
+  const settingsClass = { objectclass: ['top', 'organizationalUnit', 'sstVirtualizationBackupObjectClass'], sstbackupnumberofiterations: ['3'] };
+
+  it('defaults to live', () => {
+    expect(resolveSettings({}).backup.snapshotMethod).toBe('live');
+    expect(resolveSettings({ global: level('g', settingsClass) }).backup.snapshotMethod).toBe('live');
+  });
+
+  it('is looked up on its own, VM before pool before global, whatever level carries the other settings', () => {
+    const method = (m: string) => ({ objectclass: ['top', 'organizationalUnit', 'sstBackupSettingsExtension'], sstbackupsnapshotmethod: [m] });
+    // The pool sets the method only; the global entry carries the settings: both apply.
+    const s = resolveSettings({ pool: level('p', method('save')), global: level('g', settingsClass) });
+    expect({ method: s.backup.snapshotMethod, from: s.backup.sourceDn, iterations: s.backup.numberOfIterations }).toEqual({ method: 'save', from: 'g', iterations: 3 });
+    expect(resolveSettings({ vm: level('v', method('LIVE')), pool: level('p', method('save')) }).backup.snapshotMethod).toBe('live');
+    expect(resolveSettings({ vm: level('v', settingsClass), global: level('g', method('save')) }).backup.snapshotMethod).toBe('save');
+  });
+
+  it('refuses an unknown method with code 39', () => {
+    const bad = { objectclass: ['sstBackupSettingsExtension'], sstbackupsnapshotmethod: ['suspend'] };
+    expect(() => resolveSettings({ vm: level('v', bad) })).toThrow(expect.objectContaining({ code: 39, message: expect.stringMatching(/sstBackupSnapshotMethod.*"suspend"/) }));
   });
 });
