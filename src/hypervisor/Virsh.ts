@@ -160,8 +160,14 @@ export class Virsh {
 
   /** Whether libvirt runs a job on the domain (save, snapshot, migration…). */
   async domainJobActive(vm: string): Promise<boolean> {
-    const out = await this.virsh(['domjobinfo', vm], 30_000);
-    return !/^Job type:\s+None/m.test(out);
+    try {
+      const out = await this.virsh(['domjobinfo', vm], 30_000);
+      return !/^Job type:\s+None/m.test(out);
+    } catch (err) {
+      // A domain that is not running runs no job (and libvirt refuses to say so).
+      if (err instanceof CommandError && /domain is not running/i.test(err.stderr)) return false;
+      throw err;
+    }
   }
 
   /**

@@ -47,6 +47,11 @@ export interface TinyVmOptions {
   initialPattern?: number;
   /** one user-mode virtio NIC (libvirt assigns its MAC) */
   nic?: boolean;
+  /**
+   * A file loaded into guest RAM at start (QEMU's generic loader), so that the
+   * memory state is realistic rather than all zeros (reference item 7).
+   */
+  ramLoader?: string;
 }
 
 /** A VM without guest OS: 32 MiB RAM, qcow2 disks, sits in firmware. */
@@ -61,7 +66,11 @@ export async function createTinyVm(o: TinyVmOptions): Promise<TinyVm> {
     disks.push({ target: t, path: p });
   }
   const type = (await kvmUsable()) ? 'kvm' : 'qemu';
-  const xml = `<domain type='${type}'>
+  const ns = o.ramLoader ? " xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'" : '';
+  const loader = o.ramLoader
+    ? `  <qemu:commandline><qemu:arg value='-device'/><qemu:arg value='loader,file=${o.ramLoader},addr=0x1000000,force-raw=on'/></qemu:commandline>\n`
+    : '';
+  const xml = `<domain type='${type}'${ns}>
   <name>${o.name}</name>
   <memory unit='MiB'>${o.memoryMiB ?? 32}</memory>
   <vcpu>1</vcpu>
@@ -71,7 +80,7 @@ export async function createTinyVm(o: TinyVmOptions): Promise<TinyVm> {
 ${disks.map((d) => `    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='${d.path}'/><target dev='${d.target}' bus='virtio'/></disk>`).join('\n')}
 ${o.nic ? "    <interface type='user'><model type='virtio'/></interface>\n" : ''}    <memballoon model='none'/>
   </devices>
-</domain>
+${loader}</domain>
 `;
   const xmlFile = path.join(o.imageDir, `${o.name}.xml`);
   const { writeFile } = await import('node:fs/promises');

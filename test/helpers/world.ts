@@ -38,6 +38,10 @@ export interface WorldVmOptions {
   method?: 'live' | 'save';
   /** guest RAM in MiB (default 32) */
   memoryMiB?: number;
+  /** virtual disk size in MiB (default 64) */
+  sizeMiB?: number;
+  /** file loaded into guest RAM at start (see createTinyVm) */
+  ramLoader?: string;
 }
 
 /**
@@ -116,7 +120,7 @@ export class World {
     if (o.noDomain) {
       vm = { name, xml: '', disks: targets.map((t) => ({ target: t, path: path.join(o.imageDir ?? this.imageDir, `${name}-${t}.qcow2`) })) };
     } else {
-      vm = await createTinyVm({ name, imageDir: o.imageDir ?? this.imageDir, targets, running: o.running, initialPattern: o.pattern ?? 0xab, nic: o.nic ?? false, ...(o.memoryMiB ? { memoryMiB: o.memoryMiB } : {}) });
+      vm = await createTinyVm({ name, imageDir: o.imageDir ?? this.imageDir, targets, running: o.running, initialPattern: o.pattern ?? 0xab, nic: o.nic ?? false, ...(o.memoryMiB ? { memoryMiB: o.memoryMiB } : {}), ...(o.sizeMiB ? { sizeMiB: o.sizeMiB } : {}), ...(o.ramLoader ? { ramLoader: o.ramLoader } : {}) });
       this.vms.push(name);
     }
     const disks = vm.disks

@@ -1,0 +1,239 @@
+/**
+ * npm run bench:backup — the data path, side by side, in one run on one VM.
+ *
+ * The VM: 256 MiB RAM holding 200 MiB of random bytes (QEMU's loader device),
+ * one 2 GiB qcow2 disk with 512 MiB written. In order, on that VM:
+ *   1. bare `virsh save` + `virsh restore` (the floor of the save method);
+ *   2. a backup with sstBackupSnapshotMethod=save;
+ *   3. a backup with sstBackupSnapshotMethod=live;
+ *   4. `virtnbdbackup -l copy` (disk only, no memory; installed if missing);
+ *   5. the retain copy (sparseCopy, sha256 included) against
+ *      `cp --sparse=always` + `sync FILE` of the same image, alternating.
+ * Stopped windows come from libvirt's lifecycle events; QEMU's bytes written
+ * from /proc/<qemu>/io during the merge (a delta of DELTA_MIB is written by
+ * the guest after each snapshot). Prints a table and the goals; exits 0 even
+ * when a goal is missed (a benchmark reports, it does not judge), 1 on error.
+ */
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { World, vmDn } from '../helpers/world.js';
+import { ldapModify } from '../helpers/slapd.js';
+import { guestWrite, virsh } from '../helpers/libvirt.js';
+import { run } from '../../src/hypervisor/exec.js';
+import { parseLifecycleEvents, stoppedWindowMs } from '../../src/hypervisor/lifecycleEvents.js';
+
+const RAM_MIB = 256;
+const RANDOM_RAM_MIB = 200;
+const DISK_MIB = 2048;
+const WRITTEN_MIB = 512;
+const DELTA_MIB = 16;
+const COPY_ROUNDS = 3;
+const MiB = 1024 * 1024;
+
+interface BackupFigures {
+  method: string;
+  stoppedMs: number;
+  wallS: number;
+  stepsS: Record<string, number>;
+  qemuMergeWriteMiB: number;
+  ownMergeWriteMiB: number;
+  rv: number;
+}
+
+const ms = (t0: number) => performance.now() - t0;
+const fmt = (n: number, d = 1) => n.toFixed(d);
+
+async function qemuWriteBytes(vm: string): Promise<number> {
+  const pid = (await readFile(`/run/libvirt/qemu/${vm}.pid`, 'utf8')).trim();
+  return ioWriteBytes(pid);
+}
+
+async function ioWriteBytes(pid: string): Promise<number> {
+  const io = await readFile(`/proc/${pid}/io`, 'utf8');
+  return Number(/^write_bytes:\s+(\d+)/m.exec(io)?.[1] ?? NaN);
+}
+
+async function setMethod(w: World, vm: string, method: 'live' | 'save'): Promise<void> {
+  await ldapModify(w.slapd, `dn: ou=backup,${vmDn(vm)}
+changetype: modify
+replace: sstBackupSnapshotMethod
+sstBackupSnapshotMethod: ${method}
+`);
+}
+
+/** One backup driven step by step like the control side, measuring around the merge. */
+async function backup(w: World, vm: string, method: 'live' | 'save', leaf: string, deltaAt: number): Promise<BackupFigures> {
+  await setMethod(w, vm, method);
+  const t0 = performance.now();
+  const watch = await virsh.watchLifecycle(vm, 30 * 60_000);
+  if (!(await w.directory.createLeaf(vm, leaf))) throw new Error(`leaf ${leaf} exists`);
+  const dn = (await w.leaf(vm, leaf)).dn;
+  const cas = async (from: string, to: string) => {
+    if (!(await w.directory.casMode(dn, from, to, { state: '0' }))) throw new Error(`cannot set ${from} → ${to}`);
+  };
+  await cas('initialize', 'initialized');
+  await cas('initialized', 'snapshot');
+  const snap = await w.waitForMode(vm, leaf, ['snapshotted'], 10 * 60_000);
+  const stoppedMs = stoppedWindowMs(parseLifecycleEvents(await watch.stop()), Date.now());
+  if (snap.returnValue !== 0) throw new Error(`${method} snapshot failed with ${snap.returnValue}`);
+  // The guest writes after the snapshot instant: what the merge has to fold back.
+  for (let off = 0; off < DELTA_MIB; off += 4) await guestWrite(vm, 'vda', 0x77, `${deltaAt + off}M`, '4M');
+  const qemuBefore = await qemuWriteBytes(vm);
+  const ownBefore = await ioWriteBytes('self');
+  await cas('snapshotted', 'merge');
+  const merged = await w.waitForMode(vm, leaf, ['merged'], 30 * 60_000);
+  const qemuAfter = await qemuWriteBytes(vm);
+  const ownAfter = await ioWriteBytes('self');
+  if (merged.returnValue !== 0) throw new Error(`${method} merge failed with ${merged.returnValue}`);
+  await cas('merged', 'retain');
+  const retained = await w.waitForMode(vm, leaf, ['retained'], 30 * 60_000);
+  if (retained.returnValue !== 0) throw new Error(`${method} retain failed with ${retained.returnValue}`);
+  await cas('retained', 'finished');
+  const wallS = ms(t0) / 1000;
+  return {
+    method,
+    stoppedMs,
+    wallS,
+    stepsS: retained.executionTime,
+    qemuMergeWriteMiB: (qemuAfter - qemuBefore) / MiB,
+    ownMergeWriteMiB: (ownAfter - ownBefore) / MiB,
+    rv: retained.returnValue ?? -1,
+  };
+}
+
+async function bareSaveRestore(w: World, vm: string): Promise<{ stoppedMs: number; stateMiB: number }> {
+  const state = path.join(w.root, 'bare.state');
+  const watch = await virsh.watchLifecycle(vm, 30 * 60_000);
+  await virsh.save(vm, state);
+  const stateMiB = (await stat(state)).size / MiB;
+  await virsh.restore(state);
+  const stoppedMs = stoppedWindowMs(parseLifecycleEvents(await watch.stop()), Date.now());
+  await rm(state);
+  return { stoppedMs, stateMiB };
+}
+
+async function ensureVirtnbdbackup(): Promise<boolean> {
+  const has = async () => run('virtnbdbackup', ['--version'], { timeoutMs: 30_000 }).then(() => true, () => false);
+  if (await has()) return true;
+  process.stderr.write('bench: installing virtnbdbackup (apt)…\n');
+  await run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'virtnbdbackup'], { timeoutMs: 600_000, env: { DEBIAN_FRONTEND: 'noninteractive' } }).catch(
+    async () => {
+      await run('apt-get', ['update', '-qq'], { timeoutMs: 600_000 });
+      await run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'virtnbdbackup'], { timeoutMs: 600_000, env: { DEBIAN_FRONTEND: 'noninteractive' } });
+    },
+  );
+  return has();
+}
+
+async function virtnbdbackupCopy(w: World, vm: string): Promise<number | undefined> {
+  if (!(await ensureVirtnbdbackup().catch(() => false))) return undefined;
+  const out = path.join(w.root, 'virtnbdbackup');
+  await rm(out, { recursive: true, force: true });
+  const t0 = performance.now();
+  await run('virtnbdbackup', ['-d', vm, '-l', 'copy', '-o', out, '-S', w.root, '-U', w.libvirtUri], { timeoutMs: 30 * 60_000 });
+  const s = ms(t0) / 1000;
+  await rm(out, { recursive: true, force: true });
+  return s;
+}
+
+/** sparseCopy in a child process (its own RSS), cp --sparse=always + sync; alternating, median. */
+async function copyVsCp(w: World, image: string): Promise<{ oursMiBs: number; cpMiBs: number; ratio: number; rssMiB: number; sizeMiB: number }> {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const copier = path.resolve(here, '../../src/node/sparseCopy.js');
+  const size = (await stat(image)).size;
+  const dst = path.join(w.root, 'copy-target');
+  const ours: number[] = [];
+  const cps: number[] = [];
+  let rss = 0;
+  const runOurs = async () => {
+    await rm(dst, { force: true });
+    await run('sync', []);
+    const script = `const { sparseCopy } = await import(${JSON.stringify(copier)});
+const t = performance.now(); await sparseCopy(${JSON.stringify(image)}, ${JSON.stringify(dst)});
+console.log(JSON.stringify({ ms: performance.now() - t, maxRssKiB: process.resourceUsage().maxRSS }));`;
+    const r = await run(process.execPath, ['--input-type=module', '-e', script], { timeoutMs: 600_000 });
+    const o = JSON.parse(r.stdout) as { ms: number; maxRssKiB: number };
+    ours.push(o.ms);
+    rss = Math.max(rss, o.maxRssKiB / 1024);
+  };
+  const runCp = async () => {
+    await rm(dst, { force: true });
+    await run('sync', []);
+    const t = performance.now();
+    await run('cp', ['--sparse=always', image, dst]);
+    await run('sync', [dst]);
+    cps.push(ms(t));
+  };
+  for (let i = 0; i < COPY_ROUNDS; i++) {
+    if (i % 2 === 0) {
+      await runCp();
+      await runOurs();
+    } else {
+      await runOurs();
+      await runCp();
+    }
+  }
+  await rm(dst, { force: true });
+  const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)] as number;
+  const oursMiBs = size / MiB / (median(ours) / 1000);
+  const cpMiBs = size / MiB / (median(cps) / 1000);
+  return { oursMiBs, cpMiBs, ratio: oursMiBs / cpMiBs, rssMiB: rss, sizeMiB: size / MiB };
+}
+
+async function main(): Promise<void> {
+  const w = await World.start();
+  try {
+    await w.startNodeDaemon();
+    const rand = path.join(w.root, 'ram.bin');
+    await run('dd', ['if=/dev/urandom', `of=${rand}`, 'bs=1M', `count=${RANDOM_RAM_MIB}`, 'status=none'], { timeoutMs: 120_000 });
+    const tiny = await w.addVm('bench', { running: false, memoryMiB: RAM_MIB, sizeMiB: DISK_MIB, ramLoader: rand, method: 'live' });
+    const vm = tiny.name;
+    const image = tiny.disks[0]!.path;
+    await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 0 ${WRITTEN_MIB}M`, image], { timeoutMs: 600_000 });
+    await virsh.start(vm);
+    process.stderr.write(`bench: VM ${vm}: ${RAM_MIB} MiB RAM (${RANDOM_RAM_MIB} MiB random), ${DISK_MIB} MiB qcow2 with ${WRITTEN_MIB} MiB written\n`);
+
+    const bare = await bareSaveRestore(w, vm);
+    process.stderr.write(`bench: bare save+restore stopped ${fmt(bare.stoppedMs, 0)} ms\n`);
+    const save = await backup(w, vm, 'save', '20261129T010000Z', 600);
+    process.stderr.write(`bench: save backup done in ${fmt(save.wallS)} s\n`);
+    const live = await backup(w, vm, 'live', '20261129T020000Z', 700);
+    process.stderr.write(`bench: live backup done in ${fmt(live.wallS)} s\n`);
+    const nbd = await virtnbdbackupCopy(w, vm);
+    process.stderr.write(`bench: virtnbdbackup ${nbd === undefined ? 'not available' : `${fmt(nbd)} s`}\n`);
+    const copy = await copyVsCp(w, image);
+
+    const rows: [string, string, string, string, string][] = [
+      ['', 'stopped window', 'wall (whole backup)', 'QEMU wrote in merge', 'node wrote in merge'],
+      ['bare virsh save + restore', `${fmt(bare.stoppedMs, 0)} ms`, '—', '—', '—'],
+      ['backup, method save', `${fmt(save.stoppedMs, 0)} ms`, `${fmt(save.wallS)} s`, `${fmt(save.qemuMergeWriteMiB)} MiB`, `${fmt(save.ownMergeWriteMiB)} MiB`],
+      ['backup, method live', `${fmt(live.stoppedMs, 0)} ms`, `${fmt(live.wallS)} s`, `${fmt(live.qemuMergeWriteMiB)} MiB`, `${fmt(live.ownMergeWriteMiB)} MiB`],
+      ['virtnbdbackup -l copy (disk only)', '—', nbd === undefined ? 'not installed' : `${fmt(nbd)} s`, '—', '—'],
+    ];
+    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+    const out = (s: string) => process.stdout.write(`${s}\n`);
+    out(`\nbackup data path — one VM: ${RAM_MIB} MiB RAM (${RANDOM_RAM_MIB} MiB random, state file ${fmt(bare.stateMiB, 0)} MiB), ${DISK_MIB} MiB qcow2 with ${WRITTEN_MIB} MiB written, ${DELTA_MIB} MiB written by the guest after each snapshot\n`);
+    for (const r of rows) out(r.map((c, i) => c.padEnd(widths[i]!)).join('  '));
+    out(`\nsteps (s): save ${JSON.stringify(save.stepsS)}; live ${JSON.stringify(live.stepsS)}`);
+    out(`copy of the ${fmt(copy.sizeMiB, 0)} MiB image: sparseCopy+sha256 ${fmt(copy.oursMiBs, 0)} MiB/s, cp --sparse=always+sync ${fmt(copy.cpMiBs, 0)} MiB/s (median of ${COPY_ROUNDS}), ratio ${fmt(copy.ratio, 2)}; copy process max RSS ${fmt(copy.rssMiB, 0)} MiB`);
+    const mergeLimit = 2 * DELTA_MIB + 16;
+    const goals: [string, boolean][] = [
+      [`live stopped window < 100 ms (${fmt(live.stoppedMs, 0)} ms; ratio to bare save+restore ${fmt(live.stoppedMs / bare.stoppedMs, 3)})`, live.stoppedMs < 100],
+      [`live wall ≤ 1.5 × virtnbdbackup (${nbd === undefined ? 'n/a' : fmt(live.wallS / nbd, 2)} ×)`, nbd !== undefined && live.wallS <= 1.5 * nbd],
+      [`live merge: QEMU writes ≤ 2 × delta + 16 MiB = ${mergeLimit} MiB (${fmt(live.qemuMergeWriteMiB)} MiB; save: ${fmt(save.qemuMergeWriteMiB)} MiB)`, live.qemuMergeWriteMiB <= mergeLimit],
+      [`copy ≥ 0.9 × cp (${fmt(copy.ratio, 2)} ×)`, copy.ratio >= 0.9],
+      [`copy RSS ≤ 64 MiB (${fmt(copy.rssMiB, 0)} MiB, whole node process)`, copy.rssMiB <= 64],
+    ];
+    out('\ngoals:');
+    for (const [text, met] of goals) out(`  ${met ? 'met   ' : 'MISSED'}  ${text}`);
+  } finally {
+    await w.cleanup();
+  }
+}
+
+await mkdir('/var/tmp', { recursive: true });
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});
