@@ -36,6 +36,14 @@ export function liveOverlayName(imageFileName: string): string {
   return `${imageFileName}${LIVE_OVERLAY_SUFFIX}`;
 }
 
+/**
+ * A live backup's disk image is copied into the backup directory during the
+ * merge (before the commit changes the original); this record in retain,
+ * `<image file name>.kept.json` = { name, size, sha256 }, says the copy is
+ * complete and lets retain list it in the manifest without reading it again.
+ */
+export const KEPT_RECORD_SUFFIX = '.kept.json';
+
 export class BackupLayout {
   readonly vmType: string;
   readonly pool: string;
@@ -75,6 +83,10 @@ export class BackupLayout {
   /** Final name of a retained file in the backup directory: `<file>.<leaf>`. */
   backupPath(fileName: string): string {
     return path.join(this.backupDir, `${assertSafeName('file name', fileName)}.${this.leaf}`);
+  }
+  /** Record of a disk image already copied into the backup directory (live method). */
+  keptRecordPath(imageFileName: string): string {
+    return this.retainPath(`${imageFileName}${KEPT_RECORD_SUFFIX}`);
   }
   get manifestPath(): string {
     return path.join(this.backupDir, MANIFEST_NAME);

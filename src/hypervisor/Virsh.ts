@@ -130,7 +130,9 @@ export class Virsh {
    */
   async snapshotLive(vm: string, stateFile: string, overlays: { target: string; file: string }[], otherTargets: string[]): Promise<void> {
     const esc = (v: string) => v.replaceAll(',', ',,');
-    const args = ['snapshot-create-as', vm, '--no-metadata', '--live', '--atomic', '--memspec', `file=${esc(stateFile)},snapshot=external`];
+    // --reuse-external: the overlays exist already (made before, outside the
+    // pause); libvirt creating them would happen while the guest is paused.
+    const args = ['snapshot-create-as', vm, '--no-metadata', '--live', '--atomic', '--reuse-external', '--memspec', `file=${esc(stateFile)},snapshot=external`];
     for (const o of overlays) args.push('--diskspec', `${esc(o.target)},snapshot=external,driver=qcow2,file=${esc(o.file)}`);
     for (const t of otherTargets) args.push('--diskspec', `${esc(t)},snapshot=no`);
     await this.virsh(args);
@@ -156,6 +158,15 @@ export class Virsh {
   /** Finish a ready active commit or copy by switching onto its target. */
   async blockJobPivot(vm: string, target: string): Promise<void> {
     await this.virsh(['blockjob', vm, target, '--pivot'], 120_000);
+  }
+
+  /** QEMU's migration downtime limit (ms), which also bounds a live snapshot's final pause. */
+  async maxDowntimeMs(vm: string): Promise<number> {
+    return Number((await this.virsh(['migrate-getmaxdowntime', vm], 30_000)).trim());
+  }
+
+  async setMaxDowntimeMs(vm: string, ms: number): Promise<void> {
+    await this.virsh(['migrate-setmaxdowntime', vm, String(Math.round(ms))], 30_000);
   }
 
   /** Whether libvirt runs a job on the domain (save, snapshot, migration…). */

@@ -1,11 +1,13 @@
-import { rename, rm } from 'node:fs/promises';
+import { chmod, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
 import { parseDomainDisks, type DomainDisk } from '../hypervisor/domainXml.js';
 import { isBelow } from './backupDisks.js';
-import { exists, syncDir } from './durableFs.js';
+import { exists, mkdirp, syncDir, writeFileDurably } from './durableFs.js';
+import { chownByName } from '../hypervisor/ownership.js';
+import type { ManifestFile } from './retainStep.js';
 import { sparseCopy } from './sparseCopy.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
@@ -99,9 +101,9 @@ export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInT
 }
 
 /**
- * One disk of a live snapshot: keep the frozen image (copy into retain, made
- * durable before anything changes the original), then commit the overlay into
- * the original and pivot the guest onto it. A commit left running by a dead
+ * One disk of a live snapshot: keep the frozen image (copied straight into the
+ * backup directory, durable before anything changes the original), then
+ * commit the overlay into the original and pivot the guest onto it. A commit left running by a dead
  * predecessor is taken over, not started twice.
  */
 async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: string }, keepPointInTime: boolean): Promise<void> {
@@ -115,20 +117,7 @@ async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: str
     if (path.dirname(d.source) !== layout.retainDir) {
       throw new BackupError(`${d.target} runs on ${d.source}, an overlay of another backup: it was not merged`, ReturnCode.chainStillReferencesRetain);
     }
-    const copy = layout.retainPath(path.basename(frozen));
-    if (!(await exists(copy))) {
-      ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping the frozen ${d.target} (${path.basename(frozen)})` });
-      const partial = `${copy}.partial`;
-      try {
-        await rm(partial, { force: true });
-        await sparseCopy(frozen, partial, (done, total) => ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping ${path.basename(frozen)}`, done, total }), ctx.signal);
-        await rename(partial, copy);
-        await syncDir(layout.retainDir);
-      } catch (err) {
-        await rm(partial, { force: true });
-        throw new BackupError(`cannot keep the frozen image of ${d.target}: ${errorMessage(err)}`, ReturnCode.cannotCopyImage, { cause: err });
-      }
-    }
+    await keepFrozenImage(ctx, frozen);
   }
   ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `committing ${d.target}` });
   try {
@@ -163,5 +152,39 @@ async function finishRunningCommit(ctx: StepContext, target: string): Promise<vo
       throw new Error(`the block job on ${target} made no progress for 10 minutes (${job.type} at ${job.percent} %)`);
     }
     await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+/**
+ * Copy the frozen image into the backup directory under its final name — the
+ * one full copy of the disk this backup makes — and record its size and
+ * sha256 in retain for the manifest. The record is written last: without it
+ * the copy is redone.
+ */
+async function keepFrozenImage(ctx: StepContext, frozen: string): Promise<void> {
+  const { vm, layout, settings, logger } = ctx;
+  const name = path.basename(frozen);
+  const record = layout.keptRecordPath(name);
+  if (await exists(record)) return;
+  if (!(await exists(settings.rootDirectory))) {
+    throw new BackupError(`backup root ${settings.rootDirectory} does not exist`, ReturnCode.backupRootMissing);
+  }
+  const final = layout.backupPath(name);
+  const partial = `${final}.partial`;
+  ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping the frozen ${name}` });
+  try {
+    await mkdirp(layout.backupDir, settings.directory.mode);
+    await chownByName(layout.backupDir, settings.directory.owner, settings.directory.group, logger);
+    await rm(partial, { force: true });
+    const r = await sparseCopy(frozen, partial, (done, total) => ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping ${name}`, done, total }), ctx.signal);
+    await chmod(partial, settings.image.mode);
+    await chownByName(partial, settings.image.owner, settings.image.group, logger);
+    await rename(partial, final);
+    await syncDir(layout.backupDir);
+    const kept: ManifestFile = { name: path.basename(final), size: r.size, sha256: r.sha256 };
+    await writeFileDurably(record, `${JSON.stringify(kept)}\n`);
+  } catch (err) {
+    await rm(partial, { force: true });
+    throw new BackupError(`cannot keep the frozen image ${name} in ${layout.backupDir}: ${errorMessage(err)}`, ReturnCode.cannotCopyImage, { cause: err });
   }
 }

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { isLeafName } from '../domain/leafName.js';
-import { LIVE_OVERLAY_SUFFIX, MANIFEST_NAME } from '../domain/layout.js';
+import { KEPT_RECORD_SUFFIX, LIVE_OVERLAY_SUFFIX, MANIFEST_NAME, type BackupLayout } from '../domain/layout.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { isBelow } from './backupDisks.js';
@@ -46,8 +46,12 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   }
   await refuseWhileReferenced(ctx);
 
-  // A live snapshot's overlay (already committed and unreferenced, or retain would have refused) is never part of a backup.
-  const names = (await readdir(layout.retainDir)).filter((n) => !n.endsWith('.partial') && !n.endsWith(LIVE_OVERLAY_SUFFIX)).sort();
+  // A live snapshot's overlay (already committed and unreferenced, or retain
+  // would have refused) is never part of a backup; its disk images are in the
+  // backup directory already, recorded in `.kept.json` files.
+  const inRetain = await readdir(layout.retainDir);
+  const names = inRetain.filter((n) => !n.endsWith('.partial') && !n.endsWith(LIVE_OVERLAY_SUFFIX) && !n.endsWith(KEPT_RECORD_SUFFIX)).sort();
+  const kept = await readKeptRecords(layout, inRetain.filter((n) => n.endsWith(KEPT_RECORD_SUFFIX)));
   for (const required of [layout.stateFileName, layout.xmlFileName, layout.ldifFileName]) {
     if (!names.includes(required)) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
   }
@@ -60,7 +64,7 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
 
   const total = (await Promise.all(names.map(async (n) => (await stat(layout.retainPath(n))).size))).reduce((a, b) => a + b, 0);
   let before = 0;
-  const files: ManifestFile[] = [];
+  const files: ManifestFile[] = [...kept];
   for (const n of names) {
     const final = layout.backupPath(n);
     const partial = `${final}.partial`;
@@ -105,6 +109,29 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   const result = { executionTime: { retain: seconds(t0) } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, files: files.length, bytes: total, pruned, ...result.executionTime }, 'retain done');
   return result;
+}
+
+/** Disk images the live merge copied into the backup directory: each must be there with the recorded size. */
+async function readKeptRecords(layout: BackupLayout, recordNames: string[]): Promise<ManifestFile[]> {
+  const out: ManifestFile[] = [];
+  for (const r of recordNames.sort()) {
+    let kept: ManifestFile;
+    try {
+      kept = JSON.parse(await readFile(layout.retainPath(r), 'utf8')) as ManifestFile;
+    } catch (err) {
+      throw new BackupError(`cannot read ${r} in ${layout.retainDir}: ${errorMessage(err)}`, ReturnCode.missingNecessaryFiles, { cause: err });
+    }
+    const expected = layout.backupPath(r.slice(0, -KEPT_RECORD_SUFFIX.length));
+    if (typeof kept.sha256 !== 'string' || kept.name !== path.basename(expected)) {
+      throw new BackupError(`${r} does not describe ${path.basename(expected)}`, ReturnCode.missingNecessaryFiles);
+    }
+    const size = await stat(expected).then((s) => s.size, () => undefined);
+    if (size !== kept.size) {
+      throw new BackupError(`${expected} is ${size === undefined ? 'missing' : `${size} bytes, not ${kept.size}`}`, ReturnCode.missingNecessaryFiles);
+    }
+    out.push({ name: kept.name, size: kept.size, sha256: kept.sha256 });
+  }
+  return out;
 }
 
 /** Never copy away (and then delete) a file a live disk chain still uses. */

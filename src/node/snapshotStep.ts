@@ -172,8 +172,20 @@ async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: Dom
   const stateFile = await chooseStateFile(ctx, memoryBytes, retainState);
   const overlays = disks.map((d) => ({ target: d.target, file: layout.retainPath(liveOverlayName(d.fileName)), disk: d }));
   const others = allDisks.map((d) => d.target).filter((t) => !disks.some((d) => d.target === t));
+  // The overlays are made now, while the guest runs, and handed to libvirt
+  // ready-made: creating them is then no part of the pause.
   for (const o of overlays) {
     if (await exists(o.file)) throw new BackupError(`${o.file} exists already; refusing to reuse an overlay`, ReturnCode.cannotCreateEmptyDiskImage);
+  }
+  try {
+    for (const o of overlays) {
+      await ctx.qemuImg.createOverlay(o.file, o.disk.source, o.disk.format);
+      await chownByName(o.file, ctx.settings.image.owner, ctx.settings.image.group, logger);
+      await chmod(o.file, ctx.settings.image.mode);
+    }
+  } catch (err) {
+    await Promise.all(overlays.map((o) => rm(o.file, { force: true })));
+    throw new BackupError(`cannot create the overlays: ${errorMessage(err)}`, ReturnCode.cannotCreateEmptyDiskImage, { cause: err });
   }
   ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message: `live snapshot: memory to ${stateFile}, disks onto overlays` });
   const watch = await virsh.watchLifecycle(vm.name, 60 * 60 * 1000).catch((err: unknown) => {
@@ -181,10 +193,13 @@ async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: Dom
     return undefined;
   });
   let failure: unknown;
+  const downtime = await tightenDowntimeLimit(ctx);
   try {
     await virsh.snapshotLive(vm.name, stateFile, overlays, others);
   } catch (err) {
     failure = err;
+  } finally {
+    await downtime.restore();
   }
   const stoppedMs = watch ? stoppedWindowMs(parseLifecycleEvents(await watch.stop()), Date.now()) : 0;
   // Judge by the world, not by virsh's exit: libvirt may have completed the snapshot.
@@ -206,10 +221,6 @@ async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: Dom
     await rm(stateFile, { force: true });
     throw new BackupError(`after the live snapshot, disks ${wrong.map((o) => o.target).join(', ')} were not on their overlays`, ReturnCode.cannotSaveMachineState, { cause: failure });
   }
-  for (const o of overlays) {
-    await chownByName(o.file, ctx.settings.image.owner, ctx.settings.image.group, logger);
-    await chmod(o.file, ctx.settings.image.mode);
-  }
   if (stateFile !== retainState) {
     try {
       await moveFile(stateFile, retainState);
@@ -219,6 +230,38 @@ async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: Dom
   }
   logger.info({ vm: vm.name, leaf: ctx.leaf, stoppedMs, method: 'live' }, 'live snapshot taken');
   return Math.round(stoppedMs) / 1000;
+}
+
+/**
+ * QEMU pauses the guest for the last part of the memory copy once it thinks
+ * that part fits in its downtime limit (300 ms by default). A tight limit
+ * makes it copy more while the guest runs; a guest that dirties memory faster
+ * than the copy would then never get there, so the limit is relaxed step by
+ * step while the snapshot runs, and the domain's own value put back after.
+ */
+async function tightenDowntimeLimit(ctx: StepContext): Promise<{ restore(): Promise<void> }> {
+  const { virsh, vm, logger } = ctx;
+  const previous = await virsh.maxDowntimeMs(vm.name).catch(() => undefined);
+  if (previous === undefined || !Number.isFinite(previous)) return { restore: async () => undefined };
+  const relax: [number, number][] = [[20_000, 100], [60_000, Math.max(previous, 300)], [180_000, Math.max(previous, 2000)]];
+  try {
+    await virsh.setMaxDowntimeMs(vm.name, 20);
+  } catch (err) {
+    logger.warn({ vm: vm.name, err: errorMessage(err) }, 'cannot set the migration downtime limit; the final pause may be longer');
+    return { restore: async () => undefined };
+  }
+  const timers = relax.map(([after, ms]) =>
+    setTimeout(() => {
+      logger.warn({ vm: vm.name, leaf: ctx.leaf, downtimeLimitMs: ms }, 'live snapshot has not converged yet; allowing a longer final pause');
+      virsh.setMaxDowntimeMs(vm.name, ms).catch((err: unknown) => logger.warn({ vm: vm.name, err: errorMessage(err) }, 'cannot set the migration downtime limit'));
+    }, after),
+  );
+  return {
+    async restore() {
+      for (const t of timers) clearTimeout(t);
+      await virsh.setMaxDowntimeMs(vm.name, previous).catch((err: unknown) => logger.warn({ vm: vm.name, err: errorMessage(err) }, 'cannot put the migration downtime limit back'));
+    },
+  };
 }
 
 /** The RAM disk when it exists and has room (≥ 1.05 × guest RAM), else retain. */

@@ -29,10 +29,10 @@
  *    60 s, process.cpuUsage() of this process and slapd's utime+stime from
  *    /proc, each as % of one core.
  */
-import { readFile, symlink, lstat, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { startSlapd, PROJECT_ROOT, type PrivateSlapd } from '../helpers/slapd.js';
+import { startSlapd, type PrivateSlapd } from '../helpers/slapd.js';
 import { connectDirectory } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
@@ -59,19 +59,6 @@ const vmDn = (i: number) => `sstVirtualMachine=${vmName(i)},${VMS_DN}`;
 /** Leaf l of a VM: 2026-01-0<l+1>T00:00:00Z. */
 const leafName = (l: number) => `2026010${l + 1}T000000Z`;
 const leafDn = (i: number, l: number) => `ou=${leafName(l)},ou=backup,${vmDn(i)}`;
-
-/**
- * Compiled, test/helpers/slapd.js sits in dist/test/helpers and looks for
- * ldif/ two levels up, i.e. in dist/: give it a link to the real one.
- */
-async function linkLdifIntoDist(): Promise<void> {
-  const link = path.join(PROJECT_ROOT, 'ldif');
-  try {
-    await lstat(link);
-  } catch {
-    await symlink(path.resolve(PROJECT_ROOT, '..', 'ldif'), link, 'dir');
-  }
-}
 
 /** VM i runs on node i mod 20, so node-01 has VMs 0, 20, 40, …; its leaves wait in `initialized`, the others are finished. */
 async function benchLdif(dir: string): Promise<string> {
@@ -203,7 +190,6 @@ const num = (x: number, digits = 1) => (Number.isFinite(x) ? x.toFixed(digits) :
 
 async function main(): Promise<void> {
   const began = performance.now();
-  await linkLdifIntoDist();
   const scratch = await import('node:fs/promises').then((f) => f.mkdtemp(path.join(os.tmpdir(), 'stoney-bench-')));
   const ldifFile = await benchLdif(scratch);
   process.stderr.write(`starting a private slapd with ${VM_COUNT} VMs and ${VM_COUNT * LEAVES_PER_VM} leaves …\n`);

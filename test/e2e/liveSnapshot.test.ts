@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFile, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { World } from '../helpers/world.js';
@@ -68,10 +68,12 @@ describe('live backup of a running VM with two disks', () => {
   let images: string[];
   let result: LeafEntry;
   let events: string;
+  let downtimeLimitBefore: number;
 
   beforeAll(async () => {
     const tiny = await w.addVm('live2', { targets: ['vda', 'vdb'], running: true, pattern: A, method: 'live' });
     vm = tiny.name;
+    downtimeLimitBefore = await virsh.maxDowntimeMs(vm);
     images = tiny.disks.map((d) => d.path);
     const watch = await virsh.watchLifecycle(vm, 120_000);
     await startSnapshot(vm, leaf);
@@ -87,6 +89,10 @@ describe('live backup of a running VM with two disks', () => {
   it('finishes with return value 0 and reports the stopped window', () => {
     expect({ mode: result.mode, rv: result.returnValue }).toEqual({ mode: 'finished', rv: 0 });
     expect(Object.keys(result.executionTime).sort()).toEqual(['downtime', 'merge', 'retain', 'snapshot']);
+  });
+
+  it('leaves the domain\'s migration downtime limit as it found it (it is tightened only during the snapshot)', async () => {
+    expect(await virsh.maxDowntimeMs(vm)).toBe(downtimeLimitBefore);
   });
 
   it('never stopped the guest: libvirt saw only a pause and a resume, no save and no restore', () => {
@@ -224,7 +230,8 @@ describe('a node daemon killed during a live backup, then restarted', () => {
     const leaf = '20261129T041000Z';
     const c = await liveSnapshotted('killcopy', leaf);
     expect(await w.directory.casMode(c.dn, 'snapshotted', 'merging', { state: '0' })).toBe(true);
-    await writeFile(c.layout.retainPath(`${path.basename(c.img)}.partial`), 'half a copy');
+    await mkdir(c.layout.backupDir, { recursive: true });
+    await writeFile(`${c.layout.backupPath(path.basename(c.img))}.partial`, 'half a copy');
     await restartAndExpect(c.vm, leaf, 'merged', 0);
     await expectGuestIntact(c.vm, c.img);
     const done = await finishBackup(c.vm, leaf);
@@ -239,8 +246,12 @@ describe('a node daemon killed during a live backup, then restarted', () => {
     const leaf = '20261129T042000Z';
     const c = await liveSnapshotted('killcommit', leaf);
     expect(await w.directory.casMode(c.dn, 'snapshotted', 'merging', { state: '0' })).toBe(true);
-    // What the dead daemon had done: the frozen copy, then a commit that libvirt keeps running.
-    await copyFile(c.img, c.layout.retainPath(path.basename(c.img)));
+    // What the dead daemon had done: the frozen copy (with its record), then a commit that libvirt keeps running.
+    const kept = c.layout.backupPath(path.basename(c.img));
+    await mkdir(c.layout.backupDir, { recursive: true });
+    await copyFile(c.img, kept);
+    const { size, sha256 } = await fileSha256(kept);
+    await writeFile(c.layout.keptRecordPath(path.basename(c.img)), JSON.stringify({ name: path.basename(kept), size, sha256 }));
     await run('virsh', ['-c', w.libvirtUri, 'blockcommit', c.vm, 'vda', '--active']);
     await restartAndExpect(c.vm, leaf, 'merged', 0);
     await expectGuestIntact(c.vm, c.img);

@@ -6,6 +6,7 @@
  */
 import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import net from 'node:net';
+import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +17,12 @@ import { Client } from 'ldapts';
 export const SLAPD = '/usr/sbin/slapd';
 export const SLAPADD = '/usr/sbin/slapadd';
 export const STOCK_SCHEMA_DIR = '/etc/ldap/schema';
-export const PROJECT_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+/** The checkout: where package.json is, whether this runs from test/helpers or compiled from dist/test/helpers. */
+export const PROJECT_ROOT = (() => {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'package.json')) && path.dirname(dir) !== dir) dir = path.dirname(dir);
+  return dir;
+})();
 export const LDIF_DIR = path.join(PROJECT_ROOT, 'ldif');
 export const SAMPLE_BASE_DN = 'o=stepping-stone,c=ch';
 
