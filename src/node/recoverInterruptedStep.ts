@@ -1,8 +1,9 @@
-import { readFile, readdir, rename, rm } from 'node:fs/promises';
+import { readdir, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { LIVE_OVERLAY_SUFFIX, NO_STATE_MARKER } from '../domain/layout.js';
+import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
+import { startsWithPlaceholder } from './stateFile.js';
 import { isBelow } from './backupDisks.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { exists } from './durableFs.js';
@@ -40,8 +41,7 @@ export async function recoverInterruptedStep(ctx: StepContext, workingMode: stri
 
 async function isRealStateFile(file: string): Promise<boolean> {
   if (!(await exists(file))) return false;
-  const head = await readFile(file, { encoding: 'utf8', flag: 'r' }).then((s) => s.slice(0, 64)).catch(() => '');
-  return !head.startsWith(NO_STATE_MARKER);
+  return !(await startsWithPlaceholder(file).catch(() => false));
 }
 
 async function recoverSnapshot(ctx: StepContext): Promise<void> {

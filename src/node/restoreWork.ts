@@ -1,11 +1,11 @@
-import { readFile } from 'node:fs/promises';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { BackupLayout, NO_STATE_MARKER } from '../domain/layout.js';
+import { BackupLayout } from '../domain/layout.js';
 import { assertSafeName } from '../domain/names.js';
 import type { RestoreRequest } from '../directory/types.js';
 import type { StepContext } from './StepContext.js';
 import { exists } from './durableFs.js';
+import { startsWithPlaceholder } from './stateFile.js';
 
 /**
  * What the restore steps share: the leaf's restore request, the target VM
@@ -44,8 +44,7 @@ export async function loadRestoreWork(ctx: StepContext): Promise<RestoreWork> {
 /** The original implementation's marker: the VM was off, there is no memory state. */
 export async function isPlaceholderState(file: string): Promise<boolean> {
   if (!(await exists(file))) throw new BackupError(`${file} is missing`, ReturnCode.missingNecessaryFiles);
-  const head = (await readFile(file)).subarray(0, 64).toString('utf8');
-  return head.startsWith(NO_STATE_MARKER);
+  return startsWithPlaceholder(file);
 }
 
 /** DN of a VM of another name in the same place: the first RDN replaced. */
