@@ -261,4 +261,22 @@ describe('a node daemon killed during a live backup, then restarted', () => {
     expect(await imageMatches(c.layout.backupPath(path.basename(c.img)), 0, '2M', '1M')).toBe(true);
     expect(await leftovers()).toEqual([]);
   });
+
+  it('killed in the retain copy: the copy is redone from retain and the kept image, and the backup is complete', async () => {
+    const leaf = '20261129T043000Z';
+    const c = await liveSnapshotted('killretain', leaf);
+    await w.startNodeDaemon(NODE2);
+    expect(await w.directory.casMode(c.dn, 'snapshotted', 'merge', { state: '0' })).toBe(true);
+    expect((await w.waitForMode(c.vm, leaf, ['merged'])).returnValue).toBe(0);
+    await w.stopNodeDaemons();
+    expect(await w.directory.casMode(c.dn, 'merged', 'retaining', { state: '0' })).toBe(true);
+    await writeFile(`${c.layout.backupPath(`${c.vm}.state`)}.partial`, 'half a state file');
+    await restartAndExpect(c.vm, leaf, 'retained', 0);
+    const manifest = JSON.parse(await readFile(c.layout.manifestPath, 'utf8')) as BackupManifest;
+    expect((await readdir(c.layout.backupDir)).sort()).toEqual([...manifest.files.map((f) => f.name), 'manifest.json'].sort());
+    for (const f of manifest.files) expect(await fileSha256(path.join(c.layout.backupDir, f.name))).toEqual({ size: f.size, sha256: f.sha256 });
+    expect(await imageMatches(c.layout.backupPath(path.basename(c.img)), 0, '2M', '1M')).toBe(true);
+    await expectGuestIntact(c.vm, c.img);
+    expect(await leftovers()).toEqual([]);
+  });
 });
