@@ -1,14 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readdir, readFile, stat, copyFile, writeFile, rm } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
+import { restoreFromBackupFiles } from '../helpers/backupFiles.js';
 import { World } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout, NO_STATE_MARKER } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { fileSha256 } from '../../src/node/sparseCopy.js';
-import { stripBackingStores, parseDomainDisks } from '../../src/hypervisor/domainXml.js';
+import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import type { LeafEntry } from '../../src/directory/types.js';
 import type { BackupManifest } from '../../src/node/retainStep.js';
 
@@ -129,16 +130,7 @@ describe('backup of a running VM with two disks', () => {
   });
 
   it('has a state file that restores the VM to the snapshot instant', async () => {
-    const layout = layoutOf(vm, leaf);
-    // Put the backup's disks in place of the live ones and restore its state file.
-    await virsh.destroy(vm);
-    for (const img of images) {
-      await rm(img);
-      await copyFile(layout.backupPath(path.basename(img)), img);
-    }
-    const xml = path.join(w.root, `${vm}.restore.xml`);
-    await writeFile(xml, stripBackingStores(await virsh.saveImageXml(layout.backupPath(`${vm}.state`))));
-    await virsh.restore(layout.backupPath(`${vm}.state`), xml);
+    await restoreFromBackupFiles(vm, layoutOf(vm, leaf), images, w.root);
     expect(await virsh.domState(vm)).toBe('running');
     for (const t of ['vda', 'vdb']) {
       expect(await guestReadMatches(vm, t, A, '0', '1M')).toBe(true);

@@ -1,14 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
+import { restoreFromBackupFiles } from '../helpers/backupFiles.js';
 import { World } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { fileSha256 } from '../../src/node/sparseCopy.js';
-import { parseDomainDisks, stripBackingStores } from '../../src/hypervisor/domainXml.js';
+import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import { parseLifecycleEvents } from '../../src/hypervisor/lifecycleEvents.js';
 import { run } from '../../src/hypervisor/exec.js';
 import type { LeafEntry } from '../../src/directory/types.js';
@@ -144,15 +145,7 @@ describe('live backup of a running VM with two disks', () => {
   });
 
   it('has a memory state that virsh restore brings back, with the backup disks, at the snapshot instant', async () => {
-    const layout = layoutOf(vm, leaf);
-    await virsh.destroy(vm);
-    for (const img of images) {
-      await rm(img);
-      await copyFile(layout.backupPath(path.basename(img)), img);
-    }
-    const xml = path.join(w.root, `${vm}.restore.xml`);
-    await writeFile(xml, stripBackingStores(await virsh.saveImageXml(layout.backupPath(`${vm}.state`))));
-    await virsh.restore(layout.backupPath(`${vm}.state`), xml);
+    await restoreFromBackupFiles(vm, layoutOf(vm, leaf), images, w.root);
     expect(await virsh.domStateReason(vm)).toMatch(/running \(restored\)/);
     for (const t of ['vda', 'vdb']) {
       expect(await guestReadMatches(vm, t, A, '0', '1M')).toBe(true);
