@@ -10,6 +10,7 @@ import { allowlistedDomainXml } from '../domain/restore/domainAllowlist.js';
 import { assertSafeName } from '../domain/names.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { isBelow } from './backupDisks.js';
+import { assertSafeImageHeader } from './imageHeaderCheck.js';
 import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
 import { isPlaceholderState, loadRestoreWork, siblingVmDn } from './restoreWork.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
@@ -137,6 +138,8 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
     if (!asNew && !liveSources.has(d.source) && (await exists(d.source))) {
       throw new BackupError(`${d.source} exists and is not a disk of ${vm.name}; a restore never overwrites another file`, ReturnCode.restoreTargetExists);
     }
+    // QEMU will open the image in the decided format and follow its header's backing file.
+    await assertSafeImageHeader(ctx.qemuImg, from, d.format ?? 'raw', ctx.imageRoots);
     moves.push({ from, to: d.source, target: d.target });
   }
   const stateFile = work.retainPath(work.stateFileName);

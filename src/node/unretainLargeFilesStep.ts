@@ -1,4 +1,8 @@
-import { readdir, rename, rm } from 'node:fs/promises';
+import { readFile, readdir, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { parseDomainDisks } from '../hypervisor/domainXml.js';
+import type { ImageFormat } from '../hypervisor/QemuImg.js';
+import { assertSafeImageHeader } from './imageHeaderCheck.js';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { MANIFEST_NAME } from '../domain/layout.js';
@@ -28,6 +32,12 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
     .filter((n) => !small.has(n))
     .sort();
   if (!names.includes(layout.stateFileName)) throw new BackupError(`the backup has no ${layout.stateFileName}${suffix}`, ReturnCode.missingNecessaryFiles);
+  // The format each image is read in comes from the backup's definition, never from its header.
+  const formats = new Map(
+    parseDomainDisks(await readFile(work.retainPath(work.xmlFileName), 'utf8'))
+      .filter((d) => d.type === 'file' && d.source !== undefined)
+      .map((d) => [path.basename(d.source as string), d.format ?? 'raw']),
+  );
   const manifest = (await exists(layout.manifestPath)) ? await readManifest(layout.manifestPath) : undefined;
   if (!manifest) logger.warn({ vm: vm.name, leaf: ctx.leaf }, `no ${MANIFEST_NAME} (a backup of the original implementation?): checking images with qemu-img only`);
 
@@ -55,10 +65,22 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
       await fail(`${name}${suffix} does not match the manifest (size ${result.size} vs ${listed.size}, sha256 ${result.sha256.slice(0, 12)}… vs ${listed.sha256.slice(0, 12)}…)`);
     }
     if (name !== layout.stateFileName) {
-      try {
-        await ctx.qemuImg.check(partial);
-      } catch (err) {
-        await fail(`qemu-img check of ${name}${suffix} failed: ${errorMessage(err)}`, err);
+      const format = formats.get(name);
+      if (format === undefined) {
+        // Not a disk of the definition: the restore never uses it, so it is not opened either.
+        logger.warn({ vm: vm.name, leaf: ctx.leaf, file: name }, 'file of the backup is no disk of its definition; not checked');
+      } else {
+        try {
+          await assertSafeImageHeader(ctx.qemuImg, partial, format, ctx.imageRoots);
+        } catch (err) {
+          for (const f of copied) await rm(f, { force: true });
+          throw err;
+        }
+        try {
+          await ctx.qemuImg.check(partial, format as ImageFormat);
+        } catch (err) {
+          await fail(`qemu-img check of ${name}${suffix} failed: ${errorMessage(err)}`, err);
+        }
       }
     }
     await rename(partial, dest);
