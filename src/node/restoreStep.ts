@@ -1,4 +1,4 @@
-import { chmod, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
@@ -11,6 +11,7 @@ import { assertSafeName } from '../domain/names.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { isBelow } from './backupDisks.js';
 import { assertSafeImageHeader } from './imageHeaderCheck.js';
+import { chmodNoFollow } from './safeFs.js';
 import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
 import { isPlaceholderState, loadRestoreWork, siblingVmDn } from './restoreWork.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
@@ -175,7 +176,7 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
         await rename(m.from, m.to);
         placed.push(m);
         await chownByName(m.to, settings.image.owner, settings.image.group, logger);
-        await chmod(m.to, settings.image.mode);
+        await chmodNoFollow(m.to, settings.image.mode);
       } catch (err) {
         throw new BackupError(`cannot move the image of ${m.target} to ${m.to}: ${errorMessage(err)}`, ReturnCode.cannotMoveImageBack, { cause: err });
       }

@@ -1,4 +1,5 @@
-import { readFile, readdir, rename, rm } from 'node:fs/promises';
+import { readFile, rename, rm } from 'node:fs/promises';
+import { assertNoSymlinkBelow, listRegularFiles } from './safeFs.js';
 import path from 'node:path';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import type { ImageFormat } from '../hypervisor/QemuImg.js';
@@ -26,7 +27,9 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
   const { work } = await loadRestoreWork(ctx);
   const suffix = `.${layout.leaf}`;
   const small = new Set([layout.xmlFileName, layout.ldifFileName]);
-  const names = (await readdir(layout.backupDir))
+  // Only regular files are copied: a symlink in the backup would have root copy whatever it names.
+  await assertNoSymlinkBelow(ctx.settings.rootDirectory, layout.backupDir, 'directory');
+  const names = (await listRegularFiles(layout.backupDir))
     .filter((n) => n.endsWith(suffix))
     .map((n) => n.slice(0, -suffix.length))
     .filter((n) => !small.has(n))
