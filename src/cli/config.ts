@@ -3,6 +3,7 @@ import path from 'node:path';
 import { UsageError } from '../domain/errors.js';
 import type { DirectoryConnectionOptions } from '../directory/connect.js';
 import { defaultBatchPolicy, type BatchPolicy } from '../control/decideBatch.js';
+import { DEFAULT_ALLOWED_ROOTS } from '../domain/allowedRoots.js';
 
 /**
  * Configuration: a file of KEY=value lines (the format of a systemd
@@ -14,6 +15,8 @@ export interface Config {
   nodeName: string | undefined;
   libvirtUri: string;
   imageRoots: string[];
+  /** directories the directory's backup, retain and RAM-disk settings must lie in (node side) */
+  allowedRoots: string[];
   logLevel: string;
   pollIntervalMs: number;
   /** how the daemons learn of changes: RFC 4533 push (sync) or polling (poll) */
@@ -41,6 +44,7 @@ export const configKeys = {
   STONEY_NODE_NAME: 'this hypervisor as in sstNode (node daemon, kvmbackup, backup --local)',
   STONEY_LIBVIRT_URI: 'libvirt connection (default qemu:///system)',
   STONEY_IMAGE_ROOTS: 'colon-separated directories disks must live in (default /var/virtualization)',
+  STONEY_ALLOWED_ROOTS: 'colon-separated directories the backup, retain and RAM-disk settings from the directory must lie in (default /var/backup/virtualization:/var/virtualization/retain)',
   STONEY_LOG_LEVEL: 'pino level: debug, info, warn, error (default info for daemons, warn for commands)',
   STONEY_POLL_INTERVAL_MS: 'change-feed poll interval (default 1000)',
   STONEY_CHANGE_FEED: 'how the daemons learn of changes: sync (RFC 4533 push, needs syncprov) or poll (default sync)',
@@ -112,6 +116,10 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
   if (startTls === 'true' && url.startsWith('ldaps://')) throw new UsageError('STONEY_LDAP_STARTTLS: an ldaps:// URL is TLS already; StartTLS is for ldap:// URLs');
   const imageRoots = (get('STONEY_IMAGE_ROOTS') ?? '/var/virtualization').split(':').filter(Boolean);
   for (const r of imageRoots) if (!path.isAbsolute(r)) throw new UsageError(`STONEY_IMAGE_ROOTS: ${r} is not an absolute path`);
+  const allowedRoots = (get('STONEY_ALLOWED_ROOTS') ?? DEFAULT_ALLOWED_ROOTS.join(':')).split(':').filter(Boolean);
+  for (const r of allowedRoots) {
+    if (!path.isAbsolute(r) || path.resolve(r) === '/') throw new UsageError(`STONEY_ALLOWED_ROOTS: ${r} is not an absolute path below /`);
+  }
   return {
     ldap: {
       url,
@@ -122,6 +130,7 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
     nodeName: get('STONEY_NODE_NAME'),
     libvirtUri: get('STONEY_LIBVIRT_URI') ?? 'qemu:///system',
     imageRoots,
+    allowedRoots,
     logLevel: get('STONEY_LOG_LEVEL') ?? '',
     pollIntervalMs: positiveInt('STONEY_POLL_INTERVAL_MS', get('STONEY_POLL_INTERVAL_MS'), 1000),
     changeFeed,

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { lstat, mkdir, open, readdir } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, open, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
@@ -99,4 +99,24 @@ export async function listRegularFiles(dir: string): Promise<string[]> {
     throw new BackupError(`${path.join(dir, odd.name)} is ${what}; only regular files are copied`, ReturnCode.symlinkRefused);
   }
   return entries.map((e) => e.name).sort();
+}
+
+/**
+ * A place for a state file (the guest's whole memory) that nobody else can
+ * read or prepare: a fresh 0700 directory with an unpredictable name in
+ * `parent` (the RAM disk or retain), and in it the file created exclusively
+ * with mode 0600 before libvirt writes into it (libvirt truncates an existing
+ * file and keeps its mode). A predictable name in a shared directory would
+ * let a local user pre-create it — or a symlink — to read the guest's RAM,
+ * have root overwrite another file, or plant a state file to be restored.
+ */
+export async function createPrivateStateFile(parent: string, fileName: string): Promise<{ dir: string; file: string; remove: () => Promise<void> }> {
+  if (path.basename(fileName) !== fileName || fileName === '.' || fileName === '..') throw new BackupError(`${fileName} is not a file name`, ReturnCode.unsafeName);
+  const st = await lstat(parent);
+  if (st.isSymbolicLink() || !st.isDirectory()) throw new BackupError(`${parent} is not a directory`, ReturnCode.ramDiskNotValid);
+  const dir = await mkdtemp(path.join(parent, '.stoney-state-')); // 0700, random suffix
+  const file = path.join(dir, fileName);
+  const h = await createExclusive(file, 0o600);
+  await h.close();
+  return { dir, file, remove: () => rm(dir, { recursive: true, force: true }) };
 }

@@ -160,6 +160,16 @@ describe('loadConfig', () => {
     expect(config.imageRoots).toEqual(['/a', '/b']);
   });
 
+  it('allows backups only in the original default roots unless STONEY_ALLOWED_ROOTS says otherwise', async () => {
+    expect((await loadConfig(undefined, { ...requiredEnv })).allowedRoots).toEqual(['/var/backup/virtualization', '/var/virtualization/retain']);
+    expect((await loadConfig(undefined, { ...requiredEnv, STONEY_ALLOWED_ROOTS: '/srv/backup:/srv/retain:/dev/shm' })).allowedRoots).toEqual(['/srv/backup', '/srv/retain', '/dev/shm']);
+  });
+
+  it.each(['/', 'srv/backup', '/srv/backup:retain', '/srv/..'])('refuses the allowed root in %j', async (roots) => {
+    const err = await usageErrorOf(loadConfig(undefined, { ...requiredEnv, STONEY_ALLOWED_ROOTS: roots }));
+    expect(err.message).toMatch(/^STONEY_ALLOWED_ROOTS: .* is not an absolute path below \/$/);
+  });
+
   it('turns the timeouts from seconds into milliseconds', async () => {
     const config = await loadConfig(undefined, { ...requiredEnv, STONEY_CLAIM_TIMEOUT_S: '1', STONEY_STEP_TIMEOUT_S: '86400' });
     expect(config.policy).toEqual({ mergeConcurrency: 1, claimTimeoutMs: 1000, stepTimeoutMs: 86_400_000 });
@@ -187,6 +197,7 @@ describe('loadConfig', () => {
     expect(Object.keys(configKeys)).toEqual(expect.arrayContaining([
       'STONEY_CLAIM_TIMEOUT_S',
       'STONEY_IMAGE_ROOTS',
+      'STONEY_ALLOWED_ROOTS',
       'STONEY_LDAP_BASE_DN',
       'STONEY_LDAP_BIND_DN',
       'STONEY_LDAP_PASSWORD_FILE',

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chownByName, resolveIds } from '../../src/hypervisor/ownership.js';
-import { assertNoSymlinkBelow, chmodNoFollow, listRegularFiles, mkdirBelow, openRegularForRead } from '../../src/node/safeFs.js';
+import { assertNoSymlinkBelow, chmodNoFollow, createPrivateStateFile, listRegularFiles, mkdirBelow, openRegularForRead } from '../../src/node/safeFs.js';
 import { moveFile, writeFileDurably } from '../../src/node/durableFs.js';
 import { BackupError } from '../../src/domain/errors.js';
 import { ReturnCode } from '../../src/domain/returnCodes.js';
@@ -158,5 +158,29 @@ describe('copying and moving only regular files', () => {
     expect(await readFile(f, 'utf8')).toBe('the XML\n');
     expect((await lstat(f)).isFile()).toBe(true);
     expect(await outsideSnapshot()).toBe(before);
+  });
+});
+
+describe('a private place for the state file', () => {
+  it('is a fresh 0700 directory with an unpredictable name holding an exclusive 0600 file', async () => {
+    const ram = fresh();
+    await mkdir(ram, { mode: 0o1777 });
+    const a = await createPrivateStateFile(ram, 'vm.20261122T050000Z.state');
+    const b = await createPrivateStateFile(ram, 'vm.20261122T050000Z.state');
+    expect(a.dir).not.toBe(b.dir);
+    expect(path.dirname(a.dir)).toBe(ram);
+    const d = await lstat(a.dir);
+    const f = await lstat(a.file);
+    expect({ dir: d.isDirectory(), dirMode: d.mode & 0o7777, file: f.isFile(), fileMode: f.mode & 0o7777, uid: f.uid }).toEqual({ dir: true, dirMode: 0o700, file: true, fileMode: 0o600, uid: 0 });
+    await a.remove();
+    await b.remove();
+    expect(await readdir(ram)).toEqual([]);
+  });
+
+  it('refuses a RAM-disk location that is a symlink, and a file name with a path', async () => {
+    const link = fresh();
+    await symlink(outside, link);
+    expect(await codeOf(createPrivateStateFile(link, 'vm.state'))).toBe(ReturnCode.ramDiskNotValid);
+    expect(await codeOf(createPrivateStateFile(root, '../vm.state'))).toBe(ReturnCode.unsafeName);
   });
 });
