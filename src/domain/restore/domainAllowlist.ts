@@ -46,7 +46,6 @@ interface Spec {
 }
 
 const LEAF: Spec = { attrs: {}, text: 'any' };
-const ANY_ATTRS_LEAF = 'any' as const;
 
 /** Attributes that only describe a device's guest-side address or name. */
 const address: Spec | 'any' = 'any';
