@@ -13,7 +13,7 @@ LIBVIRT_URI="${STONEY_LIBVIRT_URI:-qemu:///system}"
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
 
-need_cmds=(slapd slapadd ldapsearch qemu-img qemu-io qemu-system-x86_64 virsh libvirtd virtlogd)
+need_cmds=(slapd slapadd ldapsearch qemu-img qemu-io qemu-system-x86_64 virsh libvirtd virtlogd strace)
 missing=()
 for c in "${need_cmds[@]}"; do
   command -v "$c" >/dev/null 2>&1 || [[ -x "/usr/sbin/$c" ]] || missing+=("$c")
@@ -35,7 +35,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
     slapd ldap-utils qemu-utils qemu-system-x86 \
-    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients >/dev/null
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients strace >/dev/null
 fi
 
 # The stoney cloud's default image group; harmless where it exists already.

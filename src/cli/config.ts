@@ -3,6 +3,8 @@ import path from 'node:path';
 import { UsageError } from '../domain/errors.js';
 import type { DirectoryConnectionOptions } from '../directory/connect.js';
 import { defaultBatchPolicy, type BatchPolicy } from '../control/decideBatch.js';
+import { DEFAULT_ALLOWED_ROOTS } from '../domain/allowedRoots.js';
+import { plaintextRefusal } from '../directory/ldapTransport.js';
 
 /**
  * Configuration: a file of KEY=value lines (the format of a systemd
@@ -14,6 +16,8 @@ export interface Config {
   nodeName: string | undefined;
   libvirtUri: string;
   imageRoots: string[];
+  /** directories the directory's backup, retain and RAM-disk settings must lie in (node side) */
+  allowedRoots: string[];
   logLevel: string;
   pollIntervalMs: number;
   /** how the daemons learn of changes: RFC 4533 push (sync) or polling (poll) */
@@ -41,12 +45,14 @@ export const configKeys = {
   STONEY_NODE_NAME: 'this hypervisor as in sstNode (node daemon, kvmbackup, backup --local)',
   STONEY_LIBVIRT_URI: 'libvirt connection (default qemu:///system)',
   STONEY_IMAGE_ROOTS: 'colon-separated directories disks must live in (default /var/virtualization)',
+  STONEY_ALLOWED_ROOTS: 'colon-separated directories the backup, retain and RAM-disk settings from the directory must lie in (default /var/backup/virtualization:/var/virtualization/retain)',
   STONEY_LOG_LEVEL: 'pino level: debug, info, warn, error (default info for daemons, warn for commands)',
   STONEY_POLL_INTERVAL_MS: 'change-feed poll interval (default 1000)',
   STONEY_CHANGE_FEED: 'how the daemons learn of changes: sync (RFC 4533 push, needs syncprov) or poll (default sync)',
   STONEY_FEED_STATE_DIR: 'directory of the sync change feed state files (default /var/lib/stoney-backup)',
-  STONEY_LDAP_CA_FILE: 'PEM file of the CA that signs the LDAP server certificate (sync feed; default: system CAs)',
-  STONEY_LDAP_STARTTLS: 'true: StartTLS on the ldap:// URL (sync feed; default false)',
+  STONEY_LDAP_CA_FILE: 'PEM file of the CA that signs the LDAP server certificate, for every directory connection (default: system CAs)',
+  STONEY_LDAP_STARTTLS: 'true: StartTLS before the bind on the ldap:// URL, for every directory connection (default false)',
+  STONEY_LDAP_ALLOW_PLAINTEXT: 'true: accept a plain ldap:// URL to a host other than loopback, sending the password in clear text (default false)',
   STONEY_CLAIM_TIMEOUT_S: 'fail a command no node claimed within this many seconds (default 300)',
   STONEY_STEP_TIMEOUT_S: 'fail a step without report within this many seconds (default 21600)',
   STONEY_MERGE_CONCURRENCY: 'VMs of one batch merged/retained at once (default 1)',
@@ -110,18 +116,33 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
   const startTls = (get('STONEY_LDAP_STARTTLS') ?? 'false').toLowerCase();
   if (startTls !== 'true' && startTls !== 'false') throw new UsageError(`STONEY_LDAP_STARTTLS: ${JSON.stringify(startTls)} is neither true nor false`);
   if (startTls === 'true' && url.startsWith('ldaps://')) throw new UsageError('STONEY_LDAP_STARTTLS: an ldaps:// URL is TLS already; StartTLS is for ldap:// URLs');
+  const allowPlaintext = (get('STONEY_LDAP_ALLOW_PLAINTEXT') ?? 'false').toLowerCase();
+  if (allowPlaintext !== 'true' && allowPlaintext !== 'false') throw new UsageError(`STONEY_LDAP_ALLOW_PLAINTEXT: ${JSON.stringify(allowPlaintext)} is neither true nor false`);
+  const transport = {
+    ...(ldapCaFile !== undefined ? { caFile: ldapCaFile } : {}),
+    ...(startTls === 'true' ? { startTls: true } : {}),
+    ...(allowPlaintext === 'true' ? { allowPlaintext: true } : {}),
+  };
+  const refusal = plaintextRefusal(url, transport);
+  if (refusal !== undefined) throw new UsageError(`STONEY_LDAP_URL: ${refusal}`);
   const imageRoots = (get('STONEY_IMAGE_ROOTS') ?? '/var/virtualization').split(':').filter(Boolean);
   for (const r of imageRoots) if (!path.isAbsolute(r)) throw new UsageError(`STONEY_IMAGE_ROOTS: ${r} is not an absolute path`);
+  const allowedRoots = (get('STONEY_ALLOWED_ROOTS') ?? DEFAULT_ALLOWED_ROOTS.join(':')).split(':').filter(Boolean);
+  for (const r of allowedRoots) {
+    if (!path.isAbsolute(r) || path.resolve(r) === '/') throw new UsageError(`STONEY_ALLOWED_ROOTS: ${r} is not an absolute path below /`);
+  }
   return {
     ldap: {
       url,
       bindDn: required('STONEY_LDAP_BIND_DN'),
       passwordFile: required('STONEY_LDAP_PASSWORD_FILE'),
       baseDn: required('STONEY_LDAP_BASE_DN'),
+      ...transport,
     },
     nodeName: get('STONEY_NODE_NAME'),
     libvirtUri: get('STONEY_LIBVIRT_URI') ?? 'qemu:///system',
     imageRoots,
+    allowedRoots,
     logLevel: get('STONEY_LOG_LEVEL') ?? '',
     pollIntervalMs: positiveInt('STONEY_POLL_INTERVAL_MS', get('STONEY_POLL_INTERVAL_MS'), 1000),
     changeFeed,

@@ -15,6 +15,7 @@ export async function startLocalNode(rt: Runtime, directory: LdapBackupDirectory
   const daemon = new NodeDaemon({
     nodeName, directory, feed, virsh, qemuImg,
     imageRoots: rt.config.imageRoots,
+    allowedRoots: rt.config.allowedRoots,
     logger: rt.logger,
     concurrency: rt.config.concurrency, runDir: rt.config.runDir, shutdownTimeoutMs: rt.config.shutdownTimeoutMs,
     ...(onProgress ? { onProgress } : {}),

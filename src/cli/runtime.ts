@@ -79,7 +79,7 @@ export class Runtime {
   /** The configured change feed (sync or poll) for a daemon watching `scope`. */
   changeFeed(directory: LdapBackupDirectory, scope: LeafScope): ChangeFeed {
     const c = this.config;
-    return createChangeFeed(c.changeFeed, { ...c.ldap, scope, stateDir: c.feedStateDir, caFile: c.ldapCaFile, startTls: c.ldapStartTls, pollIntervalMs: c.pollIntervalMs, logger: this.logger }, directory);
+    return createChangeFeed(c.changeFeed, { ...c.ldap, scope, stateDir: c.feedStateDir, pollIntervalMs: c.pollIntervalMs, logger: this.logger }, directory);
   }
 
   /** Resolves on the first SIGINT/SIGTERM; the abort signal fires too. */

@@ -2,8 +2,9 @@ import { readFile } from 'node:fs/promises';
 import { Client, ResultCodeError, type Change, type Entry, type SearchOptions } from 'ldapts';
 import { DirectoryError } from './DirectoryError.js';
 import { ReturnCode } from '../domain/returnCodes.js';
+import { assertTransportAllowed, readCaFile, tlsClientOptions, type LdapTransportOptions } from './ldapTransport.js';
 
-export interface LdapSessionOptions {
+export interface LdapSessionOptions extends LdapTransportOptions {
   /** ldap://host:port or ldaps://host:port */
   url: string;
   bindDn: string;
@@ -33,7 +34,15 @@ export class LdapSession {
   private binding: Promise<void> | undefined;
   private closed = false;
 
+  /** the CA of caFile, read at the first bind */
+  private ca: Buffer | undefined;
+  private caRead = false;
+  private readonly secure: boolean;
+
   constructor(private readonly options: LdapSessionOptions) {
+    // Refused before any connection: the password must never leave in clear text by accident.
+    assertTransportAllowed(options.url, options);
+    this.secure = options.url.startsWith('ldaps://');
     this.client = this.newClient();
   }
 
@@ -42,8 +51,11 @@ export class LdapSession {
   }
 
   private newClient(): Client {
+    const host = new URL(this.options.url).hostname;
     return new Client({
       url: this.options.url,
+      // ldaps:// only: for StartTLS the connection starts plain (ldapts would otherwise speak TLS at once).
+      ...(this.secure ? { tlsOptions: tlsClientOptions(host, this.ca) } : {}),
       timeout: this.options.timeoutMs ?? 30_000,
       connectTimeout: this.options.connectTimeoutMs ?? 5_000,
       strictDN: false,
@@ -73,20 +85,44 @@ export class LdapSession {
     if (this.closed) throw new DirectoryError('LDAP session is closed', ReturnCode.cannotConnectToBackend, undefined);
     if (this.client.isBound) return;
     if (!this.binding) {
-      const client = this.client;
       this.binding = (async () => {
         const password = await this.password();
+        if (!this.caRead) {
+          this.ca = await readCaFile(this.options.caFile);
+          this.caRead = true;
+        }
+        if (this.secure || this.options.startTls) {
+          // A fresh connection for every bind with TLS: StartTLS must come first on it, and
+          // ldapts cannot say whether a reconnected socket was upgraded.
+          this.discardClient(this.client);
+        }
+        const client = this.client;
         try {
+          if (this.options.startTls) await client.startTLS(tlsClientOptions(new URL(this.options.url).hostname, this.ca));
           await client.bind(this.options.bindDn, password);
         } catch (err) {
           if (!(err instanceof ResultCodeError)) this.discardClient(client);
-          throw DirectoryError.from(err, `bind as ${this.options.bindDn} to ${this.options.url}`, false);
+          throw this.describeTlsError(err) ?? DirectoryError.from(err, `bind as ${this.options.bindDn} to ${this.options.url}`, false);
         }
       })().finally(() => {
         this.binding = undefined;
       });
     }
     await this.binding;
+  }
+
+  /** A certificate the CA file (or system CAs) or the host name does not match: a configuration fault, not retried. */
+  private describeTlsError(err: unknown): DirectoryError | undefined {
+    const code = (err as { code?: unknown } | undefined)?.code;
+    if (typeof code !== 'string' || !/^(UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|CERT_|ERR_TLS_CERT_ALTNAME|HOSTNAME_MISMATCH|ERR_SSL_)/.test(code)) return undefined;
+    return new DirectoryError(
+      `TLS to ${this.options.url}: the server certificate is not trusted (${code}: ${(err as Error).message}); it must be signed by ${
+        this.options.caFile ? `a CA in ${this.options.caFile}` : 'a system CA (set STONEY_LDAP_CA_FILE for a private CA)'
+      } and name the host of the URL`,
+      ReturnCode.cannotConnectToBackend,
+      undefined,
+      { retryable: false, cause: err },
+    );
   }
 
   /** After a connection failure, start over with a fresh client (no half-dead socket state). */

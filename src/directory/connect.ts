@@ -1,8 +1,9 @@
 import { LdapBackupDirectory } from './LdapBackupDirectory.js';
 import { LdapSession } from './LdapSession.js';
+import type { LdapTransportOptions } from './ldapTransport.js';
 
-/** How to reach the directory: what the daemons' and the CLI's configuration holds. */
-export interface DirectoryConnectionOptions {
+/** How to reach the directory: what the daemons' and the CLI's configuration holds (TLS: see ldapTransport.ts). */
+export interface DirectoryConnectionOptions extends LdapTransportOptions {
   /** ldap://host:port or ldaps://host:port */
   url: string;
   bindDn: string;

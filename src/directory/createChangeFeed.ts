@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import type { DirectoryConnectionOptions } from './connect.js';
 import type { LeafScanner, LeafScope } from './leafScan.js';
 import { PollingChangeFeed } from './PollingChangeFeed.js';
+import { assertTransportAllowed } from './ldapTransport.js';
 import { SyncReplChangeFeed, type SyncReplChangeFeedOptions } from './SyncReplChangeFeed.js';
 import type { ChangeFeed } from './types.js';
 
@@ -15,10 +16,6 @@ export interface CreateChangeFeedOptions extends DirectoryConnectionOptions {
   stateFile?: string;
   /** sync: directory for a state file named after the scope (e.g. /var/lib/stoney-backup) */
   stateDir?: string;
-  /** sync: PEM CA file for ldaps:// and StartTLS (default: system CAs) */
-  caFile?: string;
-  /** sync: StartTLS on an ldap:// URL */
-  startTls?: boolean;
   /** poll: interval, ms (default 1000) */
   pollIntervalMs?: number;
   logger?: Logger;
@@ -39,6 +36,8 @@ export function changeFeedStateFile(stateDir: string, scope: LeafScope): string 
  * directory session; for servers without syncprov).
  */
 export function createChangeFeed(kind: ChangeFeedKind, opts: CreateChangeFeedOptions, directory: LeafScanner): ChangeFeed {
+  // The same transport policy as the directory session: no bind password in clear text.
+  assertTransportAllowed(opts.url, opts);
   if (kind === 'poll') {
     return new PollingChangeFeed(directory, opts.scope, {
       ...(opts.pollIntervalMs !== undefined ? { intervalMs: opts.pollIntervalMs } : {}),

@@ -58,6 +58,10 @@ export const ReturnCode = {
   chainStillReferencesRetain: 55,
   restoreTargetExists: 56,
   workflowBusy: 57,
+  unsafeDomainDefinition: 58,
+  unsafeImageHeader: 59,
+  directoryNotAllowed: 60,
+  symlinkRefused: 61,
 } as const;
 
 export type ReturnCodeName = keyof typeof ReturnCode;
@@ -118,6 +122,10 @@ const texts: Record<number, string> = {
   55: 'live disk chain still references the retain directory',
   56: 'restore target (new VM name) exists already',
   57: 'another workflow of this VM is in progress',
+  58: 'domain definition has an element, attribute or path a restore does not allow',
+  59: 'disk image header names a backing or data file outside the image roots, or has the wrong format',
+  60: 'backup, retain or RAM-disk directory outside the node\'s allowed roots',
+  61: 'a path component or file is a symbolic link or not a regular file',
 };
 
 export function describeReturnCode(code: number): string {

@@ -94,12 +94,37 @@ function parseInteger(attribute: string, v: string | undefined, fallback: number
   return Number(v);
 }
 
-function parseMode(attribute: string, v: string | undefined, fallback: number): number {
+/**
+ * An octal permission from the directory. Only the 0777 bits: the node runs
+ * as root, so a setuid, setgid or sticky bit written into the directory would
+ * be set by root on files (and directories) that others can write.
+ */
+export function parseMode(attribute: string, v: string | undefined, fallback: number): number {
   if (v === undefined) return fallback;
   if (!/^0?[0-7]{3,4}$/.test(v.trim())) {
     throw new BackupError(`${attribute}: ${JSON.stringify(v)} is not an octal file mode`, ReturnCode.unsupportedConfigurationParameter);
   }
-  return parseInt(v, 8);
+  const mode = parseInt(v, 8);
+  if (mode > 0o777) {
+    throw new BackupError(
+      `${attribute}: ${JSON.stringify(v)} sets setuid, setgid or sticky bits; only permission bits up to 0777 are allowed`,
+      ReturnCode.unsupportedConfigurationParameter,
+    );
+  }
+  return mode;
+}
+
+/**
+ * The mode of a backup's own files, derived from the configured image mode:
+ * never group- or world-writable (the image group must not be able to plant
+ * an XML, LDIF or manifest a restore will trust), and a state file (the
+ * guest's memory) at most group-readable: 0600, or 0640 when the image mode
+ * lets the group read.
+ */
+export function backupFileMode(kind: 'image' | 'state' | 'xml' | 'ldif' | 'manifest', imageMode: number): number {
+  if (kind === 'image') return imageMode & 0o777;
+  if (kind === 'state') return 0o600 | (imageMode & 0o040);
+  return imageMode & 0o755 & ~0o022;
 }
 
 /** True when an ou=backup entry carries backup settings (not only the exclusion flag). */

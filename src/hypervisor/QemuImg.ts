@@ -2,6 +2,30 @@ import type { Logger } from 'pino';
 import { run } from './exec.js';
 import { parseQemuImgInfo, type ImageInfo } from './qemuImgInfo.js';
 
+/** Image formats the project writes and reads; others (vmdk extents, …) can name further host files. */
+export const IMAGE_FORMATS = ['raw', 'qcow2'] as const;
+export type ImageFormat = (typeof IMAGE_FORMATS)[number];
+
+export function isImageFormat(f: string | undefined): f is ImageFormat {
+  return (IMAGE_FORMATS as readonly string[]).includes(f ?? '');
+}
+
+/**
+ * The image as qemu-img should open it, as a `json:` block-device spec: the
+ * protocol pinned to a local file (a name like `nbd://…` is never parsed as
+ * a URL), the format given instead of probed (a raw guest disk holding a
+ * qcow2 header stays raw), and for checks the backing file not opened
+ * (`"backing": null`): a header names whatever its writer wanted.
+ */
+export function imageSpec(path: string, opts: { format?: ImageFormat; noBacking?: boolean } = {}): string {
+  if (opts.format !== undefined && !isImageFormat(opts.format)) throw new Error(`image format ${JSON.stringify(opts.format)} is not one of ${IMAGE_FORMATS.join(', ')}`);
+  const spec: Record<string, unknown> = {};
+  if (opts.format !== undefined) spec['driver'] = opts.format;
+  if (opts.noBacking && opts.format === 'qcow2') spec['backing'] = null;
+  spec['file'] = { driver: 'file', filename: path };
+  return `json:${JSON.stringify(spec)}`;
+}
+
 export class QemuImg {
   constructor(private readonly logger?: Logger) {}
 
@@ -10,29 +34,40 @@ export class QemuImg {
    * explicitly (QEMU ≥ 6.1 refuses to probe it) and the path is absolute.
    */
   async createOverlay(path: string, backing: string, backingFormat: string): Promise<void> {
+    if (!backing.startsWith('/')) throw new Error(`backing ${backing} is not an absolute path`);
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], { logger: this.logger, timeoutMs: 120_000 });
   }
 
-  /** Image facts; `shared` reads an image a running QEMU holds locked. */
-  async info(path: string, opts: { shared?: boolean } = {}): Promise<ImageInfo> {
-    const r = await run('qemu-img', ['info', '--output=json', ...(opts.shared ? ['-U'] : []), path], { logger: this.logger, timeoutMs: 60_000 });
+  /**
+   * Image facts from the header, without opening the backing file (qemu-img
+   * info never does without --backing-chain) nor a qcow2 data file (it opens
+   * with no I/O). `format` is the definition's; without it qemu-img probes,
+   * which a caller should only do for images the project wrote itself.
+   * `shared` reads an image a running QEMU holds locked.
+   */
+  async info(path: string, opts: { shared?: boolean; format?: ImageFormat } = {}): Promise<ImageInfo> {
+    const spec = imageSpec(path, { ...(opts.format ? { format: opts.format } : {}), noBacking: true });
+    const r = await run('qemu-img', ['info', '--output=json', ...(opts.shared ? ['-U'] : []), spec], { logger: this.logger, timeoutMs: 60_000 });
     return parseQemuImgInfo(r.stdout);
   }
 
-  /** Writes the overlay's data into its backing file (offline only). */
-  async commit(path: string): Promise<void> {
-    await run('qemu-img', ['commit', '-q', path], { logger: this.logger });
+  /** Writes the overlay's data into its backing file (offline only; the caller checked the backing is ours). */
+  async commit(path: string, format: ImageFormat = 'qcow2'): Promise<void> {
+    await run('qemu-img', ['commit', '-q', imageSpec(path, { format })], { logger: this.logger });
   }
 
   /**
-   * Consistency check of a qcow2 image (raw images have no metadata to check:
-   * qemu-img answers 63). Exit 3 means leaked clusters only: wasted space, no
-   * damage, so it passes.
+   * Consistency check of a qcow2 image in the format the definition gives
+   * (raw images have no metadata to check). The backing file is not opened,
+   * and an image with an external data file is refused before the check
+   * (which would open it). Exit 3 means leaked clusters only: wasted space,
+   * no damage, so it passes.
    */
-  async check(path: string): Promise<'checked' | 'not checkable'> {
-    const { format } = await this.info(path);
+  async check(path: string, format: ImageFormat): Promise<'checked' | 'not checkable'> {
+    const info = await this.info(path, { format });
+    if (info.dataFile !== undefined) throw new Error(`${path} names an external data file ${info.dataFile}`);
     if (format !== 'qcow2') return 'not checkable';
-    await run('qemu-img', ['check', '-q', '-f', 'qcow2', path], { logger: this.logger, okExitCodes: [0, 3] });
+    await run('qemu-img', ['check', '-q', imageSpec(path, { format, noBacking: true })], { logger: this.logger, okExitCodes: [0, 3] });
     return 'checked';
   }
 }

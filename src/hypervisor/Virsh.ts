@@ -3,6 +3,7 @@ import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { CommandError, run, startCollecting, type CollectingProcess } from './exec.js';
 import { parseDomState, type DomainRunState } from './domainXml.js';
+import { parseDomainCapabilities, type DomainCapabilities } from './domainCapabilities.js';
 
 /**
  * libvirt through virsh. Only libvirt's own APIs are used (save, restore,
@@ -190,6 +191,11 @@ export class Virsh {
     const p = startCollecting('virsh', ['-q', '-c', this.uri, 'event', '--domain', vm, '--loop', '--timestamp', '--event', 'lifecycle'], { timeoutMs, logger: this.logger });
     await new Promise((r) => setTimeout(r, 150));
     return p;
+  }
+
+  /** The node's emulator and firmware for a virt type (kvm, qemu) and arch: what a restored definition is pinned to. */
+  async domainCapabilities(virtType: string, arch: string): Promise<DomainCapabilities> {
+    return parseDomainCapabilities(await this.virsh(['domcapabilities', '--virttype', virtType, '--arch', arch], 60_000));
   }
 
   /** `virsh qemu-monitor-command --hmp`: used only by tests to act as the guest. */

@@ -6,6 +6,8 @@ export interface ImageInfo {
   /** absolute backing path as qemu resolves it, or undefined */
   backingFile: string | undefined;
   backingFormat: string | undefined;
+  /** a qcow2 image's external data file (another host file its data lives in), or undefined */
+  dataFile?: string | undefined;
 }
 
 export function parseQemuImgInfo(json: string): ImageInfo {
@@ -15,11 +17,15 @@ export function parseQemuImgInfo(json: string): ImageInfo {
   const format = str('format');
   const virtualSize = num('virtual-size');
   if (format === undefined || virtualSize === undefined) throw new Error('qemu-img info: unexpected output');
+  const specific = o['format-specific'] as { data?: Record<string, unknown> } | undefined;
+  const df = specific?.data?.['data-file'];
+  const dataFile = typeof df === 'string' ? df : undefined;
   return {
     format,
     virtualSize,
     actualSize: num('actual-size'),
     backingFile: str('full-backing-filename') ?? str('backing-filename'),
     backingFormat: str('backing-filename-format'),
+    ...(dataFile !== undefined ? { dataFile } : {}),
   };
 }

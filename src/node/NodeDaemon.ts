@@ -5,6 +5,7 @@ import { isLeafMode, NodeStepModes, type NodeStep } from '../domain/modes.js';
 import { protocolTimestamp } from '../domain/leafName.js';
 import { BackupLayout, vmTypeDirectory } from '../domain/layout.js';
 import { isSafeName } from '../domain/names.js';
+import { assertAllowedDirectories } from '../domain/allowedRoots.js';
 import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, ModeChangeExtras, VmEntry } from '../directory/types.js';
 import type { Virsh } from '../hypervisor/Virsh.js';
 import type { QemuImg } from '../hypervisor/QemuImg.js';
@@ -32,6 +33,8 @@ export interface NodeDaemonOptions {
   virsh: Virsh;
   qemuImg: QemuImg;
   imageRoots: string[];
+  /** the backup, retain and RAM-disk settings must lie in these (STONEY_ALLOWED_ROOTS) */
+  allowedRoots: readonly string[];
   logger: Logger;
   /** steps running at once on this node (never two for one VM) */
   concurrency?: number;
@@ -91,7 +94,7 @@ export class NodeDaemon {
       throw err;
     }
     await this.o.feed.start((e) => this.onChange(e));
-    this.log.info({ imageRoots: this.o.imageRoots }, 'node daemon started');
+    this.log.info({ imageRoots: this.o.imageRoots, allowedRoots: this.o.allowedRoots }, 'node daemon started');
   }
 
   async stop(): Promise<void> {
@@ -230,6 +233,8 @@ export class NodeDaemon {
   private async context(vm: VmEntry, leafEntry: LeafEntry, logger: Logger): Promise<StepContext> {
     const leaf = leafEntry.leaf;
     const settings = (await this.o.directory.effectiveSettings(vm)).backup;
+    // Before any step (or restore clean-up) touches a file: the directory may name any path.
+    assertAllowedDirectories(settings, this.o.allowedRoots);
     const layout = new BackupLayout({
       rootDirectory: settings.rootDirectory,
       retainDirectory: settings.retainDirectory,

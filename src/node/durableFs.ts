@@ -1,4 +1,7 @@
-import { open, rename, writeFile, rm, stat, statfs, mkdir } from 'node:fs/promises';
+import { lstat, open, rename, rm, stat, statfs, mkdir } from 'node:fs/promises';
+import { BackupError } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import { createExclusive } from './safeFs.js';
 import path from 'node:path';
 import { sparseCopy } from './sparseCopy.js';
 
@@ -12,13 +15,17 @@ export async function syncDir(dir: string): Promise<void> {
   }
 }
 
-/** Write through `<file>.partial`, fsync, rename: readers see all or nothing. */
+/**
+ * Write through `<file>.partial`, fsync, rename: readers see all or nothing.
+ * The partial file is created exclusively and never through a symlink, and
+ * written, synced and closed on that one descriptor.
+ */
 export async function writeFileDurably(file: string, content: string | Buffer, mode = 0o640): Promise<void> {
   const partial = `${file}.partial`;
   await rm(partial, { force: true });
-  await writeFile(partial, content, { mode, flag: 'wx' });
-  const h = await open(partial, 'r+');
+  const h = await createExclusive(partial, mode);
   try {
+    await h.writeFile(content);
     await h.sync();
   } finally {
     await h.close();
@@ -52,6 +59,9 @@ export async function freeBytes(dir: string): Promise<number> {
  * for the state file on a RAM disk; disks never take this path.
  */
 export async function moveFile(src: string, dst: string): Promise<void> {
+  // Only the file itself moves: a symlink put in its place would carry its target into the backup.
+  const st = await lstat(src);
+  if (!st.isFile()) throw new BackupError(`${src} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a regular file'}; refusing to move it`, ReturnCode.symlinkRefused);
   try {
     await rename(src, dst);
   } catch (err) {
@@ -65,6 +75,7 @@ export async function moveFile(src: string, dst: string): Promise<void> {
   await syncDir(path.dirname(dst));
 }
 
+/** mkdir -p; follows symlinks in existing components. Below a root, use mkdirBelow (safeFs.ts). */
 export async function mkdirp(dir: string, mode: number): Promise<void> {
   await mkdir(dir, { recursive: true, mode });
 }

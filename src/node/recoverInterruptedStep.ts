@@ -105,12 +105,13 @@ async function moveImagesBack(ctx: StepContext): Promise<void> {
     const retained = layout.retainPath(path.basename(d.source));
     if (!(await exists(retained))) continue;
     if (await exists(d.source)) {
-      const info = await qemuImg.info(d.source, { shared: true });
+      // Our overlay is qcow2: read it as such, never probed (a raw image there is not ours).
+      const info = await qemuImg.info(d.source, { shared: true, format: 'qcow2' });
       if (info.backingFile !== retained) {
         throw new BackupError(`recovery: ${d.source} exists and is not our overlay of ${retained}; leaving both for a human`, ReturnCode.wrongStateInformation);
       }
       // Keep anything that was written to the overlay by committing it first.
-      await qemuImg.commit(d.source);
+      await qemuImg.commit(d.source, 'qcow2');
       await rm(d.source);
     }
     await rename(retained, d.source);

@@ -1,4 +1,4 @@
-import { chmod, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
@@ -6,8 +6,12 @@ import { ReturnCode } from '../domain/returnCodes.js';
 import { formatLdif, parseLdif } from '../domain/restore/ldifRecords.js';
 import { applyDecisions, randomMac, renameForRestoreAs } from '../domain/restore/restoreConflicts.js';
 import { parseDomainDisks, stripBackingStores } from '../hypervisor/domainXml.js';
+import { allowlistedDomainXml } from '../domain/restore/domainAllowlist.js';
+import { assertSafeName } from '../domain/names.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { isBelow } from './backupDisks.js';
+import { assertSafeImageHeader } from './imageHeaderCheck.js';
+import { chmodNoFollow } from './safeFs.js';
 import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
 import { isPlaceholderState, loadRestoreWork, siblingVmDn } from './restoreWork.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
@@ -34,6 +38,43 @@ async function rollBack(
     logger.error({ vm: vm.name, err: errorMessage(err) }, `rolling the restore back failed: the previous images and live.xml are in ${path.dirname(r.liveXmlFile)}; see docs/restore-runbook.md`);
     throw new BackupError(`rolling the restore back failed: ${errorMessage(err)}; the previous images and live.xml are in ${path.dirname(r.liveXmlFile)}`, ReturnCode.cannotMoveImageBack, { cause: err });
   }
+}
+
+/** An image's name in the restore's directory: never one of the restore's own files. */
+function retainedImageName(name: string, work: { stateFileName: string; xmlFileName: string; ldifFileName: string }): string {
+  assertSafeName('disk image file name', name);
+  const own = [work.stateFileName, work.xmlFileName, work.ldifFileName, 'decided.xml', 'decided.ldif', 'conflicts.json', 'live.xml'];
+  if (own.includes(name) || name.startsWith('live-') || name.endsWith('.partial')) {
+    throw new BackupError(`disk image name ${name} collides with a file of the restore`, ReturnCode.unsafeDomainDefinition);
+  }
+  return name;
+}
+
+/**
+ * The definition to define, from the allowlist (src/domain/restore/domainAllowlist.ts):
+ * checked against the VM's current definition (for a restore as new, the
+ * original's), emulator pinned to the live one or this node's.
+ */
+async function allowlistedDefinition(ctx: StepContext, xml: string, o: { target: string; asNew: boolean; liveXml: string | undefined }): Promise<string> {
+  const { virsh, vm } = ctx;
+  const reference = o.liveXml ?? (o.asNew && (await virsh.domainExists(vm.name)) ? await virsh.dumpXml(vm.name, { inactive: true }) : undefined);
+  const virtType = /^<domain\b[^>]*\stype=['"]([a-z]+)['"]/m.exec(xml)?.[1] ?? 'kvm';
+  const arch = /<type\b[^>]*\sarch=['"]([A-Za-z0-9_]+)['"]/.exec(xml)?.[1] ?? 'x86_64';
+  const caps = await virsh.domainCapabilities(virtType === 'qemu' ? 'qemu' : 'kvm', arch);
+  const liveEmulator = reference ? /<emulator>([^<]+)<\/emulator>/.exec(reference)?.[1] : undefined;
+  const decided = allowlistedDomainXml(xml, {
+    imageRoots: ctx.imageRoots,
+    liveXml: reference,
+    emulator: liveEmulator ?? caps.emulator,
+    firmware: caps.firmware,
+    name: o.target,
+  });
+  // With no live definition, a UUID in the backup must not be another VM's: define would replace that VM.
+  const uuid = /<uuid>([^<]*)<\/uuid>/.exec(decided)?.[1]?.trim();
+  if (uuid && !o.liveXml && (await virsh.domainExists(uuid))) {
+    throw new BackupError(`the backup's UUID ${uuid} belongs to another libvirt domain`, ReturnCode.unsafeDomainDefinition);
+  }
+  return decided;
 }
 
 /**
@@ -72,13 +113,15 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
       newMac: () => randomMac(),
     }));
   }
-  xml = stripBackingStores(xml);
+  xml = await allowlistedDefinition(ctx, stripBackingStores(xml), { target, asNew, liveXml });
   await writeFileDurably(work.retainPath('decided.xml'), xml);
   await writeFileDurably(work.retainPath('decided.ldif'), formatLdif(ldif));
 
   // Which retained image goes where: by target device, through the backup's XML.
   const retainedByTarget = new Map(
-    parseDomainDisks(backupXml).filter((d) => d.device === 'disk' && d.type === 'file' && d.source).map((d) => [d.target, work.retainPath(path.basename(d.source as string))]),
+    parseDomainDisks(backupXml)
+      .filter((d) => d.device === 'disk' && d.type === 'file' && d.source)
+      .map((d) => [d.target, work.retainPath(retainedImageName(path.basename(d.source as string), work))]),
   );
   const moves: { from: string; to: string; target: string }[] = [];
   const liveSources = new Set(liveXml ? parseDomainDisks(liveXml).flatMap((d) => (d.source ? [d.source] : [])) : []);
@@ -96,6 +139,8 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
     if (!asNew && !liveSources.has(d.source) && (await exists(d.source))) {
       throw new BackupError(`${d.source} exists and is not a disk of ${vm.name}; a restore never overwrites another file`, ReturnCode.restoreTargetExists);
     }
+    // QEMU will open the image in the decided format and follow its header's backing file.
+    await assertSafeImageHeader(ctx.qemuImg, from, d.format ?? 'raw', ctx.imageRoots);
     moves.push({ from, to: d.source, target: d.target });
   }
   const stateFile = work.retainPath(work.stateFileName);
@@ -131,7 +176,7 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
         await rename(m.from, m.to);
         placed.push(m);
         await chownByName(m.to, settings.image.owner, settings.image.group, logger);
-        await chmod(m.to, settings.image.mode);
+        await chmodNoFollow(m.to, settings.image.mode);
       } catch (err) {
         throw new BackupError(`cannot move the image of ${m.target} to ${m.to}: ${errorMessage(err)}`, ReturnCode.cannotMoveImageBack, { cause: err });
       }

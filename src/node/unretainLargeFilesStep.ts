@@ -1,4 +1,9 @@
-import { readdir, rename, rm } from 'node:fs/promises';
+import { readFile, rename, rm } from 'node:fs/promises';
+import { assertNoSymlinkBelow, listRegularFiles } from './safeFs.js';
+import path from 'node:path';
+import { parseDomainDisks } from '../hypervisor/domainXml.js';
+import type { ImageFormat } from '../hypervisor/QemuImg.js';
+import { assertSafeImageHeader } from './imageHeaderCheck.js';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { MANIFEST_NAME } from '../domain/layout.js';
@@ -22,12 +27,20 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
   const { work } = await loadRestoreWork(ctx);
   const suffix = `.${layout.leaf}`;
   const small = new Set([layout.xmlFileName, layout.ldifFileName]);
-  const names = (await readdir(layout.backupDir))
+  // Only regular files are copied: a symlink in the backup would have root copy whatever it names.
+  await assertNoSymlinkBelow(ctx.settings.rootDirectory, layout.backupDir, 'directory');
+  const names = (await listRegularFiles(layout.backupDir))
     .filter((n) => n.endsWith(suffix))
     .map((n) => n.slice(0, -suffix.length))
     .filter((n) => !small.has(n))
     .sort();
   if (!names.includes(layout.stateFileName)) throw new BackupError(`the backup has no ${layout.stateFileName}${suffix}`, ReturnCode.missingNecessaryFiles);
+  // The format each image is read in comes from the backup's definition, never from its header.
+  const formats = new Map(
+    parseDomainDisks(await readFile(work.retainPath(work.xmlFileName), 'utf8'))
+      .filter((d) => d.type === 'file' && d.source !== undefined)
+      .map((d) => [path.basename(d.source as string), d.format ?? 'raw']),
+  );
   const manifest = (await exists(layout.manifestPath)) ? await readManifest(layout.manifestPath) : undefined;
   if (!manifest) logger.warn({ vm: vm.name, leaf: ctx.leaf }, `no ${MANIFEST_NAME} (a backup of the original implementation?): checking images with qemu-img only`);
 
@@ -55,10 +68,22 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
       await fail(`${name}${suffix} does not match the manifest (size ${result.size} vs ${listed.size}, sha256 ${result.sha256.slice(0, 12)}… vs ${listed.sha256.slice(0, 12)}…)`);
     }
     if (name !== layout.stateFileName) {
-      try {
-        await ctx.qemuImg.check(partial);
-      } catch (err) {
-        await fail(`qemu-img check of ${name}${suffix} failed: ${errorMessage(err)}`, err);
+      const format = formats.get(name);
+      if (format === undefined) {
+        // Not a disk of the definition: the restore never uses it, so it is not opened either.
+        logger.warn({ vm: vm.name, leaf: ctx.leaf, file: name }, 'file of the backup is no disk of its definition; not checked');
+      } else {
+        try {
+          await assertSafeImageHeader(ctx.qemuImg, partial, format, ctx.imageRoots);
+        } catch (err) {
+          for (const f of copied) await rm(f, { force: true });
+          throw err;
+        }
+        try {
+          await ctx.qemuImg.check(partial, format as ImageFormat);
+        } catch (err) {
+          await fail(`qemu-img check of ${name}${suffix} failed: ${errorMessage(err)}`, err);
+        }
       }
     }
     await rename(partial, dest);

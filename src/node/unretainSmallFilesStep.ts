@@ -5,7 +5,9 @@ import { formatLeafName } from '../domain/leafName.js';
 import { assertSafeName } from '../domain/names.js';
 import { parseLdif } from '../domain/restore/ldifRecords.js';
 import { computeConflicts } from '../domain/restore/restoreConflicts.js';
-import { exists, mkdirp, writeFileDurably } from './durableFs.js';
+import { constants } from 'node:fs';
+import { exists, writeFileDurably } from './durableFs.js';
+import { assertNoSymlinkBelow, mkdirBelow } from './safeFs.js';
 import { workLayout } from './restoreWork.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
@@ -25,6 +27,8 @@ export async function unretainSmallFilesStep(ctx: StepContext): Promise<StepResu
   const ldifBackup = layout.backupPath(layout.ldifFileName);
   for (const f of [xmlBackup, ldifBackup]) {
     if (!(await exists(f))) throw new BackupError(`the backup has no ${f}`, ReturnCode.missingNecessaryFiles);
+    // A symlink in the backup would have root read (and hand to the restore) any file it points to.
+    await assertNoSymlinkBelow(ctx.settings.rootDirectory, f, 'file');
   }
   if (asNew) {
     if (await directory.getVm(target)) throw new BackupError(`a VM ${target} exists in the directory already`, ReturnCode.restoreTargetExists);
@@ -33,10 +37,10 @@ export async function unretainSmallFilesStep(ctx: StepContext): Promise<StepResu
 
   const retain = formatLeafName(new Date());
   const work = workLayout(ctx, retain);
-  await mkdirp(work.retainDir, ctx.settings.directory.mode);
+  await mkdirBelow(ctx.settings.retainDirectory, work.retainDir, ctx.settings.directory.mode);
   try {
-    await copyFile(xmlBackup, work.retainPath(work.xmlFileName));
-    await copyFile(ldifBackup, work.retainPath(work.ldifFileName));
+    await copyFile(xmlBackup, work.retainPath(work.xmlFileName), constants.COPYFILE_EXCL);
+    await copyFile(ldifBackup, work.retainPath(work.ldifFileName), constants.COPYFILE_EXCL);
     const backupXml = await readFile(work.retainPath(work.xmlFileName), 'utf8');
     const backupLdif = parseLdif(await readFile(work.retainPath(work.ldifFileName), 'utf8'));
     const liveLdif = !asNew && (await directory.getVm(vm.name)) ? parseLdif(await directory.exportVmLdif(vm.name)) : undefined;

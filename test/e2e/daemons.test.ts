@@ -225,6 +225,7 @@ describe('kvmbackup (the CLI, as cron runs it)', () => {
     STONEY_NODE_NAME: 'node-03.example.com',
     STONEY_LIBVIRT_URI: w.libvirtUri,
     STONEY_IMAGE_ROOTS: w.imageRoot,
+    STONEY_ALLOWED_ROOTS: `${w.backupRoot}:${w.retainRoot}`,
     STONEY_RUN_DIR: w.runDir,
   });
   let vms: string[] = [];

@@ -241,6 +241,7 @@ describe('the restore command', () => {
     const env = {
       STONEY_LDAP_URL: w.slapd.url, STONEY_LDAP_BIND_DN: w.slapd.bindDn, STONEY_LDAP_PASSWORD_FILE: w.slapd.passwordFile,
       STONEY_LDAP_BASE_DN: w.slapd.baseDn, STONEY_LIBVIRT_URI: w.libvirtUri, STONEY_IMAGE_ROOTS: w.imageRoot,
+      STONEY_ALLOWED_ROOTS: `${w.backupRoot}:${w.retainRoot}`,
     };
     const dry = await execa('node', [CLI, 'restore', vm.name, leaf, '--dry-run'], { env, reject: false });
     expect(dry.exitCode).toBe(0);

@@ -148,6 +148,7 @@ describe('both daemons on the sync feed', () => {
       virsh,
       qemuImg: new QemuImg(),
       imageRoots: [w.imageRoot],
+      allowedRoots: [w.backupRoot, w.retainRoot],
       logger: w.logger,
       runDir: w.runDir,
     });

@@ -182,6 +182,7 @@ ${this.backupSettings(o.backupAttributes)}
       virsh,
       qemuImg: new QemuImg(),
       imageRoots: [this.imageRoot],
+      allowedRoots: [this.backupRoot, this.retainRoot],
       logger: this.logger,
       runDir: this.runDir,
       // Tiny VMs have no guest OS to answer ACPI: do not wait long for them.

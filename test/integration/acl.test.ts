@@ -11,14 +11,19 @@ const VMS = `ou=virtual machines,ou=virtualization,ou=services,${BASE}`;
 const CONTROL_DN = `cn=stoney-backup-control,ou=service accounts,${BASE}`;
 const NODE_DN = `cn=node-01.example.com,ou=service accounts,${BASE}`;
 const OTHER_DN = `cn=monitoring,ou=service accounts,${BASE}`;
+const NODE2_DN = `cn=node-02.example.com,ou=service accounts,${BASE}`;
+/** Named like node-01 but not in the nodes group. */
+const IMPOSTOR_DN = `cn=node-01.example.com,ou=people,${BASE}`;
 
 let slapd: PrivateSlapd;
 let control: LdapBackupDirectory;
 let node: LdapBackupDirectory;
 let other: LdapBackupDirectory;
+let node2: LdapBackupDirectory;
+let impostor: LdapBackupDirectory;
 
 async function as(dn: string, password: string): Promise<LdapBackupDirectory> {
-  const file = path.join(slapd.dir, `${dn.slice(3, dn.indexOf(','))}.pw`);
+  const file = path.join(slapd.dir, `${dn.replace(/[^A-Za-z0-9.-]/g, '_')}.pw`);
   await writeFile(file, `${password}\n`, { mode: 0o600 });
   return connectDirectory({ url: slapd.url, bindDn: dn, passwordFile: file, baseDn: slapd.baseDn });
 }
@@ -34,17 +39,24 @@ beforeAll(async () => {
     account(CONTROL_DN, 'stoney-backup-control', 'control-secret'),
     account(NODE_DN, 'node-01.example.com', 'node-secret'),
     account(OTHER_DN, 'monitoring', 'monitoring-secret'),
-    `dn: cn=stoney-backup-nodes,ou=groups,${BASE}\nobjectClass: groupOfNames\ncn: stoney-backup-nodes\nmember: ${NODE_DN}\n`,
+    account(NODE2_DN, 'node-02.example.com', 'node2-secret'),
+    `dn: ou=people,${BASE}\nobjectClass: organizationalUnit\nou: people\n`,
+    account(IMPOSTOR_DN, 'node-01.example.com', 'impostor-secret'),
+    `dn: cn=stoney-backup-nodes,ou=groups,${BASE}\nobjectClass: groupOfNames\ncn: stoney-backup-nodes\nmember: ${NODE_DN}\nmember: ${NODE2_DN}\n`,
   ].join('\n'));
   control = await as(CONTROL_DN, 'control-secret');
   node = await as(NODE_DN, 'node-secret');
   other = await as(OTHER_DN, 'monitoring-secret');
+  node2 = await as(NODE2_DN, 'node2-secret');
+  impostor = await as(IMPOSTOR_DN, 'impostor-secret');
 });
 
 afterAll(async () => {
   await control?.close();
   await node?.close();
   await other?.close();
+  await node2?.close();
+  await impostor?.close();
   await slapd?.stop();
 });
 
@@ -103,5 +115,58 @@ describe('ldif/acl-example.ldif', () => {
     } finally {
       await anonymous.unbind();
     }
+  });
+  it('confines each node to the leaves of its own VMs (reproduction 4 of issue #10)', async () => {
+    const l1 = '20220102T030000Z';
+    const l3 = '20220102T040000Z';
+    const dn1 = `ou=${l1},ou=backup,sstVirtualMachine=kvm-001,${VMS}`;
+    const dn3 = `ou=${l3},ou=backup,sstVirtualMachine=kvm-003,${VMS}`;
+    // A VM of node-02 beside node-01's kvm-001 and kvm-002.
+    await ldapAdd(slapd, [
+      `dn: sstVirtualMachine=kvm-003,${VMS}\nobjectClass: top\nobjectClass: sstVirtualizationVirtualMachine\nsstVirtualMachine: kvm-003\nsstNode: node-02.example.com\nsstVirtualMachinePool: 0f83f084-8080-413e-b558-b678e504836e\nsstVirtualMachineType: persistent\nsstType: kvm\nsstMemory: 33554432\nsstVCPU: 1\n`,
+      `dn: ou=backup,sstVirtualMachine=kvm-003,${VMS}\nobjectClass: top\nobjectClass: organizationalUnit\nou: backup\n`,
+    ].join('\n'));
+    expect(await control.createLeaf('kvm-001', l1)).toBe(true);
+    expect(await control.createLeaf('kvm-003', l3)).toBe(true);
+    expect(await control.casMode(dn1, 'initialize', 'snapshot', { state: '0' })).toBe(true);
+    expect(await control.casMode(dn3, 'initialize', 'snapshot', { state: '0' })).toBe(true);
+    // node-02 cannot claim, report or reset a leaf of node-01's VM; neither can a look-alike outside the group.
+    await expect(node2.casMode(dn1, 'snapshot', 'snapshotting')).rejects.toMatchObject({ ldapCode: 50 });
+    await expect(impostor.casMode(dn1, 'snapshot', 'snapshotting')).rejects.toMatchObject({ ldapCode: 50 });
+    await expect(node.casMode(dn3, 'snapshot', 'snapshotting')).rejects.toMatchObject({ ldapCode: 50 });
+    expect(await node.casMode(dn1, 'snapshot', 'snapshotting')).toBe(true);
+    expect(await node2.casMode(dn3, 'snapshot', 'snapshotting')).toBe(true);
+    expect(await node.casMode(dn1, 'snapshotting', 'snapshotted', { state: '20220102T030011Z', returnValue: 0 })).toBe(true);
+    await expect(node2.casMode(dn1, 'snapshotted', 'snapshot', { state: '0' })).rejects.toMatchObject({ ldapCode: 50 });
+    expect(await other.getLeaf(dn1)).toMatchObject({ mode: 'snapshotted', returnValue: 0 });
+  });
+
+  it('gives control and the VM\'s node what a restore needs, and other nodes nothing', async () => {
+    const l = '20220103T030000Z';
+    const dn = `ou=${l},ou=backup,sstVirtualMachine=kvm-001,${VMS}`;
+    expect(await control.createLeaf('kvm-001', l)).toBe(true);
+    expect(await control.createRestoreRequest(dn, { target: 'kvm-001' })).toBe(true);
+    await node.putRestoreRequest(dn, { target: 'kvm-001', retain: '20220103T031000Z' });
+    await expect(node2.putRestoreRequest(dn, { target: 'kvm-001', retain: 'x' })).rejects.toMatchObject({ ldapCode: 50 });
+    await control.putRestoreRequest(dn, { target: 'kvm-001', retain: '20220103T031000Z', decisions: { prefer: 'backup', overrides: {} } });
+    expect(await other.getRestoreRequest(dn)).toMatchObject({ retain: '20220103T031000Z', decisions: { prefer: 'backup' } });
+    // The decided subtree goes back as the VM's node: attributes, a device added and removed.
+    const subtree = async (vm: string) => (await import('../../src/domain/restore/ldifRecords.js')).parseLdif(await node.exportVmLdif(vm));
+    const entries = await subtree('kvm-001');
+    const vmEntry = entries.find((e) => e.dn.startsWith('sstVirtualMachine='))!;
+    const bigger = entries.map((e) => (e === vmEntry ? { ...e, attributes: { ...e.attributes, sstMemory: ['67108864'] } } : e));
+    const cdrom = { dn: `sstDisk=hdc,ou=devices,sstVirtualMachine=kvm-001,${VMS}`, attributes: { objectClass: ['top', 'sstVirtualizationVirtualMachineDisk'], sstDisk: ['hdc'], sstDevice: ['cdrom'], sstType: ['file'], sstTargetBus: ['ide'] } };
+    await node.writeVmSubtree('kvm-001', [...bigger, cdrom]);
+    expect((await other.exportVmLdif('kvm-001'))).toMatch(/sstMemory: 67108864[\s\S]*dn: sstDisk=hdc,/);
+    await node.writeVmSubtree('kvm-001', bigger);
+    expect((await other.exportVmLdif('kvm-001'))).not.toContain('sstDisk=hdc');
+    await expect(node2.writeVmSubtree('kvm-001', entries)).rejects.toMatchObject({ ldapCode: 50 });
+    // Not even its own node may move a VM to another node.
+    const moved = entries.map((e) => (e === vmEntry ? { ...e, attributes: { ...e.attributes, sstNode: ['node-02.example.com'] } } : e));
+    await expect(node.writeVmSubtree('kvm-001', moved)).rejects.toMatchObject({ ldapCode: 50 });
+    expect((await other.getVm('kvm-001'))?.node).toBe('node-01.example.com');
+    await expect(node2.deleteRestoreRequest(dn)).rejects.toMatchObject({ ldapCode: 50 });
+    await node.deleteRestoreRequest(dn);
+    expect(await other.getRestoreRequest(dn)).toBeUndefined();
   });
 });

@@ -5,12 +5,11 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import net from 'node:net';
-import tls from 'node:tls';
 import path from 'node:path';
-import { readFile, writeFile, mkdir } from 'node:fs/promises';
-import { execa } from 'execa';
+import { readFile, writeFile } from 'node:fs/promises';
 import pino from 'pino';
 import { startSlapd, ldapAdd, ldapModify, ldapModifyConfig, LDIF_DIR, type PrivateSlapd } from '../helpers/slapd.js';
+import { setUpSlapdTls, type SlapdTls } from '../helpers/tls.js';
 import { connectDirectory } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { SyncReplChangeFeed, type SyncReplChangeFeedOptions } from '../../src/directory/SyncReplChangeFeed.js';
@@ -444,51 +443,23 @@ describe('SyncReplChangeFeed: dead peers, TLS, access rights', () => {
   });
 
   describe('TLS with a CA made here', () => {
-    let tlsDir: string;
-    let goodCa: string;
-    let wrongCa: string;
-    let ldapsProxy: tls.Server | undefined;
-    let ldapsPort = 0;
+    let t: SlapdTls;
 
     beforeAll(async () => {
-      tlsDir = path.join(slapd.dir, 'tls');
-      await mkdir(tlsDir, { recursive: true });
-      const f = (n: string) => path.join(tlsDir, n);
-      const openssl = (args: string[]) => execa('openssl', args, { cwd: tlsDir });
-      await openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=stoney test CA']);
-      await openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('other.key'), '-out', f('other-ca.pem'), '-days', '2', '-subj', '/CN=some other CA']);
-      await openssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', '/CN=localhost']);
-      await writeFile(f('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n');
-      await openssl(['x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('server.pem'), '-days', '2', '-extfile', f('ext.cnf')]);
-      goodCa = f('ca.pem');
-      wrongCa = f('other-ca.pem');
-      // StartTLS: slapd's own TLS, configured at run time through cn=config.
-      await ldapModifyConfig(slapd, [
-        'dn: cn=config', 'changetype: modify',
-        'replace: olcTLSCACertificateFile', `olcTLSCACertificateFile: ${goodCa}`, '-',
-        'replace: olcTLSCertificateFile', `olcTLSCertificateFile: ${f('server.pem')}`, '-',
-        'replace: olcTLSCertificateKeyFile', `olcTLSCertificateKeyFile: ${f('server.key')}`, '',
-      ].join('\n'));
-      // ldaps://: the private slapd listens on ldap:// only, so a TLS terminator in front of it stands in for its ldaps:// port.
-      const [cert, key] = await Promise.all([readFile(f('server.pem')), readFile(f('server.key'))]);
-      ldapsProxy = tls.createServer({ cert, key }, (client) => {
-        const upstream = net.connect({ host: '127.0.0.1', port: slapd.port });
-        client.pipe(upstream).pipe(client);
-        client.on('error', () => upstream.destroy());
-        upstream.on('error', () => client.destroy());
-        client.on('close', () => upstream.destroy());
-      });
-      await new Promise<void>((r) => ldapsProxy!.listen(0, '127.0.0.1', r));
-      ldapsPort = (ldapsProxy.address() as net.AddressInfo).port;
+      t = await setUpSlapdTls(slapd);
+      goodCa = t.goodCa;
+      wrongCa = t.wrongCa;
     });
 
     afterAll(async () => {
-      await new Promise<void>((r) => (ldapsProxy ? ldapsProxy.close(() => r()) : r()));
+      await t?.close();
     });
 
+    let goodCa: string;
+    let wrongCa: string;
     const variants = () => [
       { name: 'StartTLS on ldap://', url: slapd.url, startTls: true },
-      { name: 'ldaps://', url: `ldaps://127.0.0.1:${ldapsPort}/`, startTls: false },
+      { name: 'ldaps://', url: t.ldapsUrl, startTls: false },
     ];
 
     it('delivers changes over StartTLS and over ldaps:// with the CA verified', async () => {

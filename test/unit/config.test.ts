@@ -160,6 +160,42 @@ describe('loadConfig', () => {
     expect(config.imageRoots).toEqual(['/a', '/b']);
   });
 
+  it('allows backups only in the original default roots unless STONEY_ALLOWED_ROOTS says otherwise', async () => {
+    expect((await loadConfig(undefined, { ...requiredEnv })).allowedRoots).toEqual(['/var/backup/virtualization', '/var/virtualization/retain']);
+    expect((await loadConfig(undefined, { ...requiredEnv, STONEY_ALLOWED_ROOTS: '/srv/backup:/srv/retain:/dev/shm' })).allowedRoots).toEqual(['/srv/backup', '/srv/retain', '/dev/shm']);
+  });
+
+  it.each(['/', 'srv/backup', '/srv/backup:retain', '/srv/..'])('refuses the allowed root in %j', async (roots) => {
+    const err = await usageErrorOf(loadConfig(undefined, { ...requiredEnv, STONEY_ALLOWED_ROOTS: roots }));
+    expect(err.message).toMatch(/^STONEY_ALLOWED_ROOTS: .* is not an absolute path below \/$/);
+  });
+
+  it.each([
+    'ldap://ldap.example.com',
+    'ldap://10.0.0.5:389/',
+    'ldap://128.0.0.1/',
+  ])('refuses the plain URL %s, which would send the password in clear text', async (url) => {
+    const err = await usageErrorOf(loadConfig(undefined, { ...requiredEnv, STONEY_LDAP_URL: url }));
+    expect(err.message).toMatch(/^STONEY_LDAP_URL: .* would send the bind password in clear text .*STONEY_LDAP_ALLOW_PLAINTEXT=true/);
+  });
+
+  it.each([
+    [{ STONEY_LDAP_URL: 'ldap://ldap.example.com', STONEY_LDAP_STARTTLS: 'true' }, { startTls: true }],
+    [{ STONEY_LDAP_URL: 'ldap://ldap.example.com', STONEY_LDAP_ALLOW_PLAINTEXT: 'true' }, { allowPlaintext: true }],
+    [{ STONEY_LDAP_URL: 'ldaps://ldap.example.com', STONEY_LDAP_CA_FILE: '/etc/ssl/site-ca.pem' }, { caFile: '/etc/ssl/site-ca.pem' }],
+    [{ STONEY_LDAP_URL: 'ldap://localhost:389/' }, {}],
+    [{ STONEY_LDAP_URL: 'ldap://127.0.0.5/' }, {}],
+    [{ STONEY_LDAP_URL: 'ldap://[::1]:389/' }, {}],
+  ])('accepts %j and hands the same TLS settings to every directory connection', async (env, transport) => {
+    const config = await loadConfig(undefined, { ...requiredEnv, ...env });
+    expect(config.ldap).toEqual({ url: env.STONEY_LDAP_URL, bindDn: 'cn=admin,o=test', passwordFile: '/etc/stoney-backup/ldap.password', baseDn: 'o=test', ...transport });
+  });
+
+  it('refuses an STONEY_LDAP_ALLOW_PLAINTEXT that is neither true nor false', async () => {
+    const err = await usageErrorOf(loadConfig(undefined, { ...requiredEnv, STONEY_LDAP_ALLOW_PLAINTEXT: 'yes' }));
+    expect(err.message).toBe('STONEY_LDAP_ALLOW_PLAINTEXT: "yes" is neither true nor false');
+  });
+
   it('turns the timeouts from seconds into milliseconds', async () => {
     const config = await loadConfig(undefined, { ...requiredEnv, STONEY_CLAIM_TIMEOUT_S: '1', STONEY_STEP_TIMEOUT_S: '86400' });
     expect(config.policy).toEqual({ mergeConcurrency: 1, claimTimeoutMs: 1000, stepTimeoutMs: 86_400_000 });
@@ -187,6 +223,10 @@ describe('loadConfig', () => {
     expect(Object.keys(configKeys)).toEqual(expect.arrayContaining([
       'STONEY_CLAIM_TIMEOUT_S',
       'STONEY_IMAGE_ROOTS',
+      'STONEY_ALLOWED_ROOTS',
+      'STONEY_LDAP_ALLOW_PLAINTEXT',
+      'STONEY_LDAP_CA_FILE',
+      'STONEY_LDAP_STARTTLS',
       'STONEY_LDAP_BASE_DN',
       'STONEY_LDAP_BIND_DN',
       'STONEY_LDAP_PASSWORD_FILE',

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  backupFileMode,
   backupSettingsFromAttributes,
   cronFromAttributes,
   defaultBackupSettings,
@@ -244,7 +245,6 @@ describe('backupSettingsFromAttributes values', () => {
     expect(withAttr('sstvirtualizationdiskimagepermission', '660')().image.mode).toBe(0o660);
     expect(withAttr('sstvirtualizationdiskimagepermission', '0640')().image.mode).toBe(0o640);
     expect(withAttr('sstvirtualizationdiskimagedirectorypermission', '0770')().directory.mode).toBe(0o770);
-    expect(withAttr('sstvirtualizationdiskimagedirectorypermission', '2770')().directory.mode).toBe(0o2770);
   });
 
   it('reads booleans TRUE/FALSE in any case', () => {
@@ -272,6 +272,12 @@ describe('backupSettingsFromAttributes values', () => {
       ['sstvirtualizationbandwidthmerge', '-5'],
       ['sstvirtualizationbandwidthmerge', '10MB'],
       ['sstvirtualizationdiskimagepermission', '0999'],
+      // root would set these bits on files and directories others can write
+      ['sstvirtualizationdiskimagepermission', '4755'],
+      ['sstvirtualizationdiskimagepermission', '2660'],
+      ['sstvirtualizationdiskimagedirectorypermission', '2770'],
+      ['sstvirtualizationdiskimagedirectorypermission', '1777'],
+      ['sstvirtualizationdiskimagedirectorypermission', '07777'],
       ['sstvirtualizationdiskimagepermission', 'rw-rw----'],
       ['sstvirtualizationdiskimagepermission', '66'],
       ['sstvirtualizationdiskimagedirectorypermission', '0o770'],
@@ -279,6 +285,24 @@ describe('backupSettingsFromAttributes values', () => {
     ] as const) {
       expect(codeOf(withAttr(name, value)), `${name}=${JSON.stringify(value)}`).toBe(39);
     }
+  });
+
+  it('says why a mode above 0777 is refused', () => {
+    expect(withAttr('sstvirtualizationdiskimagepermission', '4755')).toThrow(
+      'sstVirtualizationDiskImagePermission: "4755" sets setuid, setgid or sticky bits; only permission bits up to 0777 are allowed',
+    );
+  });
+
+  it('derives backup file modes that the image group can never write', () => {
+    for (const image of [0o660, 0o666, 0o640, 0o600, 0o777]) {
+      for (const kind of ['state', 'xml', 'ldif', 'manifest'] as const) expect(backupFileMode(kind, image) & 0o022, `${kind} ${image.toString(8)}`).toBe(0);
+      expect(backupFileMode('state', image) & 0o007).toBe(0);
+    }
+    expect(backupFileMode('state', 0o660)).toBe(0o640);
+    expect(backupFileMode('state', 0o600)).toBe(0o600);
+    expect(backupFileMode('xml', 0o660)).toBe(0o640);
+    expect(backupFileMode('manifest', 0o664)).toBe(0o644);
+    expect(backupFileMode('image', 0o660)).toBe(0o660);
   });
 
   it('names the attribute and value in the message', () => {
