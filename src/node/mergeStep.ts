@@ -1,11 +1,14 @@
-import { chmod, rename, rm } from 'node:fs/promises';
+import { rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
 import { parseDomainDisks, type DomainDisk } from '../hypervisor/domainXml.js';
 import { isBelow } from './backupDisks.js';
-import { exists, mkdirp, syncDir, writeFileDurably } from './durableFs.js';
+import { exists, syncDir, writeFileDurably } from './durableFs.js';
+import { chmodNoFollow, mkdirBelow } from './safeFs.js';
+import { backupFileMode } from '../domain/settings.js';
+import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import type { ManifestFile } from './retainStep.js';
 import { sparseCopy } from './sparseCopy.js';
@@ -90,7 +93,7 @@ export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInT
     }
     if (d.type === 'file' && d.device === 'disk' && d.source !== undefined && before.find((b) => b.target === d.target)?.backingChain.length) {
       // The image header is what a later start or backup reads: check it too.
-      const info = await qemuImg.info(d.source, { shared: true });
+      const info = await qemuImg.info(d.source, { shared: true, ...(isImageFormat(d.format) ? { format: d.format } : {}) });
       if (info.backingFile !== undefined && isBelow(retainRoot, info.backingFile)) {
         throw new BackupError(`after the merge the header of ${d.source} still names ${info.backingFile}`, ReturnCode.cannotMergeDiskImages);
       }
@@ -173,11 +176,11 @@ async function keepFrozenImage(ctx: StepContext, frozen: string): Promise<void> 
   const partial = `${final}.partial`;
   ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping the frozen ${name}` });
   try {
-    await mkdirp(layout.backupDir, settings.directory.mode);
+    await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);
     await chownByName(layout.backupDir, settings.directory.owner, settings.directory.group, logger);
     await rm(partial, { force: true });
     const r = await sparseCopy(frozen, partial, (done, total) => ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping ${name}`, done, total }), ctx.signal);
-    await chmod(partial, settings.image.mode);
+    await chmodNoFollow(partial, backupFileMode('image', settings.image.mode));
     await chownByName(partial, settings.image.owner, settings.image.group, logger);
     await rename(partial, final);
     await syncDir(layout.backupDir);

@@ -4,6 +4,7 @@ import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
 import { startsWithPlaceholder } from './stateFile.js';
+import { stateFileNameOf } from './snapshotStep.js';
 import { isBelow } from './backupDisks.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { exists } from './durableFs.js';
@@ -56,7 +57,9 @@ async function recoverSnapshot(ctx: StepContext): Promise<void> {
     state = await virsh.domState(vm.name);
   }
   const candidates = [layout.retainPath(layout.stateFileName)];
-  if (settings.ramDiskLocation) candidates.push(path.join(settings.ramDiskLocation, `${vm.name}.${ctx.leaf}.state`));
+  for (const parent of [settings.ramDiskLocation, layout.retainDir]) {
+    if (parent !== undefined) candidates.push(...(await privateStateFiles(parent, stateFileNameOf(vm.name, ctx.leaf))));
+  }
   const savedState = (await Promise.all(candidates.map(async (f) => ((await isRealStateFile(f)) ? f : undefined)))).find((f) => f !== undefined);
 
   const onLiveOverlays = parseDomainDisks(await virsh.dumpXml(vm.name, { inactive: true })).some(
@@ -71,7 +74,7 @@ async function recoverSnapshot(ctx: StepContext): Promise<void> {
     } finally {
       await virsh.destroy(vm.name);
     }
-    if (savedState) await rm(savedState, { force: true });
+    if (savedState) await dropState(savedState);
   } else if (state === 'shut off' || state === 'shutdown' || state === 'crashed') {
     // Stopped with disks possibly swapped: the guest has not run on the
     // overlays, so moving the images back loses nothing.
@@ -83,11 +86,11 @@ async function recoverSnapshot(ctx: StepContext): Promise<void> {
     const reason = await virsh.domStateReason(vm.name);
     if (savedState && !/\(saved\)/.test(reason)) {
       logger.warn({ vm: vm.name, leaf: ctx.leaf, reason }, 'recovery: the VM did not stop by our save; its disks are kept, the stale state file dropped, the VM stays off');
-      await rm(savedState, { force: true });
+      await dropState(savedState);
     } else if (savedState) {
       logger.warn({ vm: vm.name, leaf: ctx.leaf, savedState }, 'recovery: VM was saved but not restored; restoring it on its original images');
       await virsh.restore(savedState);
-      await rm(savedState, { force: true });
+      await dropState(savedState);
     }
   } else {
     // Running (a live snapshot, or the save's restore, happened): fold the
@@ -156,4 +159,22 @@ async function waitForDomainJob(ctx: StepContext): Promise<void> {
     if (Date.now() > end) throw new BackupError('recovery: a libvirt job on the VM did not end within 30 minutes', ReturnCode.cannotLockMachine);
     await new Promise((r) => setTimeout(r, 500));
   }
+}
+
+/** State files a snapshot was writing in its private directories (`.stoney-state-*`) below `parent`. */
+async function privateStateFiles(parent: string, fileName: string): Promise<string[]> {
+  const entries = await readdir(parent, { withFileTypes: true }).catch(() => []);
+  const found: string[] = [];
+  for (const e of entries) {
+    if (!e.isDirectory() || !e.name.startsWith('.stoney-state-')) continue;
+    const f = path.join(parent, e.name, fileName);
+    if (await exists(f)) found.push(f);
+  }
+  return found;
+}
+
+/** Remove a state file, and the private directory it was written in. */
+async function dropState(file: string): Promise<void> {
+  const dir = path.dirname(file);
+  await rm(path.basename(dir).startsWith('.stoney-state-') ? dir : file, { recursive: true, force: true });
 }

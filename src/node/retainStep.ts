@@ -1,4 +1,4 @@
-import { readdir, rename, rm, stat, chmod, readFile } from 'node:fs/promises';
+import { lstat, readdir, rename, rm, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
@@ -8,7 +8,10 @@ import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { isBelow } from './backupDisks.js';
 import { isRestoreMode } from '../../workflows/restoreMachine.js';
-import { exists, mkdirp, syncDir, writeFileDurably } from './durableFs.js';
+import { exists, syncDir, writeFileDurably } from './durableFs.js';
+import { assertNoSymlinkBelow, chmodNoFollow, listRegularFiles, mkdirBelow } from './safeFs.js';
+import { backupFileMode } from '../domain/settings.js';
+import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { sparseCopy } from './sparseCopy.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
@@ -49,20 +52,20 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   // A live snapshot's overlay (already committed and unreferenced, or retain
   // would have refused) is never part of a backup; its disk images are in the
   // backup directory already, recorded in `.kept.json` files.
-  const inRetain = await readdir(layout.retainDir);
+  const inRetain = await listRegularFiles(layout.retainDir);
   const names = inRetain.filter((n) => !n.endsWith('.partial') && !n.endsWith(LIVE_OVERLAY_SUFFIX) && !n.endsWith(KEPT_RECORD_SUFFIX)).sort();
   const kept = await readKeptRecords(layout, inRetain.filter((n) => n.endsWith(KEPT_RECORD_SUFFIX)));
   for (const required of [layout.stateFileName, layout.xmlFileName, layout.ldifFileName]) {
     if (!names.includes(required)) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
   }
   try {
-    await mkdirp(layout.backupDir, settings.directory.mode);
+    await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);
     await chownByName(layout.backupDir, settings.directory.owner, settings.directory.group, logger);
   } catch (err) {
     throw new BackupError(`cannot create ${layout.backupDir}: ${errorMessage(err)}`, ReturnCode.cannotWriteToBackupLocation, { cause: err });
   }
 
-  const total = (await Promise.all(names.map(async (n) => (await stat(layout.retainPath(n))).size))).reduce((a, b) => a + b, 0);
+  const total = (await Promise.all(names.map(async (n) => (await lstat(layout.retainPath(n))).size))).reduce((a, b) => a + b, 0);
   let before = 0;
   const files: ManifestFile[] = [...kept];
   for (const n of names) {
@@ -76,7 +79,7 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
         (done) => ctx.onProgress?.({ step: 'retain', vm: vm.name, leaf: ctx.leaf, message: `copying ${n}`, done: before + done, total }),
         ctx.signal,
       );
-      await chmod(partial, settings.image.mode);
+      await chmodNoFollow(partial, backupFileMode(fileKind(layout, n), settings.image.mode));
       await chownByName(partial, settings.image.owner, settings.image.group, logger);
       await rename(partial, final);
       files.push({ name: path.basename(final), size: r.size, sha256: r.sha256 });
@@ -95,9 +98,10 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
     createdAt: new Date().toISOString(),
     files,
   };
-  await writeFileDurably(layout.manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, settings.image.mode);
+  const manifestMode = backupFileMode('manifest', settings.image.mode);
+  await writeFileDurably(layout.manifestPath, `${JSON.stringify(manifest, null, 2)}\n`, manifestMode);
   await chownByName(layout.manifestPath, settings.image.owner, settings.image.group, logger);
-  await chmod(layout.manifestPath, settings.image.mode); // the umask applied at create
+  await chmodNoFollow(layout.manifestPath, manifestMode); // the umask applied at create
   await syncDir(layout.backupDir);
 
   try {
@@ -109,6 +113,14 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   const result = { executionTime: { retain: seconds(t0) } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, files: files.length, bytes: total, pruned, ...result.executionTime }, 'retain done');
   return result;
+}
+
+/** What a retained file is, for its mode in the backup directory. */
+function fileKind(layout: BackupLayout, name: string): 'state' | 'xml' | 'ldif' | 'image' {
+  if (name === layout.stateFileName) return 'state';
+  if (name === layout.xmlFileName) return 'xml';
+  if (name === layout.ldifFileName) return 'ldif';
+  return 'image';
 }
 
 /** Disk images the live merge copied into the backup directory: each must be there with the recorded size. */
@@ -125,7 +137,7 @@ async function readKeptRecords(layout: BackupLayout, recordNames: string[]): Pro
     if (typeof kept.sha256 !== 'string' || kept.name !== path.basename(expected)) {
       throw new BackupError(`${r} does not describe ${path.basename(expected)}`, ReturnCode.missingNecessaryFiles);
     }
-    const size = await stat(expected).then((s) => s.size, () => undefined);
+    const size = await lstat(expected).then((s) => s.size, () => undefined);
     if (size !== kept.size) {
       throw new BackupError(`${expected} is ${size === undefined ? 'missing' : `${size} bytes, not ${kept.size}`}`, ReturnCode.missingNecessaryFiles);
     }
@@ -144,7 +156,7 @@ async function refuseWhileReferenced(ctx: StepContext): Promise<void> {
     for (const d of parseDomainDisks(xml)) {
       const refs = [...(d.source === undefined ? [] : [d.source]), ...d.backingChain];
       if (d.type === 'file' && d.device === 'disk' && d.source !== undefined && (await exists(d.source))) {
-        const info = await qemuImg.info(d.source, { shared: true });
+        const info = await qemuImg.info(d.source, { shared: true, ...(isImageFormat(d.format) ? { format: d.format } : {}) });
         if (info.backingFile) refs.push(info.backingFile);
       }
       const stale = refs.find((r) => isBelow(layout.retainDir, r));
@@ -162,6 +174,7 @@ async function refuseWhileReferenced(ctx: StepContext): Promise<void> {
  */
 export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]> {
   const { layout, settings } = ctx;
+  await assertNoSymlinkBelow(settings.rootDirectory, layout.vmBackupDir, 'directory');
   const entries = await readdir(layout.vmBackupDir, { withFileTypes: true });
   const leaves = entries.filter((e) => e.isDirectory() && isLeafName(e.name)).map((e) => e.name).sort();
   const complete: string[] = [];

@@ -1,4 +1,4 @@
-import { mkdtemp, rename, rm, chmod, writeFile } from 'node:fs/promises';
+import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
@@ -10,7 +10,10 @@ import { liveOverlayName } from '../domain/layout.js';
 import { mergeIntoLiveImages } from './mergeStep.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { selectBackupDisks, type BackupDisk } from './backupDisks.js';
-import { exists, freeBytes, mkdirp, moveFile, sameFilesystem, syncDir, writeFileDurably } from './durableFs.js';
+import { exists, freeBytes, moveFile, sameFilesystem, syncDir, writeFileDurably } from './durableFs.js';
+import { assertNoSymlinkBelow, chmodNoFollow, createPrivateStateFile, mkdirBelow } from './safeFs.js';
+import { isBelow } from './backupDisks.js';
+import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 /**
@@ -46,9 +49,16 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
     }
   }
   try {
-    await mkdirp(layout.retainDir, settings.directory.mode);
+    await mkdirBelow(settings.retainDirectory, layout.retainDir, settings.directory.mode);
   } catch (err) {
     throw new BackupError(`cannot create ${layout.retainDir}: ${errorMessage(err)}`, ReturnCode.cannotCreateDirectory, { cause: err });
+  }
+  for (const d of disks) {
+    const root = ctx.imageRoots.find((r) => isBelow(r, d.source)) as string;
+    await assertNoSymlinkBelow(root, d.source, 'file');
+    if (!isImageFormat(d.format)) {
+      throw new BackupError(`disk ${d.target} has format ${JSON.stringify(d.format)}; only raw and qcow2 are backed up`, ReturnCode.unsupportedConfigurationParameter);
+    }
   }
   for (const d of disks) {
     if (await exists(layout.retainPath(d.fileName))) {
@@ -76,7 +86,8 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   if (runs && settings.snapshotMethod === 'live') {
     downtime = await liveSnapshot(ctx, disks, parseDomainDisks(liveXml), parseDomainMemoryBytes(liveXml), retainState);
   } else if (runs) {
-    const stateFile = await chooseStateFile(ctx, parseDomainMemoryBytes(liveXml), retainState);
+    const state = await chooseStateFile(ctx, parseDomainMemoryBytes(liveXml));
+    const stateFile = state.file;
     const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
     try {
       progress(`saving memory state to ${stateFile}`);
@@ -128,16 +139,11 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       }
       downtime = seconds(tDown);
       await verifyLiveChain(ctx, disks, stateFile);
-      if (stateFile !== retainState) {
-        progress('moving the state file into retain');
-        try {
-          await moveFile(stateFile, retainState);
-        } catch (err) {
-          throw new BackupError(`cannot move the state file to retain: ${errorMessage(err)}`, ReturnCode.cannotCopyStateFileToRetain, { cause: err });
-        }
-      }
+      progress('moving the state file into retain');
+      await moveStateIntoRetain(stateFile, retainState);
     } finally {
       await rm(tmp, { recursive: true, force: true });
+      await state.release();
     }
   } else if (runState === 'shut off' || runState === 'shutdown' || runState === 'crashed') {
     await writeFileDurably(retainState, `${NO_STATE_MARKER}\n`);
@@ -169,7 +175,16 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
  */
 async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], memoryBytes: number, retainState: string): Promise<number> {
   const { vm, virsh, layout, logger } = ctx;
-  const stateFile = await chooseStateFile(ctx, memoryBytes, retainState);
+  const state = await chooseStateFile(ctx, memoryBytes);
+  try {
+    return await liveSnapshotTo(ctx, disks, allDisks, state.file, retainState);
+  } finally {
+    await state.release();
+  }
+}
+
+async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], stateFile: string, retainState: string): Promise<number> {
+  const { vm, virsh, layout, logger } = ctx;
   const overlays = disks.map((d) => ({ target: d.target, file: layout.retainPath(liveOverlayName(d.fileName)), disk: d }));
   const others = allDisks.map((d) => d.target).filter((t) => !disks.some((d) => d.target === t));
   // The overlays are made now, while the guest runs, and handed to libvirt
@@ -178,14 +193,10 @@ async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: Dom
     if (await exists(o.file)) throw new BackupError(`${o.file} exists already; refusing to reuse an overlay`, ReturnCode.cannotCreateEmptyDiskImage);
   }
   try {
-    for (const o of overlays) {
-      await ctx.qemuImg.createOverlay(o.file, o.disk.source, o.disk.format);
-      await chownByName(o.file, ctx.settings.image.owner, ctx.settings.image.group, logger);
-      await chmod(o.file, ctx.settings.image.mode);
-    }
+    for (const o of overlays) await createOverlayPrivately(ctx, o.file, o.disk.source, o.disk.format);
   } catch (err) {
     await Promise.all(overlays.map((o) => rm(o.file, { force: true })));
-    throw new BackupError(`cannot create the overlays: ${errorMessage(err)}`, ReturnCode.cannotCreateEmptyDiskImage, { cause: err });
+    throw err;
   }
   ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message: `live snapshot: memory to ${stateFile}, disks onto overlays` });
   const watch = await virsh.watchLifecycle(vm.name, 60 * 60 * 1000).catch((err: unknown) => {
@@ -221,13 +232,7 @@ async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: Dom
     await rm(stateFile, { force: true });
     throw new BackupError(`after the live snapshot, disks ${wrong.map((o) => o.target).join(', ')} were not on their overlays`, ReturnCode.cannotSaveMachineState, { cause: failure });
   }
-  if (stateFile !== retainState) {
-    try {
-      await moveFile(stateFile, retainState);
-    } catch (err) {
-      throw new BackupError(`cannot move the state file to retain: ${errorMessage(err)}`, ReturnCode.cannotCopyStateFileToRetain, { cause: err });
-    }
-  }
+  await moveStateIntoRetain(stateFile, retainState);
   logger.info({ vm: vm.name, leaf: ctx.leaf, stoppedMs, method: 'live' }, 'live snapshot taken');
   return Math.round(stoppedMs) / 1000;
 }
@@ -264,45 +269,87 @@ async function tightenDowntimeLimit(ctx: StepContext): Promise<{ restore(): Prom
   };
 }
 
-/** The RAM disk when it exists and has room (≥ 1.05 × guest RAM), else retain. */
-async function chooseStateFile(ctx: StepContext, memoryBytes: number, retainState: string): Promise<string> {
+/**
+ * Where the memory state is written first: the RAM disk when it exists and
+ * has room (≥ 1.05 × guest RAM), else the retain directory — in both cases
+ * in a fresh private directory, created exclusively (see
+ * createPrivateStateFile): the guest's memory is nobody else's to read or
+ * plant. Recovery finds it by its name, `<vm>.<leaf>.state`.
+ */
+async function chooseStateFile(ctx: StepContext, memoryBytes: number): Promise<{ file: string; release: () => Promise<void> }> {
   const ram = ctx.settings.ramDiskLocation;
-  if (ram === undefined) return retainState;
-  if (!(await exists(ram))) {
+  let parent = ctx.layout.retainDir;
+  if (ram !== undefined && !(await exists(ram))) {
     ctx.logger.warn({ vm: ctx.vm.name, ramDisk: ram }, 'RAM disk location does not exist; saving the state into retain');
-    return retainState;
+  } else if (ram !== undefined && (await freeBytes(ram)) < memoryBytes * 1.05) {
+    ctx.logger.info({ vm: ctx.vm.name, ramDisk: ram, memoryBytes }, 'not enough room on the RAM disk; saving the state into retain');
+  } else if (ram !== undefined) {
+    parent = ram;
   }
-  const free = await freeBytes(ram);
-  if (free < memoryBytes * 1.05) {
-    ctx.logger.info({ vm: ctx.vm.name, ramDisk: ram, free, memoryBytes }, 'not enough room on the RAM disk; saving the state into retain');
-    return retainState;
+  try {
+    const p = await createPrivateStateFile(parent, stateFileNameOf(ctx.vm.name, ctx.leaf));
+    return { file: p.file, release: p.remove };
+  } catch (err) {
+    throw new BackupError(`cannot prepare the state file in ${parent}: ${errorMessage(err)}`, parent === ram ? ReturnCode.ramDiskNotValid : ReturnCode.cannotSaveMachineState, { cause: err });
   }
-  return path.join(ram, `${ctx.vm.name}.${ctx.leaf}.state`);
+}
+
+/** The state file's name while it is written (in a private directory). */
+export function stateFileNameOf(vm: string, leaf: string): string {
+  return `${vm}.${leaf}.state`;
+}
+
+async function moveStateIntoRetain(stateFile: string, retainState: string): Promise<void> {
+  try {
+    await moveFile(stateFile, retainState);
+  } catch (err) {
+    throw new BackupError(`cannot move the state file to retain: ${errorMessage(err)}`, ReturnCode.cannotCopyStateFileToRetain, { cause: err });
+  }
+}
+
+/**
+ * An overlay of `backing` at `dest`, made in a private directory beside it
+ * (owner and mode set there) and renamed into place: nobody who can write the
+ * image or retain directory can slip a symlink under root's create or chown.
+ */
+async function createOverlayPrivately(ctx: StepContext, dest: string, backing: string, format: string): Promise<void> {
+  const { image } = ctx.settings;
+  const dir = await mkdtemp(path.join(path.dirname(dest), '.stoney-overlay-'));
+  const tmp = path.join(dir, path.basename(dest));
+  try {
+    const steps: [() => Promise<unknown>, string, number][] = [
+      [() => ctx.qemuImg.createOverlay(tmp, backing, format), `cannot create the overlay ${dest}`, ReturnCode.cannotCreateEmptyDiskImage],
+      [() => chownByName(tmp, image.owner, image.group, ctx.logger), `cannot set owner ${image.owner}:${image.group} on ${dest}`, ReturnCode.cannotSetImageOwnership],
+      [() => chmodNoFollow(tmp, image.mode), `cannot set mode on ${dest}`, ReturnCode.cannotSetImagePermission],
+      [() => rename(tmp, dest), `cannot put the overlay at ${dest}`, ReturnCode.cannotCreateEmptyDiskImage],
+    ];
+    for (const [step, what, code] of steps) {
+      try {
+        await step();
+      } catch (err) {
+        throw err instanceof BackupError ? err : new BackupError(`${what}: ${errorMessage(err)}`, code, { cause: err });
+      }
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 /** Rename the image into retain and put an empty overlay backed by it in its place. */
 async function swapInOverlay(ctx: StepContext, d: BackupDisk): Promise<void> {
   const retained = ctx.layout.retainPath(d.fileName);
-  const { image } = ctx.settings;
   try {
     await rename(d.source, retained);
   } catch (err) {
     throw new BackupError(`cannot move ${d.source} to retain: ${errorMessage(err)}`, ReturnCode.cannotRenameDiskImage, { cause: err });
   }
-  // Each later step, if it fails, puts the image back before anyone can notice it was gone.
-  const steps: [() => Promise<unknown>, string, number][] = [
-    [() => ctx.qemuImg.createOverlay(d.source, retained, d.format), `cannot create the overlay ${d.source}`, ReturnCode.cannotCreateEmptyDiskImage],
-    [() => chownByName(d.source, image.owner, image.group, ctx.logger), `cannot set owner ${image.owner}:${image.group} on ${d.source}`, ReturnCode.cannotSetImageOwnership],
-    [() => chmod(d.source, image.mode), `cannot set mode on ${d.source}`, ReturnCode.cannotSetImagePermission],
-  ];
-  for (const [step, what, code] of steps) {
-    try {
-      await step();
-    } catch (err) {
-      await rm(d.source, { force: true });
-      await rename(retained, d.source);
-      throw new BackupError(`${what}: ${errorMessage(err)}`, code, { cause: err });
-    }
+  try {
+    await createOverlayPrivately(ctx, d.source, retained, d.format);
+  } catch (err) {
+    // Put the image back before anyone can notice it was gone.
+    await rm(d.source, { force: true });
+    await rename(retained, d.source);
+    throw err;
   }
 }
 

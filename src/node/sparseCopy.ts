@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { createExclusive, openRegularForRead } from './safeFs.js';
 
 export interface CopyResult {
   size: number;
@@ -40,10 +40,10 @@ export async function sparseCopy(
   signal?: AbortSignal,
 ): Promise<CopyResult> {
   const hash = createHash('sha256');
-  const input = await open(src, 'r');
+  const input = await openRegularForRead(src);
   try {
     const { size } = await input.stat();
-    const output = await open(dst, 'wx', 0o600);
+    const output = await createExclusive(dst, 0o600);
     const buffers = Array.from({ length: RING }, () => Buffer.allocUnsafe(BLOCK));
     const writes: Promise<unknown>[] = Array.from({ length: RING }, () => Promise.resolve());
     const blocks = Math.ceil(size / BLOCK);
@@ -93,7 +93,7 @@ export async function sparseCopy(
 /** sha256 and size of a file, for checking a copy against a manifest. */
 export async function fileSha256(path: string): Promise<CopyResult> {
   const hash = createHash('sha256');
-  const f = await open(path, 'r');
+  const f = await openRegularForRead(path);
   try {
     const buf = Buffer.allocUnsafe(BLOCK);
     let size = 0;
