@@ -19,8 +19,10 @@ import { recoverInterruptedStep } from './recoverInterruptedStep.js';
 import { unretainSmallFilesStep } from './unretainSmallFilesStep.js';
 import { unretainLargeFilesStep } from './unretainLargeFilesStep.js';
 import { restoreStep } from './restoreStep.js';
+import { deleteStep } from './deleteStep.js';
 import { workLayout } from './restoreWork.js';
 import { restoreNodeClaim } from '../../workflows/restoreMachine.js';
+import { deleteNodeClaim } from '../../workflows/deleteMachine.js';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { exists } from './durableFs.js';
@@ -52,11 +54,12 @@ const steps: Record<NodeStep, (ctx: StepContext) => Promise<StepResult>> = {
   unretainSmallFiles: unretainSmallFilesStep,
   unretainLargeFiles: unretainLargeFilesStep,
   restore: restoreStep,
+  delete: deleteStep,
 };
 
 /** The mode a node claims a command with, from whichever protocol the command belongs to. */
 function claimOf(mode: string): string | undefined {
-  return nodeClaim(mode) ?? restoreNodeClaim(mode);
+  return nodeClaim(mode) ?? restoreNodeClaim(mode) ?? deleteNodeClaim(mode);
 }
 
 function stepOfCommand(mode: string): NodeStep | undefined {
@@ -131,7 +134,9 @@ export class NodeDaemon {
       if (!step || !vm) continue;
       const log = this.log.child({ vm: vm.name, leaf: leaf.leaf, step });
       log.warn({ mode: leaf.mode }, 'found a step interrupted by a restart; recovering');
-      await this.finishStep(leaf, step, vm, (ctx) => recoverInterruptedStep(ctx, leaf.mode), log);
+      // A delete only removes files of the backup: running it again finishes it.
+      const recover = step === 'delete' ? deleteStep : (ctx: StepContext) => recoverInterruptedStep(ctx, leaf.mode);
+      await this.finishStep(leaf, step, vm, recover, log);
     }
   }
 
