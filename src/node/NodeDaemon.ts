@@ -3,7 +3,7 @@ import { BackupError, errorCode, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { isLeafMode, NodeStepModes, type NodeStep } from '../domain/modes.js';
 import { protocolTimestamp } from '../domain/leafName.js';
-import { BackupLayout, vmTypeDirectory } from '../domain/layout.js';
+import { locateLayout } from './backupLocation.js';
 import { isSafeName } from '../domain/names.js';
 import { assertAllowedDirectories } from '../domain/allowedRoots.js';
 import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, ModeChangeExtras, VmEntry } from '../directory/types.js';
@@ -240,14 +240,10 @@ export class NodeDaemon {
     const settings = (await this.o.directory.effectiveSettings(vm)).backup;
     // Before any step (or restore clean-up) touches a file: the directory may name any path.
     assertAllowedDirectories(settings, this.o.allowedRoots);
-    const layout = new BackupLayout({
-      rootDirectory: settings.rootDirectory,
-      retainDirectory: settings.retainDirectory,
-      vmType: vmTypeDirectory(vm.type),
-      pool: vm.pool,
-      vm: vm.name,
-      leaf,
-    });
+    // <vm-type>/<storage-pool> of the VM's first disk, as the original; a
+    // leaf written by an earlier version under the VM-pool path is found there.
+    const { layout, legacy } = await locateLayout(vm, leaf, settings, this.o.imageRoots);
+    if (legacy) logger.info({ backupDir: layout.backupDir }, 'backup found under the VM-pool path of an earlier version');
     return {
       vm, leaf, settings, layout, logger,
       leafDn: leafEntry.dn,
