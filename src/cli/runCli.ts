@@ -13,8 +13,9 @@ import { listCommand } from './commands/listCommand.js';
 import { nodeCommand } from './commands/nodeCommand.js';
 import { statusCommand } from './commands/statusCommand.js';
 import { restoreCommand } from './commands/restoreCommand.js';
+import { deleteCommand } from './commands/deleteCommand.js';
 
-export const commands: Command[] = [backupCommand, restoreCommand, listCommand, statusCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
+export const commands: Command[] = [backupCommand, restoreCommand, deleteCommand, listCommand, statusCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
 
 function mainHelp(): string {
   return `stoney-backup — back up KVM virtual machines of a stoney cloud through its OpenLDAP directory
@@ -67,7 +68,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       io.err(`stoney-backup ${name}: ${err.message}`);
       return err.exitCode;
     }
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    // BackupError carries a numeric code: only Node's string codes name a parseArgs failure.
+    const nodeCode = (err as { code?: unknown }).code;
+    if (err instanceof UsageError || (typeof nodeCode === 'string' && nodeCode.startsWith('ERR_PARSE_ARGS'))) {
       io.err(`stoney-backup ${name}: ${errorMessage(err)}\nUsage: ${command.usage}`);
       return ExitCode.usage;
     }

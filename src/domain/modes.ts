@@ -16,7 +16,7 @@ export const PruneModes = ['delete', 'deleting', 'deleted'] as const;
 
 export type BackupMode = (typeof BackupModes)[number];
 export type LeafMode = BackupMode | (typeof RestoreModes)[number] | (typeof PruneModes)[number];
-export type NodeStep = 'snapshot' | 'merge' | 'retain' | 'unretainSmallFiles' | 'unretainLargeFiles' | 'restore';
+export type NodeStep = 'snapshot' | 'merge' | 'retain' | 'unretainSmallFiles' | 'unretainLargeFiles' | 'restore' | 'delete';
 
 const all = new Set<string>([...BackupModes, ...RestoreModes, ...PruneModes]);
 export function isLeafMode(s: string): s is LeafMode {
@@ -31,4 +31,5 @@ export const NodeStepModes: Record<NodeStep, { command: LeafMode; working: LeafM
   unretainSmallFiles: { command: 'unretainSmallFiles', working: 'unretainingSmallFiles', done: 'unretainedSmallFiles' },
   unretainLargeFiles: { command: 'unretainLargeFiles', working: 'unretainingLargeFiles', done: 'unretainedLargeFiles' },
   restore: { command: 'restore', working: 'restoring', done: 'restored' },
+  delete: { command: 'delete', working: 'deleting', done: 'deleted' },
 };

@@ -62,6 +62,7 @@ export const ReturnCode = {
   unsafeImageHeader: 59,
   directoryNotAllowed: 60,
   symlinkRefused: 61,
+  noStoragePoolDirectory: 62,
 } as const;
 
 export type ReturnCodeName = keyof typeof ReturnCode;
@@ -126,6 +127,7 @@ const texts: Record<number, string> = {
   59: 'disk image header names a backing or data file outside the image roots, or has the wrong format',
   60: 'backup, retain or RAM-disk directory outside the node\'s allowed roots',
   61: 'a path component or file is a symbolic link or not a regular file',
+  62: 'the first disk is not at <image root>/<vm-type>/<storage-pool>/<file>: no backup path',
 };
 
 export function describeReturnCode(code: number): string {

@@ -3,7 +3,7 @@ import { BackupError, errorCode, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { isLeafMode, NodeStepModes, type NodeStep } from '../domain/modes.js';
 import { protocolTimestamp } from '../domain/leafName.js';
-import { BackupLayout, vmTypeDirectory } from '../domain/layout.js';
+import { locateLayout } from './backupLocation.js';
 import { isSafeName } from '../domain/names.js';
 import { assertAllowedDirectories } from '../domain/allowedRoots.js';
 import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, ModeChangeExtras, VmEntry } from '../directory/types.js';
@@ -19,8 +19,10 @@ import { recoverInterruptedStep } from './recoverInterruptedStep.js';
 import { unretainSmallFilesStep } from './unretainSmallFilesStep.js';
 import { unretainLargeFilesStep } from './unretainLargeFilesStep.js';
 import { restoreStep } from './restoreStep.js';
+import { deleteStep } from './deleteStep.js';
 import { workLayout } from './restoreWork.js';
 import { restoreNodeClaim } from '../../workflows/restoreMachine.js';
+import { deleteNodeClaim } from '../../workflows/deleteMachine.js';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { exists } from './durableFs.js';
@@ -52,11 +54,12 @@ const steps: Record<NodeStep, (ctx: StepContext) => Promise<StepResult>> = {
   unretainSmallFiles: unretainSmallFilesStep,
   unretainLargeFiles: unretainLargeFilesStep,
   restore: restoreStep,
+  delete: deleteStep,
 };
 
 /** The mode a node claims a command with, from whichever protocol the command belongs to. */
 function claimOf(mode: string): string | undefined {
-  return nodeClaim(mode) ?? restoreNodeClaim(mode);
+  return nodeClaim(mode) ?? restoreNodeClaim(mode) ?? deleteNodeClaim(mode);
 }
 
 function stepOfCommand(mode: string): NodeStep | undefined {
@@ -131,7 +134,9 @@ export class NodeDaemon {
       if (!step || !vm) continue;
       const log = this.log.child({ vm: vm.name, leaf: leaf.leaf, step });
       log.warn({ mode: leaf.mode }, 'found a step interrupted by a restart; recovering');
-      await this.finishStep(leaf, step, vm, (ctx) => recoverInterruptedStep(ctx, leaf.mode), log);
+      // A delete only removes files of the backup: running it again finishes it.
+      const recover = step === 'delete' ? deleteStep : (ctx: StepContext) => recoverInterruptedStep(ctx, leaf.mode);
+      await this.finishStep(leaf, step, vm, recover, log);
     }
   }
 
@@ -235,14 +240,10 @@ export class NodeDaemon {
     const settings = (await this.o.directory.effectiveSettings(vm)).backup;
     // Before any step (or restore clean-up) touches a file: the directory may name any path.
     assertAllowedDirectories(settings, this.o.allowedRoots);
-    const layout = new BackupLayout({
-      rootDirectory: settings.rootDirectory,
-      retainDirectory: settings.retainDirectory,
-      vmType: vmTypeDirectory(vm.type),
-      pool: vm.pool,
-      vm: vm.name,
-      leaf,
-    });
+    // <vm-type>/<storage-pool> of the VM's first disk, as the original; a
+    // leaf written by an earlier version under the VM-pool path is found there.
+    const { layout, legacy } = await locateLayout(vm, leaf, settings, this.o.imageRoots);
+    if (legacy) logger.info({ backupDir: layout.backupDir }, 'backup found under the VM-pool path of an earlier version');
     return {
       vm, leaf, settings, layout, logger,
       leafDn: leafEntry.dn,

@@ -3,7 +3,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { restoreFromBackupFiles } from '../helpers/backupFiles.js';
-import { World } from '../helpers/world.js';
+import { World, POOL, STORAGE_POOL } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout, NO_STATE_MARKER } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -27,7 +27,7 @@ afterAll(async () => {
 });
 
 function layoutOf(vm: string, leaf: string): BackupLayout {
-  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: '0f83f084-8080-413e-b558-b678e504836e', vm, leaf });
+  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
 }
 
 const vmStorageGid = Number(execFileSync('getent', ['group', 'vm-storage']).toString().split(':')[2]);
@@ -80,6 +80,15 @@ describe('backup of a running VM with two disks', () => {
     expect(result.returnValue).toBe(0);
     expect(Object.keys(result.executionTime).sort()).toEqual(['downtime', 'merge', 'retain', 'snapshot']);
     expect(result.executionTime['downtime']).toBeGreaterThan(0);
+  });
+
+  it('stores the backup below the disks\' storage-pool directory, as the original does, never below the VM pool', async () => {
+    // The disks live in <imageRoot>/vm-persistent/<STORAGE_POOL>; the VM entry names another pool (POOL).
+    expect(images.map((i) => path.relative(w.imageRoot, path.dirname(i)))).toEqual([`vm-persistent/${STORAGE_POOL}`, `vm-persistent/${STORAGE_POOL}`]);
+    expect((await w.directory.getVm(vm))!.pool).toBe(POOL);
+    expect(await readdir(path.join(w.backupRoot, 'vm-persistent', STORAGE_POOL, vm))).toEqual([leaf]);
+    expect(await readdir(path.join(w.backupRoot, 'vm-persistent'))).not.toContain(POOL);
+    expect(await readdir(path.join(w.retainRoot, 'vm-persistent'))).not.toContain(POOL);
   });
 
   it('keeps the VM running, seeing both the old and the new data', async () => {

@@ -3,7 +3,7 @@ import { mkdir, readdir, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { DateTime } from 'luxon';
 import { execa } from 'execa';
-import { World, vmDn, SERVICE } from '../helpers/world.js';
+import { World, vmDn, SERVICE, STORAGE_POOL } from '../helpers/world.js';
 import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
 import { backingFileOf, guestReadMatches, imageMatches, virsh } from '../helpers/libvirt.js';
 import { ControlDaemon } from '../../src/control/ControlDaemon.js';
@@ -67,7 +67,7 @@ describe('bad input: a clear code on the leaf, nothing touched, other VMs still 
     expect(await backingFileOf(tiny.disks[0]!.path)).toBeUndefined();
     expect(await guestReadMatches(tiny.name, 'vda', A, '0', '1M')).toBe(true);
     expect(await readdir(w.retainRoot)).not.toContain('nothing'); // retain untouched for this VM:
-    await expect(stat(path.join(w.retainRoot, 'vm-persistent', POOL, tiny.name))).rejects.toThrow(/ENOENT/);
+    await expect(stat(path.join(w.retainRoot, 'vm-persistent', STORAGE_POOL, tiny.name))).rejects.toThrow(/ENOENT/);
   });
 
   it('a backup directory URL that is not file:// fails with 35', async () => {
@@ -130,7 +130,7 @@ describe('a node daemon restarted in the middle of a snapshot', () => {
   async function crashedSnapshot(short: string, leaf: string, restored: boolean) {
     const tiny = await w.addVm(short, { running: true, node: NODE2 });
     const vm = tiny.name;
-    const layout = new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: POOL, vm, leaf });
+    const layout = new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
     const dn = await startLeaf(vm, leaf);
     expect(await w.directory.casMode(dn, 'snapshot', 'snapshotting')).toBe(true);
     // What a daemon had done when it died: save, move the disk, create the overlay (and maybe restore).

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { World } from '../helpers/world.js';
+import { World, STORAGE_POOL } from '../helpers/world.js';
 import { guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { runRestore, type RestoreDecisions } from '../../src/control/runRestore.js';
@@ -21,7 +21,6 @@ import { readManifest } from '../../src/node/retainStep.js';
  */
 const A = 0xab;
 const B = 0xcd;
-const POOL = '0f83f084-8080-413e-b558-b678e504836e';
 const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 
 let w: World;
@@ -34,7 +33,7 @@ afterAll(async () => {
 });
 
 function layoutOf(vm: string, leaf: string): BackupLayout {
-  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: POOL, vm, leaf });
+  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
 }
 
 async function backedUp(short: string, leaf: string) {

@@ -3,7 +3,7 @@ import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/pro
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { restoreFromBackupFiles } from '../helpers/backupFiles.js';
-import { World } from '../helpers/world.js';
+import { World, STORAGE_POOL } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -23,7 +23,6 @@ import type { BackupManifest } from '../../src/node/retainStep.js';
  */
 const A = 0xab;
 const B = 0xcd;
-const POOL = '0f83f084-8080-413e-b558-b678e504836e';
 const NODE2 = 'node-02.example.com';
 const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 const vmStorageGid = Number(execFileSync('getent', ['group', 'vm-storage']).toString().split(':')[2]);
@@ -38,7 +37,7 @@ afterAll(async () => {
 });
 
 const layoutOf = (vm: string, leaf: string) =>
-  new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: POOL, vm, leaf });
+  new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
 
 async function startSnapshot(vm: string, leaf: string): Promise<string> {
   expect(await w.directory.createLeaf(vm, leaf)).toBe(true);

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFile, mkdir, open, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, open, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { World, vmDn, SERVICE } from '../helpers/world.js';
+import { World, vmDn, SERVICE, POOL, STORAGE_POOL } from '../helpers/world.js';
 import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, macsOf, virsh } from '../helpers/libvirt.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -15,7 +15,6 @@ import type { LeafEntry } from '../../src/directory/types.js';
 
 const A = 0xab;
 const B = 0xcd;
-const POOL = '0f83f084-8080-413e-b558-b678e504836e';
 const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 const CLI = path.resolve('bin/stoney-backup.js');
 
@@ -40,7 +39,7 @@ async function restore(vm: string, leaf: string, decide: RestoreDecisions | 'abo
 }
 
 function layoutOf(vm: string, leaf: string): BackupLayout {
-  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: POOL, vm, leaf });
+  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
 }
 
 /** The VM's directory subtree without volatile attributes, for before/after comparisons. */
@@ -71,7 +70,7 @@ describe('restore of a running VM with two disks', () => {
     expect(parseDomainDisks(await virsh.dumpXml(tiny.name)).map((d) => d.backingChain)).toEqual([[], []]);
     // The restore's retain directory and request are gone once it ended.
     await w.waitFor(async () => (await w.directory.getRestoreRequest(r.leaf.dn)) === undefined);
-    expect((await execa('find', [path.join(w.retainRoot, 'vm-persistent', POOL, tiny.name), '-mindepth', '1'])).stdout).toBe('');
+    expect((await execa('find', [path.join(w.retainRoot, 'vm-persistent', STORAGE_POOL, tiny.name), '-mindepth', '1'])).stdout).toBe('');
   });
 });
 
@@ -229,6 +228,42 @@ sstProvisioningReturnValue: 0
     expect(r.outcome).toBe('restored');
     expect(await virsh.domState(vm.name)).toBe('shut off');
     expect(await imageMatches(vm.disks[0]!.path, A, '0', '1M')).toBe(true);
+  });
+});
+
+describe('a backup an earlier stoney-backup version wrote under the VM-pool path', () => {
+  it('is listed as restorable from there, restored, and then deleted from there', async () => {
+    const vm = await w.addVm('rvmpool', { running: false, pattern: A });
+    const leaf = '20261122T051500Z';
+    await backup(vm.name, leaf);
+    // Earlier versions wrote <root>/<vm-type>/<sstVirtualMachinePool>/<vm>/<leaf>: move the backup there.
+    const current = layoutOf(vm.name, leaf);
+    const earlier = new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: POOL, vm: vm.name, leaf });
+    expect(POOL).not.toBe(STORAGE_POOL);
+    await mkdir(earlier.vmBackupDir, { recursive: true });
+    await rename(current.backupDir, earlier.backupDir);
+
+    const env = {
+      STONEY_LDAP_URL: w.slapd.url, STONEY_LDAP_BIND_DN: w.slapd.bindDn, STONEY_LDAP_PASSWORD_FILE: w.slapd.passwordFile,
+      STONEY_LDAP_BASE_DN: w.slapd.baseDn, STONEY_LIBVIRT_URI: w.libvirtUri, STONEY_IMAGE_ROOTS: w.imageRoot,
+      STONEY_ALLOWED_ROOTS: `${w.backupRoot}:${w.retainRoot}`,
+    };
+    const list = await execa('node', [CLI, 'list', vm.name, '--json'], { env, reject: false });
+    expect(list.exitCode).toBe(0);
+    const [row] = (JSON.parse(list.stdout) as { backups: { leaf: string; restorable: boolean; backupDir: string; vmPoolPath: boolean; sizeBytes: number | null }[] }).backups;
+    expect({ leaf: row?.leaf, restorable: row?.restorable, backupDir: row?.backupDir, vmPoolPath: row?.vmPoolPath }).toEqual({ leaf, restorable: true, backupDir: earlier.backupDir, vmPoolPath: true });
+    expect(row?.sizeBytes).toBeGreaterThan(0);
+
+    await run('qemu-io', ['-c', `write -P ${B} 0 1M`, vm.disks[0]!.path]);
+    const r = await restore(vm.name, leaf);
+    expect(r.outcome).toBe('restored');
+    expect(await imageMatches(vm.disks[0]!.path, A, '0', '1M')).toBe(true);
+    // The restore's work directory went away with it, wherever it was made.
+    await w.waitFor(async () => (await execa('find', [w.retainRoot, '-path', `*${vm.name}*`, '-type', 'f'])).stdout === '');
+
+    const del = await execa('node', [CLI, 'delete', vm.name, leaf], { env, reject: false });
+    expect({ code: del.exitCode, out: del.stdout }).toEqual({ code: 0, out: `${vm.name}: backup ${leaf} deleted` });
+    expect(await readdir(earlier.vmBackupDir)).toEqual([]);
   });
 });
 

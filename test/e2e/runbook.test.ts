@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { World, POOL, vmDn } from '../helpers/world.js';
+import { World, STORAGE_POOL, vmDn } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { ldapModify, ldapSearch, PROJECT_ROOT } from '../helpers/slapd.js';
 import { buildPrelude, describeFailure, readRunbook, runBlock, type BlockRun, type RunbookBlock } from '../helpers/runbook.js';
@@ -112,7 +112,7 @@ sstType: file
 sstTargetBus: virtio
 `,
   );
-  const layout = new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: POOL, vm, leaf });
+  const layout = new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
   return {
     vm,
     image: tiny.disks[0]!.path,
@@ -128,7 +128,7 @@ function variablesFor(s: Scenario, restoredate: string): Record<string, string> 
   return {
     machinename: s.vm,
     vmtype: 'vm-persistent',
-    vmpool: POOL,
+    vmpool: STORAGE_POOL, // the runbook's `vmpool` is the storage-pool directory of the disks
     backupdate: s.leaf,
     backuproot: w.backupRoot,
     retainroot: w.retainRoot,
@@ -168,7 +168,7 @@ function blockById(id: string): RunbookBlock {
 
 async function expectRetainClean(s: Scenario): Promise<void> {
   expect(await filesBelow(w.retainRoot)).toEqual([]);
-  await expect(stat(path.join(w.retainRoot, 'vm-persistent', POOL, s.vm))).rejects.toThrow(/ENOENT/);
+  await expect(stat(path.join(w.retainRoot, 'vm-persistent', STORAGE_POOL, s.vm))).rejects.toThrow(/ENOENT/);
 }
 
 describe('the manual-restore runbook', () => {

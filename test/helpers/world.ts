@@ -11,6 +11,12 @@ import { QemuImg } from '../../src/hypervisor/QemuImg.js';
 import type { LeafEntry } from '../../src/directory/types.js';
 
 export const POOL = '0f83f084-8080-413e-b558-b678e504836e';
+/**
+ * The storage pool the disks live in: `<imageRoot>/vm-persistent/<STORAGE_POOL>`.
+ * In a real stoney cloud it is another UUID than the VM pool (POOL); backups
+ * and retain copies go below it, as in the original implementation.
+ */
+export const STORAGE_POOL = 'f9dc3c13-5e3a-4b1c-9d2e-7a6b5c4d3e21';
 export const SERVICE = 'ou=virtualization,ou=services,o=stepping-stone,c=ch';
 export const vmDn = (vm: string) => `sstVirtualMachine=${vm},ou=virtual machines,${SERVICE}`;
 
@@ -85,7 +91,7 @@ export class World {
     return path.join(this.root, 'run');
   }
   get imageDir(): string {
-    return path.join(this.imageRoot, 'vm-persistent', POOL);
+    return path.join(this.imageRoot, 'vm-persistent', STORAGE_POOL);
   }
   nodeName = 'node-01.example.com';
 

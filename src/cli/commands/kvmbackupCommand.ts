@@ -1,7 +1,8 @@
 import { formatLeafName } from '../../domain/leafName.js';
 import { describeReturnCode } from '../../domain/returnCodes.js';
 import { errorMessage } from '../../domain/errors.js';
-import { BackupLayout, vmTypeDirectory } from '../../domain/layout.js';
+import type { BackupLayout } from '../../domain/layout.js';
+import { locateLayout } from '../../node/backupLocation.js';
 import type { BackupDirectory, VmEntry } from '../../directory/types.js';
 import type { Virsh } from '../../hypervisor/Virsh.js';
 import { listOption, type Command } from '../command.js';
@@ -32,7 +33,7 @@ export async function planKvmBackup(
   virsh: Virsh,
   nodeName: string,
   leaf: string,
-  opts: { include: string[]; exclude: string[]; force: boolean },
+  opts: { include: string[]; exclude: string[]; force: boolean; imageRoots: readonly string[] },
 ): Promise<PlannedVm[]> {
   const vms = await directory.listVms({ node: nodeName });
   for (const name of opts.include) {
@@ -78,7 +79,7 @@ export async function planKvmBackup(
     }
     let layout: BackupLayout;
     try {
-      layout = new BackupLayout({ rootDirectory: settings.backup.rootDirectory, retainDirectory: settings.backup.retainDirectory, vmType: vmTypeDirectory(vm.type), pool: vm.pool, vm: vm.name, leaf });
+      layout = (await locateLayout(vm, leaf, settings.backup, opts.imageRoots)).layout;
     } catch (err) {
       plan.push({ vm: vm.name, backup: false, reason: errorMessage(err) });
       continue;
@@ -138,6 +139,7 @@ ${exitCodeHelp}`,
         include: listOption(values['include']),
         exclude: listOption(values['exclude']),
         force: values['force'] === true,
+        imageRoots: rt.config.imageRoots,
       });
       const chosen = plan.filter((p) => p.backup);
       if (values['dry-run'] === true) {

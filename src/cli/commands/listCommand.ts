@@ -1,5 +1,5 @@
 import { stat } from 'node:fs/promises';
-import { BackupLayout, vmTypeDirectory } from '../../domain/layout.js';
+import { locateLayout } from '../../node/backupLocation.js';
 import { describeReturnCode } from '../../domain/returnCodes.js';
 import { parseLeafName } from '../../domain/leafName.js';
 import { readManifest } from '../../node/retainStep.js';
@@ -29,10 +29,13 @@ ${exitCodeHelp}`,
       const settings = (await directory.effectiveSettings(vm)).backup;
       const rows = [];
       for (const l of await directory.listLeaves(name)) {
-        const layout = new BackupLayout({ rootDirectory: settings.rootDirectory, retainDirectory: settings.retainDirectory, vmType: vmTypeDirectory(vm.type), pool: vm.pool, vm: vm.name, leaf: l.leaf });
-        const manifest = await readManifest(layout.manifestPath).catch(() => undefined);
+        // A leaf whose path cannot be derived (odd name, disk outside the roots) is listed, not restorable.
+        const located = await locateLayout(vm, l.leaf, settings, rt.config.imageRoots).catch(() => undefined);
+        const layout = located?.layout;
+        const manifest = layout ? await readManifest(layout.manifestPath).catch(() => undefined) : undefined;
         const size = manifest?.files.reduce((a, f) => a + f.size, 0);
-        const legacy = !manifest && (await stat(layout.backupPath(layout.xmlFileName)).then(() => true, () => false));
+        // The original implementation's backups have no manifest: its XML file marks them.
+        const original = !manifest && layout !== undefined && (await stat(layout.backupPath(layout.xmlFileName)).then(() => true, () => false));
         rows.push({
           leaf: l.leaf,
           plannedAt: parseLeafName(l.leaf)?.toISO() ?? null,
@@ -40,8 +43,10 @@ ${exitCodeHelp}`,
           returnValue: l.returnValue ?? null,
           returnText: describeReturnCode(l.returnValue ?? 0),
           sizeBytes: size ?? null,
-          backupDir: layout.backupDir,
-          restorable: l.mode === 'finished' && (l.returnValue ?? 0) === 0 && (manifest !== undefined || legacy),
+          backupDir: layout?.backupDir ?? null,
+          /** found under the VM-pool path an earlier stoney-backup version used */
+          vmPoolPath: located?.legacy ?? false,
+          restorable: l.mode === 'finished' && (l.returnValue ?? 0) === 0 && (manifest !== undefined || original),
           executionTime: l.executionTime,
         });
       }

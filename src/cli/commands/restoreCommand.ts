@@ -3,7 +3,7 @@ import { formatConflicts, type ConflictItem } from '../../domain/restore/restore
 import { abortRestore, runRestore, type RestoreDecisions } from '../../control/runRestore.js';
 import { assertSafeName } from '../../domain/names.js';
 import { describeReturnCode } from '../../domain/returnCodes.js';
-import { BackupLayout, vmTypeDirectory } from '../../domain/layout.js';
+import { locateLayout } from '../../node/backupLocation.js';
 import { readManifest } from '../../node/retainStep.js';
 import { requireNodeName } from '../config.js';
 import { ExitCode, exitCodeHelp } from '../exitCodes.js';
@@ -111,7 +111,7 @@ ${exitCodeHelp}`,
       }
       if (values['dry-run'] === true) {
         const settings = (await directory.effectiveSettings(vm)).backup;
-        const layout = new BackupLayout({ rootDirectory: settings.rootDirectory, retainDirectory: settings.retainDirectory, vmType: vmTypeDirectory(vm.type), pool: vm.pool, vm: vm.name, leaf: leafName });
+        const { layout } = await locateLayout(vm, leafName, settings, rt.config.imageRoots);
         const manifest = await readManifest(layout.manifestPath).catch(() => undefined);
         const plan = {
           vm: name, leaf: leafName, leafMode: leaf.mode, restorable: leaf.mode === 'finished' && !leaf.returnValue,
