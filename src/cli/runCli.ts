@@ -67,11 +67,13 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       io.err(`stoney-backup ${name}: ${err.message}`);
       return err.exitCode;
     }
-    if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+    // `code` is a string on Node errors but a number on LDAP and protocol errors: look before using it.
+    const code: unknown = (err as { code?: unknown } | undefined)?.code;
+    if (err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))) {
       io.err(`stoney-backup ${name}: ${errorMessage(err)}\nUsage: ${command.usage}`);
       return ExitCode.usage;
     }
-    if ((err as Error)?.name === 'AbortError' || (err as { code?: string })?.code === 'ABORT_ERR') {
+    if ((err as Error | undefined)?.name === 'AbortError' || code === 'ABORT_ERR') {
       io.err(`stoney-backup ${name}: interrupted`);
       return ExitCode.interrupted;
     }
