@@ -1,4 +1,4 @@
-import { controlDecision, timeoutTarget } from '../../workflows/backupMachine.js';
+import { controlDecision as machineDecision, timeoutTarget } from '../../workflows/backupMachine.js';
 import { isRestoreMode } from '../../workflows/restoreMachine.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import type { LeafEntry } from '../directory/types.js';
@@ -32,6 +32,21 @@ export interface ModeWrite {
   state: 'handover' | 'now';
   returnValue?: number;
   reason: string;
+}
+
+/**
+ * The machine's answer depends only on mode and return value, and running
+ * the xstate machine costs tens of microseconds: a batch of thousands is
+ * decided many times a second. Remembered per (mode, return value); the
+ * set of modes is small, and odd values written by hand are few.
+ */
+const decisions = new Map<string, ReturnType<typeof machineDecision>>();
+function controlDecision(mode: string, returnValue: number): ReturnType<typeof machineDecision> {
+  const key = `${mode}\u0000${returnValue}`;
+  if (decisions.has(key)) return decisions.get(key);
+  const d = machineDecision(mode, returnValue);
+  if (decisions.size < 10_000) decisions.set(key, d);
+  return d;
 }
 
 /** The seed's order (localeCompare's), with one collator instead of one per comparison: batches hold thousands. */
