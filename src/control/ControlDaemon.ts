@@ -52,6 +52,8 @@ export class ControlDaemon {
   private sweepTimer: NodeJS.Timeout | undefined;
   private lastTick: DateTime;
   private readonly warnedSchedules = new Set<string>();
+  /** finished leaves whose VM has been pruned after them: a batch is re-decided often, pruning once is enough */
+  private readonly pruned = new Set<string>();
   private readonly stopping = new AbortController();
   private reloading: Promise<void> | undefined;
   private reloadAgain = false;
@@ -98,7 +100,9 @@ export class ControlDaemon {
     await this.reload(true);
     if (this.o.cronTick !== false) {
       this.task = cron.schedule('* * * * *', () => {
-        const now = DateTime.utc();
+        // The minute this tick stands for: the timer may fire a little before or after it, and a
+        // backup planned for 03:00 must not wait for the 03:01 tick.
+        const now = DateTime.utc().plus({ seconds: 30 }).startOf('minute');
         const from = this.lastTick;
         this.lastTick = now;
         this.scheduling = this.scheduleDue(from, now).catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'scheduling failed'));
@@ -204,6 +208,7 @@ export class ControlDaemon {
           const site = await this.o.directory.loadSite();
           if (this.stopped) return;
           this.model.replaceAll(site);
+          this.pruned.clear();
           // What changed meanwhile is at least as new as the read, unless its version says otherwise.
           for (const e of this.duringReload) if (e.attributes !== undefined || e.deleted) this.apply(e);
           failures = 0;
@@ -322,12 +327,12 @@ export class ControlDaemon {
   }
 
   /** Old leaves of the VMs whose backup in this batch finished: decided from memory. */
-  private async pruneFinished(batch: { vm: string; mode: string; returnValue: number | undefined }[]): Promise<void> {
+  private async pruneFinished(batch: { dn: string; vm: string; mode: string; returnValue: number | undefined }[]): Promise<void> {
     for (const l of batch) {
       if (this.stopped) return;
       if (l.mode !== 'finished' || l.returnValue !== 0) continue;
       const vm = this.model.vm(l.vm);
-      if (!vm) continue;
+      if (!vm || this.pruned.has(l.dn)) continue;
       let keep: number;
       try {
         keep = this.model.settingsOf(vm).backup.numberOfIterations;
@@ -336,6 +341,7 @@ export class ControlDaemon {
       }
       const leaves = this.model.leavesOfVm(vm.name);
       const pruned = await pruneKnownLeaves(this.o.directory, vm.name, keep, leaves, this.log);
+      this.pruned.add(l.dn);
       for (const name of pruned) {
         const gone = leaves.find((x) => x.leaf === name);
         if (gone) this.model.removeLeaf(gone.dn);
