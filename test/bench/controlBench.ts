@@ -13,8 +13,9 @@
  * minute (the global schedule is set to the first whole minute at least
  * 40 s ahead, UTC). The real ControlDaemon runs in its own process
  * (controlProcess.ts: sync feed, info logging to a file, a session that
- * counts its searches). 50 simulated node daemons (SimulatedNode.ts: their
- * own sync feed and session each) answer every command at once.
+ * counts its searches). 50 simulated node daemons (SimulatedNodes.ts: one
+ * feed and session for all, 4 steps at once per node) answer every command
+ * at once.
  *
  * Printed: start-up time (process start → site read, feed in sync);
  * seconds after the planned minute until every leaf was created, until
@@ -31,7 +32,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startSlapd, ldapAdd, ldapModify, PROJECT_ROOT, type PrivateSlapd } from '../helpers/slapd.js';
 import { SITE_VMS_DN, siteNodeName, writeSiteLdif } from '../helpers/siteLdif.js';
-import { SimulatedNode, type SiteObservations } from './SimulatedNode.js';
+import { SimulatedNodes, type SiteObservations } from './SimulatedNodes.js';
 
 const NODES = 50;
 const SIZES = (process.env.BENCH_SIZES ?? '1000,5000').split(',').map((s) => Number(s.trim())).filter((n) => n > 0);
@@ -85,10 +86,10 @@ async function runSize(n: number): Promise<Result> {
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-control-bench-'));
   let slapd: PrivateSlapd | undefined;
   let control: ChildProcess | undefined;
-  const nodes: SimulatedNode[] = [];
+  let nodes: SimulatedNodes | undefined;
   const cleanup = async () => {
     control?.kill('SIGKILL');
-    await Promise.allSettled(nodes.map((x) => x.stop()));
+    await nodes?.stop();
     await slapd?.stop();
     await rm(tmp, { recursive: true, force: true });
   };
@@ -116,8 +117,9 @@ async function runSize(n: number): Promise<Result> {
 
     const connection = { url: slapd.url, bindDn: slapd.bindDn, passwordFile: slapd.passwordFile, baseDn: slapd.baseDn };
     const seen: SiteObservations = { seen: new Map(), snapshot: new Map(), finished: new Map(), errors: 0 };
-    for (let i = 0; i < NODES; i++) nodes.push(new SimulatedNode(siteNodeName(i), connection, seen));
-    await Promise.all(nodes.map((x) => x.start()));
+    // vm-00001 is on the first node, vm-00002 on the second, … (siteLdif's round robin).
+    nodes = new SimulatedNodes(connection, (vm) => siteNodeName((Number(/(\d+)$/.exec(vm)?.[1] ?? 1) - 1) % NODES), seen);
+    await nodes.start();
 
     const stats = { searches: 0, rssKb: 0, stoppedMs: undefined as number | undefined };
     const started = new Promise<{ ms: number; vms: number }>((resolve, reject) => {
