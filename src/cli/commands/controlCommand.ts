@@ -11,8 +11,10 @@ export const controlCommand: Command = {
   help: `Every minute, reads each VM's schedule (sstCron*, looked up VM → pool →
 global, in the host's time zone or STONEY_TIMEZONE) and creates the leaf of
 every backup that falls due, named after the planned time in UTC. VMs due at
-the same instant form a batch: all are snapshotted first, then each successful
-one is merged and retained. Excluded VMs (sstBackupExcludeFromBackup: TRUE)
+the same instant form a batch: all are snapshotted first, then the successful
+ones are merged and retained, STONEY_MERGE_CONCURRENCY at a time on each node
+(nodes work in parallel). The site is held in memory, kept current by the
+change feed and read again on every resync. Excluded VMs (sstBackupExcludeFromBackup: TRUE)
 are skipped. Commands nobody claims within STONEY_CLAIM_TIMEOUT_S, and steps
 without a report within STONEY_STEP_TIMEOUT_S, are failed with code 49.
 Old leaves beyond sstBackupNumberOfIterations are removed.`,
