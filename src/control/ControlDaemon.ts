@@ -312,8 +312,8 @@ export class ControlDaemon {
     const batch = this.model.batch(leafName);
     if (batch.length === 0) return;
     // One workflow per VM: the other leaves of this batch's VMs, from memory.
-    const related = batch.flatMap((l) => this.model.leavesOfVm(l.vm));
-    const writes = decideBatch(batch, this.o.policy, new Date(), vmsBusyElsewhere(related, leafName), (vm) => this.model.nodeOf(vm));
+    const others = this.model.otherLeavesOfVms(batch, leafName);
+    const writes = decideBatch(batch, this.o.policy, new Date(), vmsBusyElsewhere(others, leafName), (vm) => this.model.nodeOf(vm));
     if (writes.length > 0) {
       await applyModeWrites(this.o.directory, writes, this.log.child({ leaf: leafName }), {
         concurrency: this.o.writeConcurrency ?? 16,

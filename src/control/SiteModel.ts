@@ -22,6 +22,9 @@ interface HeldLeaf extends LeafEntry, Versioned {
   optimistic: boolean;
 }
 
+/** decideBatch's order (the seed's localeCompare order) */
+const vmOrder = new Intl.Collator();
+
 const backupOrder = new Map<string, number>(BackupModes.map((m, i) => [m, i]));
 
 /** An echo that arrives after our own later write: earlier in the backup protocol than what we hold. */
@@ -51,6 +54,8 @@ export class SiteModel {
   private readonly leaves = new Map<string, HeldLeaf>();
   private readonly byBatch = new Map<string, Set<string>>();
   private readonly byVm = new Map<string, Set<string>>();
+  /** normalized leaf DNs of a batch in VM name order; dropped when the batch gains or loses a leaf */
+  private readonly batchOrder = new Map<string, string[]>();
   /** effective settings per VM (lower-case name): resolved once, dropped when VM or settings change */
   private readonly settingsCache = new Map<string, EffectiveSettings | Error>();
 
@@ -73,6 +78,7 @@ export class SiteModel {
     this.leaves.clear();
     this.byBatch.clear();
     this.byVm.clear();
+    this.batchOrder.clear();
     this.settingsCache.clear();
     for (const e of site.vms) this.putVm(e);
     for (const e of site.settings) this.putSettings(e);
@@ -175,6 +181,7 @@ export class SiteModel {
     const held = this.leaves.get(key);
     if (held && (olderThan(l.csn, held.csn) || staleEcho(held, l.mode))) return;
     if (!held) {
+      this.batchOrder.delete(l.leaf);
       index(this.byBatch, l.leaf, key);
       index(this.byVm, l.vm.toLowerCase(), key);
     }
@@ -186,6 +193,7 @@ export class SiteModel {
     const held = this.leaves.get(key);
     if (!held) return;
     this.leaves.delete(key);
+    this.batchOrder.delete(held.leaf);
     unindex(this.byBatch, held.leaf, key);
     unindex(this.byVm, held.vm.toLowerCase(), key);
   }
@@ -215,8 +223,33 @@ export class SiteModel {
     });
   }
 
+  /**
+   * The batch's leaves in VM name order. The order is kept per batch until
+   * its membership changes: decideBatch sorts again, and on sorted input
+   * that costs one pass instead of a full sort of thousands of leaves on
+   * every reconcile.
+   */
   batch(leaf: string): LeafEntry[] {
-    return this.collect(this.byBatch.get(leaf));
+    let order = this.batchOrder.get(leaf);
+    if (!order) {
+      order = this.collect(this.byBatch.get(leaf)).sort((a, b) => vmOrder.compare(a.vm, b.vm)).map((l) => normalizeDn(l.dn));
+      this.batchOrder.set(leaf, order);
+    }
+    return this.collect(order);
+  }
+
+  /** The other leaves (other batches) of the VMs of `leaves`: what "one workflow per VM" needs. */
+  otherLeavesOfVms(leaves: LeafEntry[], batch: string): LeafEntry[] {
+    const out: LeafEntry[] = [];
+    for (const l of leaves) {
+      const keys = this.byVm.get(l.vm.toLowerCase());
+      if (!keys || keys.size < 2) continue;
+      for (const k of keys) {
+        const other = this.leaves.get(k);
+        if (other && other.leaf !== batch) out.push(other);
+      }
+    }
+    return out;
   }
 
   leavesOfVm(vm: string): LeafEntry[] {
@@ -227,7 +260,7 @@ export class SiteModel {
     return [...this.byBatch.keys()];
   }
 
-  private collect(keys: Set<string> | undefined): LeafEntry[] {
+  private collect(keys: Iterable<string> | undefined): LeafEntry[] {
     const out: LeafEntry[] = [];
     for (const k of keys ?? []) {
       const l = this.leaves.get(k);
