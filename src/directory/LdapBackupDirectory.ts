@@ -168,18 +168,22 @@ export class LdapBackupDirectory implements BackupDirectory, LeafScanner {
    * subtree (objectClass index), kept if their VM is wanted.
    */
   private async belowVms(vms: string[], baseOf: (vm: string) => string, scope: 'one' | 'sub', objectClass: string, attributes: string[]): Promise<Entry[]> {
-    const wanted = new Map<string, string>();
+    const wanted = new Map<string, string | undefined>();
     for (const v of vms) {
-      // Names are checked where they reach a DN: one odd name must not hide the others' entries.
+      // A name unfit for a DN we build is still wanted: its entries are found by the subtree search,
+      // and whoever uses them reports the bad name (a node daemon: code 52), instead of never seeing them.
+      let base: string | undefined;
       try {
-        wanted.set(v.toLowerCase(), baseOf(v));
+        base = baseOf(v);
       } catch {
-        continue;
+        base = undefined;
       }
+      wanted.set(v.toLowerCase(), base);
     }
     if (wanted.size === 0) return [];
-    if (wanted.size <= FEW_VMS) {
-      return (await Promise.all([...wanted.values()].map((dn) => this.find(dn, scope, eq('objectClass', objectClass), attributes)))).flat();
+    const bases = [...wanted.values()];
+    if (bases.length <= FEW_VMS && bases.every((b) => b !== undefined)) {
+      return (await Promise.all(bases.map((dn) => this.find(dn as string, scope, eq('objectClass', objectClass), attributes)))).flat();
     }
     const all = await this.find(this.paths.vmsDn, 'sub', eq('objectClass', objectClass), attributes);
     return all.filter((e) => wanted.has((rdnValue(e.dn, 'sstVirtualMachine') ?? '').toLowerCase()));
