@@ -55,7 +55,7 @@ export const configKeys = {
   STONEY_LDAP_ALLOW_PLAINTEXT: 'true: accept a plain ldap:// URL to a host other than loopback, sending the password in clear text (default false)',
   STONEY_CLAIM_TIMEOUT_S: 'fail a command no node claimed within this many seconds (default 300)',
   STONEY_STEP_TIMEOUT_S: 'fail a step without report within this many seconds (default 21600)',
-  STONEY_MERGE_CONCURRENCY: 'VMs of one batch merged/retained at once (default 1)',
+  STONEY_MERGE_CONCURRENCY: 'VMs of one batch merged/retained at once on each node (default 1)',
   STONEY_STEP_CONCURRENCY: 'steps a node daemon runs at once, never two per VM (default 4)',
   STONEY_TIMEZONE: 'IANA zone of the sstCron* fields (default: the host zone)',
   STONEY_SHUTDOWN_TIMEOUT_S: 'restore: seconds to wait for a guest to shut down before forcing it off (default 120)',

@@ -68,13 +68,13 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       io.err(`stoney-backup ${name}: ${err.message}`);
       return err.exitCode;
     }
-    // BackupError carries a numeric code: only Node's string codes name a parseArgs failure.
-    const nodeCode = (err as { code?: unknown }).code;
-    if (err instanceof UsageError || (typeof nodeCode === 'string' && nodeCode.startsWith('ERR_PARSE_ARGS'))) {
+    // `code` is a string on Node errors but a number on LDAP and protocol errors: look before using it.
+    const code: unknown = (err as { code?: unknown } | undefined)?.code;
+    if (err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))) {
       io.err(`stoney-backup ${name}: ${errorMessage(err)}\nUsage: ${command.usage}`);
       return ExitCode.usage;
     }
-    if ((err as Error)?.name === 'AbortError' || (err as { code?: string })?.code === 'ABORT_ERR') {
+    if ((err as Error | undefined)?.name === 'AbortError' || code === 'ABORT_ERR') {
       io.err(`stoney-backup ${name}: interrupted`);
       return ExitCode.interrupted;
     }

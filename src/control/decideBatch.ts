@@ -1,10 +1,14 @@
-import { controlDecision, timeoutTarget } from '../../workflows/backupMachine.js';
+import { controlDecision as machineDecision, timeoutTarget } from '../../workflows/backupMachine.js';
 import { isRestoreMode } from '../../workflows/restoreMachine.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import type { LeafEntry } from '../directory/types.js';
 
 export interface BatchPolicy {
-  /** leaves of one batch in merge/retain at the same time (the seed: one after another) */
+  /**
+   * Leaves of one batch in merge/retain at the same time ON ONE NODE (the
+   * seed: one after another). The work is the node's disk I/O, so nodes do
+   * not wait for each other.
+   */
   mergeConcurrency: number;
   /** a command nobody claimed for this long is failed */
   claimTimeoutMs: number;
@@ -30,6 +34,24 @@ export interface ModeWrite {
   reason: string;
 }
 
+/**
+ * The machine's answer depends only on mode and return value, and running
+ * the xstate machine costs tens of microseconds: a batch of thousands is
+ * decided many times a second. Remembered per (mode, return value); the
+ * set of modes is small, and odd values written by hand are few.
+ */
+const decisions = new Map<string, ReturnType<typeof machineDecision>>();
+function controlDecision(mode: string, returnValue: number): ReturnType<typeof machineDecision> {
+  const key = `${mode}\u0000${returnValue}`;
+  if (decisions.has(key)) return decisions.get(key);
+  const d = machineDecision(mode, returnValue);
+  if (decisions.size < 10_000) decisions.set(key, d);
+  return d;
+}
+
+/** The seed's order (localeCompare's), with one collator instead of one per comparison: batches hold thousands. */
+const vmOrder = new Intl.Collator();
+
 const snapshotPhase = new Set(['initialize', 'initialized', 'snapshot', 'snapshotting']);
 const mergeRetainInFlight = new Set(['merge', 'merging', 'merged', 'retain', 'retaining']);
 const commands = new Set(['snapshot', 'merge', 'retain']);
@@ -44,15 +66,29 @@ const working = new Set(['snapshotting', 'merging', 'retaining']);
  * Rules (seed, "Backup multiple machines at the same time"): every VM is
  * snapshotted first; only when no leaf of the batch is still before or in its
  * snapshot are the successful ones merged and retained, `mergeConcurrency`
- * at a time; a failed step ends that VM's backup where it failed. A VM in
- * `busyVms` (an older backup of it still runs) is not snapshotted yet.
+ * at a time per node (`nodeOf`; without it the whole batch counts as one
+ * node, the seed's rule), in VM name order within a node; a failed step ends
+ * that VM's backup where it failed. A VM in `busyVms` (an older backup of it
+ * still runs) is not snapshotted yet.
  */
-export function decideBatch(leaves: LeafEntry[], policy: BatchPolicy, now: Date, busyVms: ReadonlySet<string> = new Set()): ModeWrite[] {
+export function decideBatch(
+  leaves: LeafEntry[],
+  policy: BatchPolicy,
+  now: Date,
+  busyVms: ReadonlySet<string> = new Set(),
+  nodeOf: (vm: string) => string = () => '',
+): ModeWrite[] {
   const writes: ModeWrite[] = [];
   const snapshotsPending = leaves.some((l) => snapshotPhase.has(l.mode) && !busyVms.has(l.vm));
   // A failed or timed-out merge/retain has ended: it must not hold a slot.
-  let inFlight = leaves.filter((l) => mergeRetainInFlight.has(l.mode) && controlDecision(l.mode, l.returnValue ?? 0)?.kind !== 'done').length;
-  const ordered = [...leaves].sort((a, b) => a.vm.localeCompare(b.vm));
+  const inFlight = new Map<string, number>();
+  for (const l of leaves) {
+    if (mergeRetainInFlight.has(l.mode) && controlDecision(l.mode, l.returnValue ?? 0)?.kind !== 'done') {
+      const node = nodeOf(l.vm);
+      inFlight.set(node, (inFlight.get(node) ?? 0) + 1);
+    }
+  }
+  const ordered = [...leaves].sort((a, b) => vmOrder.compare(a.vm, b.vm));
   for (const l of ordered) {
     const age = l.modifiedAt ? now.getTime() - l.modifiedAt.getTime() : 0;
     if (commands.has(l.mode) && age > policy.claimTimeoutMs) {
@@ -69,8 +105,10 @@ export function decideBatch(leaves: LeafEntry[], policy: BatchPolicy, now: Date,
     if (d?.kind !== 'write') continue;
     if (d.next === 'snapshot' && busyVms.has(l.vm)) continue; // an older backup of this VM has not ended
     if (d.next === 'merge') {
-      if (snapshotsPending || inFlight >= policy.mergeConcurrency) continue;
-      inFlight += 1;
+      const node = nodeOf(l.vm);
+      const busy = inFlight.get(node) ?? 0;
+      if (snapshotsPending || busy >= policy.mergeConcurrency) continue;
+      inFlight.set(node, busy + 1);
     }
     const handover = commands.has(d.next);
     writes.push({ dn: l.dn, vm: l.vm, expected: l.mode, next: d.next, state: handover ? 'handover' : 'now', reason: d.event });

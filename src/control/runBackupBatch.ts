@@ -32,6 +32,7 @@ export async function runBackupBatch(o: BatchOptions): Promise<LeafEntry[]> {
     o.logger.info({ vm: vm.name, leaf: o.leaf, created }, created ? 'leaf created' : 'leaf exists already; driving it on');
   }
   const lastMode = new Map<string, string>();
+  const nodeOf = new Map(o.vms.map((v) => [v.name.toLowerCase(), v.node.toLowerCase()]));
   for (;;) {
     const all = await o.directory.listLeavesOfVms(names);
     const leaves = all.filter((l) => l.leaf === o.leaf);
@@ -50,7 +51,7 @@ export async function runBackupBatch(o: BatchOptions): Promise<LeafEntry[]> {
       }
       return leaves;
     }
-    const writes = decideBatch(leaves, o.policy, new Date(), vmsBusyElsewhere(all, o.leaf));
+    const writes = decideBatch(leaves, o.policy, new Date(), vmsBusyElsewhere(all, o.leaf), (vm) => nodeOf.get(vm.toLowerCase()) ?? '');
     if (writes.length > 0) {
       await applyModeWrites(o.directory, writes, o.logger);
       continue;

@@ -1,5 +1,5 @@
 import {
-  AlreadyExistsError, AndFilter, Attribute, Change, EqualityFilter, ExtensibleFilter, NoSuchAttributeError,
+  AlreadyExistsError, AndFilter, Attribute, Change, EqualityFilter, NoSuchAttributeError,
   NoSuchObjectError, OrFilter, type Entry, type Filter,
 } from 'ldapts';
 import { assertSafeName } from '../domain/names.js';
@@ -7,7 +7,7 @@ import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { formatLeafName } from '../domain/leafName.js';
 import { resolveSettings, hasObjectClass, type EffectiveSettings, type SettingsLevels } from '../domain/settings.js';
-import type { BackupDirectory, DiskEntry, LeafEntry, ModeChangeExtras, RestoreRequest, SubtreeEntry, VmEntry } from './types.js';
+import type { BackupDirectory, DiskEntry, LeafEntry, ModeChangeExtras, RestoreRequest, SiteEntry, SiteSnapshot, SubtreeEntry, VmEntry } from './types.js';
 import type { LeafScanner, LeafScope, ScannedLeaf } from './leafScan.js';
 import { DirectoryError } from './DirectoryError.js';
 import type { LdapSession } from './LdapSession.js';
@@ -23,8 +23,13 @@ const DISK_CLASS = 'sstVirtualizationVirtualMachineDisk';
 const LEAF_CLASS = 'sstProvisioning';
 const BACKUP_CLASS = 'sstVirtualizationBackupObjectClass';
 
-/** VM names per OR filter: keeps filters well below slapd's request size limits. */
-const NAMES_PER_FILTER = 200;
+const CRON_CLASS = 'sstCronObjectClass';
+
+/** Up to this many VMs, their leaves are read VM by VM; above, in one search of all leaves. */
+const FEW_VMS = 8;
+
+/** What the control daemon keeps of a VM: its name and placement. */
+const siteVmAttributes = ['objectClass', 'sstVirtualMachine', 'sstNode', 'sstVirtualMachinePool', 'sstVirtualMachineType', 'entryCSN'];
 
 function eq(attribute: string, value: string): Filter {
   return new EqualityFilter({ attribute, value });
@@ -32,18 +37,6 @@ function eq(attribute: string, value: string): Filter {
 
 function and(...filters: Filter[]): Filter {
   return filters.length === 1 && filters[0] ? filters[0] : new AndFilter({ filters });
-}
-
-/** (|(sstVirtualMachine:dn:=a)(sstVirtualMachine:dn:=b)…): entries anywhere below those VMs. */
-function belowVms(names: string[]): Filter {
-  const filters = names.map((n) => new ExtensibleFilter({ matchType: 'sstVirtualMachine', value: n, dnAttributes: true }));
-  return filters.length === 1 && filters[0] ? filters[0] : new OrFilter({ filters });
-}
-
-function chunks<T>(items: T[], size: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
 }
 
 /**
@@ -88,10 +81,7 @@ export class LdapBackupDirectory implements BackupDirectory, LeafScanner {
     const node = assertSafeName('node', filter.node);
     const vms = await this.find(vmsDn, 'one', and(eq('objectClass', VM_CLASS), eq('sstNode', node)));
     const names = vms.map((e) => rdnValue(e.dn, 'sstVirtualMachine')).filter((n): n is string => n !== undefined);
-    const disks: Entry[] = [];
-    for (const part of chunks(names, NAMES_PER_FILTER)) {
-      disks.push(...(await this.find(vmsDn, 'sub', and(eq('objectClass', DISK_CLASS), belowVms(part)))));
-    }
+    const disks = await this.belowVms(names, (name) => this.paths.vmDn(name), 'sub', DISK_CLASS, ['*']);
     return this.assemble(vms, disks);
   }
 
@@ -133,6 +123,21 @@ export class LdapBackupDirectory implements BackupDirectory, LeafScanner {
     return resolveSettings(levels);
   }
 
+  async loadSite(): Promise<SiteSnapshot> {
+    const { vmsDn, serviceDn } = this.paths;
+    // One after the other: the session serializes paged searches anyway.
+    const vms = await this.find(vmsDn, 'one', eq('objectClass', VM_CLASS), siteVmAttributes);
+    const settings = await this.find(serviceDn, 'sub', new OrFilter({ filters: [eq('objectClass', BACKUP_CLASS), eq('objectClass', CRON_CLASS)] }), ['*', 'entryCSN']);
+    const leaves = await this.find(vmsDn, 'sub', eq('objectClass', LEAF_CLASS), leafAttributes);
+    const site = (e: Entry): SiteEntry => ({ dn: e.dn, attributes: toAttributes(e) });
+    return { vms: vms.map(site), settings: settings.map(site), leaves: leaves.map(site) };
+  }
+
+  async readSiteEntry(dn: string): Promise<SiteEntry | undefined> {
+    const e = await this.readEntry(dn, ['*', 'entryCSN', 'modifyTimestamp']);
+    return e ? { dn: e.dn, attributes: toAttributes(e) } : undefined;
+  }
+
   async listLeaves(vm: string): Promise<LeafEntry[]> {
     const entries = await this.find(this.paths.vmBackupDn(vm), 'one', eq('objectClass', LEAF_CLASS), leafAttributes);
     return sortLeaves(entries.map(leafFromEntry));
@@ -142,18 +147,46 @@ export class LdapBackupDirectory implements BackupDirectory, LeafScanner {
     return sortLeaves(await this.leafEntriesOfVms(vms).then((es) => es.map(leafFromEntry)));
   }
 
-  /** One search per NAMES_PER_FILTER VMs; slapd narrows by the objectClass index, then matches the DN. */
+  /**
+   * Leaves of the given VMs by indexed searches only: a DN-matching filter
+   * per VM ((sstVirtualMachine:dn:=…)) cannot use an index and made slapd
+   * test every leaf against every term. A few VMs: one one-level search
+   * below each VM's ou=backup (parent index). Many: one subtree search for
+   * all leaves (objectClass index), kept if their VM is wanted.
+   */
   private async leafEntriesOfVms(vms: string[]): Promise<Entry[]> {
-    // Any name is safe inside a filter object; names are checked where they reach paths or commands.
-    const wanted = new Set(vms.map((v) => v.toLowerCase()));
-    if (wanted.size === 0) return [];
-    const out: Entry[] = [];
-    for (const part of chunks([...wanted], NAMES_PER_FILTER)) {
-      const entries = await this.find(this.paths.vmsDn, 'sub', and(eq('objectClass', LEAF_CLASS), belowVms(part)), leafAttributes);
-      out.push(...entries);
+    const entries = await this.belowVms(vms, (name) => this.paths.vmBackupDn(name), 'one', LEAF_CLASS, leafAttributes);
+    // Keep only leaves directly in ou=backup (a leaf-shaped entry deeper down is not one).
+    return entries.filter((e) => dnDepth(e.dn) === dnDepth(this.paths.vmsDn) + 3);
+  }
+
+  /**
+   * Entries of `objectClass` below the given VMs, by indexed searches only: a
+   * DN-matching filter per VM ((sstVirtualMachine:dn:=…)) cannot use an
+   * index and made slapd test every entry against every term. A few VMs: one
+   * search below each (parent index); many: one search of the whole VM
+   * subtree (objectClass index), kept if their VM is wanted.
+   */
+  private async belowVms(vms: string[], baseOf: (vm: string) => string, scope: 'one' | 'sub', objectClass: string, attributes: string[]): Promise<Entry[]> {
+    const wanted = new Map<string, string | undefined>();
+    for (const v of vms) {
+      // A name unfit for a DN we build is still wanted: its entries are found by the subtree search,
+      // and whoever uses them reports the bad name (a node daemon: code 52), instead of never seeing them.
+      let base: string | undefined;
+      try {
+        base = baseOf(v);
+      } catch {
+        base = undefined;
+      }
+      wanted.set(v.toLowerCase(), base);
     }
-    // The :dn: match is on any RDN; keep only leaves directly in ou=backup of a wanted VM.
-    return out.filter((e) => wanted.has((rdnValue(e.dn, 'sstVirtualMachine') ?? '').toLowerCase()));
+    if (wanted.size === 0) return [];
+    const bases = [...wanted.values()];
+    if (bases.length <= FEW_VMS && bases.every((b) => b !== undefined)) {
+      return (await Promise.all(bases.map((dn) => this.find(dn as string, scope, eq('objectClass', objectClass), attributes)))).flat();
+    }
+    const all = await this.find(this.paths.vmsDn, 'sub', eq('objectClass', objectClass), attributes);
+    return all.filter((e) => wanted.has((rdnValue(e.dn, 'sstVirtualMachine') ?? '').toLowerCase()));
   }
 
   async getLeaf(dn: string): Promise<LeafEntry | undefined> {
@@ -195,16 +228,23 @@ export class LdapBackupDirectory implements BackupDirectory, LeafScanner {
 
   async createLeaf(vm: string, leaf: string, now: Date = new Date()): Promise<boolean> {
     const dn = this.paths.leafDn(vm, leaf);
-    await this.ensureBackupContainer(vm);
+    const add = () => this.session.add(dn, {
+      objectClass: ['top', 'organizationalUnit', LEAF_CLASS],
+      ou: leaf,
+      sstProvisioningMode: 'initialize',
+      sstProvisioningState: formatLeafName(now),
+      sstProvisioningExecutionDate: '0',
+      sstProvisioningReturnValue: '0',
+    });
     try {
-      await this.session.add(dn, {
-        objectClass: ['top', 'organizationalUnit', LEAF_CLASS],
-        ou: leaf,
-        sstProvisioningMode: 'initialize',
-        sstProvisioningState: formatLeafName(now),
-        sstProvisioningExecutionDate: '0',
-        sstProvisioningReturnValue: '0',
-      });
+      // The leaf first: ou=backup exists for every VM backed up before, so one write is the rule.
+      try {
+        await add();
+      } catch (err) {
+        if (!(err instanceof NoSuchObjectError)) throw err;
+        await this.ensureBackupContainer(vm);
+        await add();
+      }
       return true;
     } catch (err) {
       if (err instanceof AlreadyExistsError) return false;

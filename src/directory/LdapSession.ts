@@ -33,6 +33,14 @@ export class LdapSession {
   private client: Client;
   private binding: Promise<void> | undefined;
   private closed = false;
+  /**
+   * The tail of the paged searches on this connection. slapd keeps ONE
+   * paged-results state per connection: a second paged search started while
+   * another is between pages invalidates the first one's cookie (err=2 or
+   * err=53). So paged searches run one after the other; base searches and
+   * writes do not page and still run alongside.
+   */
+  private pagedTail: Promise<unknown> = Promise.resolve();
 
   /** the CA of caFile, read at the first bind */
   private ca: Buffer | undefined;
@@ -157,8 +165,12 @@ export class LdapSession {
    */
   async search(baseDn: string, options: SearchOptions): Promise<Entry[]> {
     const paged = options.scope !== undefined && options.scope !== 'base' ? { pageSize: 500 } : undefined;
-    return this.run(`search ${baseDn}`, false, async (c) =>
+    const search = () => this.run(`search ${baseDn}`, false, async (c) =>
       (await c.search(baseDn, { timeLimit: 0, ...(paged ? { paged } : {}), ...options })).searchEntries);
+    if (!paged) return search();
+    const result = this.pagedTail.then(search, search);
+    this.pagedTail = result.catch(() => undefined);
+    return result;
   }
 
   async add(dn: string, attributes: Record<string, string[] | string>): Promise<void> {

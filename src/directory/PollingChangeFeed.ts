@@ -6,6 +6,12 @@ import { normalizeDn } from './ditPaths.js';
 export interface PollingChangeFeedOptions {
   /** Pause between the end of one poll and the start of the next, ms (default 1000). */
   intervalMs?: number;
+  /**
+   * Emit `resync` this often, ms (default 600 000; 0 = never): polling sees
+   * leaves only, so a consumer that keeps VMs and settings in memory (the
+   * control daemon) learns of their changes by re-reading then.
+   */
+  fullResyncIntervalMs?: number;
   logger?: Logger;
 }
 
@@ -23,6 +29,7 @@ export class PollingChangeFeed implements ChangeFeed {
   private readonly logger: Logger | undefined;
   private known: Map<string, { dn: string; fingerprint: string }> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private resyncTimer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private onChange: ((e: ChangeEvent) => void) | undefined;
   private stopped = true;
@@ -31,7 +38,7 @@ export class PollingChangeFeed implements ChangeFeed {
   constructor(
     private readonly source: LeafScanner,
     private readonly scope: LeafScope = {},
-    options: PollingChangeFeedOptions = {},
+    private readonly options: PollingChangeFeedOptions = {},
   ) {
     this.intervalMs = options.intervalMs ?? 1000;
     this.logger = options.logger;
@@ -45,10 +52,14 @@ export class PollingChangeFeed implements ChangeFeed {
     this.known = undefined;
     this.failures = 0;
     await this.tick();
+    const every = this.options.fullResyncIntervalMs ?? 600_000;
+    if (every > 0 && !this.stopped) this.resyncTimer = setInterval(() => this.emit({ kind: 'resync', dn: '' }), every);
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.resyncTimer) clearInterval(this.resyncTimer);
+    this.resyncTimer = undefined;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     await this.running;
@@ -102,7 +113,7 @@ export class PollingChangeFeed implements ChangeFeed {
       if (previous.get(key)?.fingerprint !== now.fingerprint) this.emit({ kind: 'leaf', dn: now.dn });
     }
     for (const [key, before] of previous) {
-      if (!next.has(key)) this.emit({ kind: 'leaf', dn: before.dn });
+      if (!next.has(key)) this.emit({ kind: 'leaf', dn: before.dn, deleted: true });
     }
   }
 

@@ -9,6 +9,7 @@ import type { SyncDoneValue, SyncInfoValue } from './syncMessages.js';
 import { csnSid, parseSyncCookie, type SyncCookieInfo } from './syncCookie.js';
 import { SyncStateFile, SyncStateFileError } from './SyncStateFile.js';
 import type { ChangeEvent, ChangeFeed } from './types.js';
+import { backupSettingAttributes, cronAttributes, type Attributes } from '../domain/settings.js';
 
 export interface SyncReplChangeFeedOptions extends SyncReplConnectionOptions {
   /** The site's suffix, e.g. o=stepping-stone,c=ch */
@@ -59,6 +60,16 @@ interface Refresh {
   changed: number;
   deleted: number;
 }
+
+/**
+ * What the control scope's events carry: the leaf's protocol attributes, the
+ * VM's placement and the settings entries whole (they are few).
+ */
+const controlScopeAttributes = [
+  'objectClass', 'entryCSN', 'modifyTimestamp', 'sstNode', 'sstVirtualMachine', 'sstVirtualMachinePool', 'sstVirtualMachineType',
+  'ou', 'sstProvisioningMode', 'sstProvisioningState', 'sstProvisioningReturnValue', 'sstProvisioningExecutionDate', 'sstProvisioningExecutionTime',
+  'sstBackupExcludeFromBackup', ...backupSettingAttributes, ...cronAttributes,
+];
 
 const LEAF_CLASS = 'sstProvisioning';
 const VM_CLASS = 'sstVirtualizationVirtualMachine';
@@ -181,8 +192,9 @@ export class SyncReplChangeFeed implements ChangeFeed {
       baseDn: this.scope.node === undefined ? this.paths.serviceDn : this.paths.vmsDn,
       scope: 'sub',
       filter: `(|${classes.map((c) => `(objectClass=${c})`).join('')})`,
-      // sstNode for the VM→node map; entryCSN to notice a full reload. Nothing else: events are keys only.
-      attributes: ['sstNode', 'entryCSN'],
+      // sstNode for the VM→node map; entryCSN to notice a full reload. A node's events are keys only;
+      // the control daemon's carry what it keeps in memory, so it never reads an entry per change.
+      attributes: this.scope.node === undefined ? controlScopeAttributes : ['sstNode', 'entryCSN'],
       mode: 'refreshAndPersist',
     };
     this.searchKey = JSON.stringify({ base: normalizeDn(this.search.baseDn), filter: this.search.filter, node: this.scope.node?.toLowerCase() ?? null });
@@ -516,6 +528,7 @@ export class SyncReplChangeFeed implements ChangeFeed {
     this.uuidToDn.set(uuid, dn);
     if (this.refresh) this.refresh.changed += 1;
     if (oldDn === undefined || renamed) this.markDirty();
+    const carried = this.scope.node === undefined && attributes ? Object.fromEntries(attributes) as Attributes : undefined;
     if (kind === 'vm') {
       const oldNode = this.vmNodes.get(uuid);
       const newNode = attributes ? attributes.get('sstnode')?.[0] : oldNode;
@@ -529,15 +542,17 @@ export class SyncReplChangeFeed implements ChangeFeed {
       }
       const moved = (oldNode ?? '').toLowerCase() !== (newNode ?? '').toLowerCase();
       if (moved) this.markDirty();
-      if ((oldDn === undefined || renamed || moved) && (this.concerns(oldNode) || this.concerns(newNode))) this.queue({ kind: 'vm', dn });
+      // The control side keeps every VM's pool and type too: it hears of any change.
+      if (renamed) this.queue({ kind: 'vm', dn: oldDn, deleted: true });
+      if ((oldDn === undefined || renamed || moved || carried) && (this.concerns(oldNode) || this.concerns(newNode))) this.queue({ kind: 'vm', dn, ...(carried ? { attributes: carried } : {}) });
       return;
     }
     if (kind === 'leaf') {
-      if (renamed) this.leafChanged(oldDn);
-      this.leafChanged(dn);
+      if (renamed) this.leafChanged(oldDn, undefined, true);
+      this.leafChanged(dn, carried);
       return;
     }
-    this.queue({ kind: 'settings', dn });
+    this.queue({ kind: 'settings', dn, ...(carried ? { attributes: carried } : {}) });
   }
 
   private remove(uuid: string, dnHint: string | undefined): void {
@@ -553,17 +568,17 @@ export class SyncReplChangeFeed implements ChangeFeed {
       this.vmNodes.delete(uuid);
       const name = this.vmOf(dn);
       if (name !== undefined) this.nodeByVm.delete(name);
-      if (this.concerns(oldNode)) this.queue({ kind: 'vm', dn });
+      if (this.concerns(oldNode)) this.queue({ kind: 'vm', dn, deleted: true });
     } else if (kind === 'leaf') {
-      this.leafChanged(dn);
+      this.leafChanged(dn, undefined, true);
     } else if (kind === 'settings') {
-      this.queue({ kind: 'settings', dn });
+      this.queue({ kind: 'settings', dn, deleted: true });
     }
   }
 
-  private leafChanged(dn: string): void {
+  private leafChanged(dn: string, attributes?: Attributes, deleted = false): void {
     if (this.scope.node !== undefined && !this.concerns(this.nodeByVm.get(this.vmOf(dn) ?? ''))) return;
-    this.queue({ kind: 'leaf', dn });
+    this.queue({ kind: 'leaf', dn, ...(attributes ? { attributes } : {}), ...(deleted ? { deleted } : {}) });
   }
 
   /** Emits now in the persist phase; during a refresh collects (deduplicated) for its end. */

@@ -89,12 +89,16 @@ export function parseGeneralizedTime(v: string | undefined): Date | undefined {
 }
 
 export function leafFromEntry(entry: Entry): LeafEntry {
-  const a = toAttributes(entry);
+  return leafFromAttributes(entry.dn, toAttributes(entry));
+}
+
+/** A leaf from its DN and attributes (as a search or the change feed delivers them). */
+export function leafFromAttributes(dn: string, a: Attributes): LeafEntry {
   const rv = first(a, 'sstprovisioningreturnvalue');
   return {
-    dn: entry.dn,
-    vm: rdnValue(entry.dn, 'sstVirtualMachine') ?? '',
-    leaf: leafRdnValue(entry.dn) ?? first(a, 'ou') ?? '',
+    dn,
+    vm: rdnValue(dn, 'sstVirtualMachine') ?? '',
+    leaf: leafRdnValue(dn) ?? first(a, 'ou') ?? '',
     mode: first(a, 'sstprovisioningmode') ?? '',
     state: first(a, 'sstprovisioningstate') ?? '',
     returnValue: rv === undefined || !/^-?\d+$/.test(rv.trim()) ? undefined : Number(rv),

@@ -42,6 +42,19 @@ export interface LeafEntry {
   modifiedAt: Date | undefined;
 }
 
+/** An entry as the control daemon keeps it: DN and lower-cased attributes (with entryCSN when readable). */
+export interface SiteEntry {
+  dn: string;
+  attributes: Attributes;
+}
+
+export interface SiteSnapshot {
+  vms: SiteEntry[];
+  /** ou=backup entries (VM, pool, global) with sstVirtualizationBackupObjectClass or sstCronObjectClass */
+  settings: SiteEntry[];
+  leaves: SiteEntry[];
+}
+
 /** Values written together with a mode change. */
 export interface ModeChangeExtras {
   state?: string;
@@ -61,6 +74,14 @@ export interface BackupDirectory {
   getVm(name: string): Promise<VmEntry | undefined>;
   /** VM → pool → global lookup (domain/settings.ts resolveSettings). */
   effectiveSettings(vm: VmEntry): Promise<EffectiveSettings>;
+  /**
+   * Everything the control daemon keeps in memory, in three paged, indexed
+   * searches: the VMs (placement only), the entries carrying backup
+   * settings or schedules, and every leaf.
+   */
+  loadSite(): Promise<SiteSnapshot>;
+  /** One entry's attributes as the control daemon keeps them (undefined when it is gone). */
+  readSiteEntry(dn: string): Promise<SiteEntry | undefined>;
   /** Leaves of one VM, oldest first. */
   listLeaves(vm: string): Promise<LeafEntry[]>;
   /** Leaves of many VMs (e.g. all on one node) in as few searches as possible. */
@@ -126,6 +147,15 @@ export interface SubtreeEntry {
 export interface ChangeEvent {
   kind: 'leaf' | 'vm' | 'settings' | 'resync';
   dn: string;
+  /**
+   * The entry as this change left it (lower-case attribute names), when the
+   * feed carries it (the sync feed in the control scope): the control daemon
+   * then keeps its picture without reading the entry again. Absent on
+   * deletes and from feeds that only name keys: read the entry.
+   */
+  attributes?: Attributes;
+  /** True when the feed knows the entry is gone. */
+  deleted?: boolean;
 }
 
 /** Delivers changes the daemon cares about. Polling now; RFC 4533 push later behind the same interface. */

@@ -16,7 +16,8 @@ import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { QemuImg } from '../../src/hypervisor/QemuImg.js';
 import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
 import { BackupModes } from '../../src/domain/modes.js';
-import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry } from '../../src/directory/types.js';
+import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, SiteSnapshot } from '../../src/directory/types.js';
+import { leafFromAttributes } from '../../src/directory/entryMapping.js';
 import type { LeafScope } from '../../src/directory/leafScan.js';
 
 const A = 0xab;
@@ -31,13 +32,20 @@ afterAll(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A feed that also tells the test what it delivered (resyncs after a restart). */
+/**
+ * A feed that also tells the test what it delivered (resyncs after a
+ * restart) and, through `onLeaf`, every leaf state it hands over with an
+ * event (the control scope's events carry the entry: that is what the
+ * control daemon sees of a leaf).
+ */
 class TappedFeed implements ChangeFeed {
   readonly events: ChangeEvent[] = [];
+  onLeaf: ((l: LeafEntry) => void) | undefined;
   constructor(readonly inner: SyncReplChangeFeed) {}
   start(onChange: (e: ChangeEvent) => void): Promise<void> {
     return this.inner.start((e) => {
       this.events.push(e);
+      if (e.kind === 'leaf' && e.attributes) this.onLeaf?.(leafFromAttributes(e.dn, e.attributes));
       onChange(e);
     });
   }
@@ -94,6 +102,14 @@ function windowed(dir: BackupDirectory, hooks: {
           return ok;
         };
       }
+      if (prop === 'loadSite') {
+        // The control daemon's full read (start, resync): its leaves are what it sees then.
+        return async (...args: unknown[]) => {
+          const site = (await fn.apply(target, args)) as SiteSnapshot;
+          for (const e of site.leaves) hooks.onRead?.(leafFromAttributes(e.dn, e.attributes));
+          return site;
+        };
+      }
       if (prop === 'getLeaf' || prop === 'listLeaves' || prop === 'listLeavesOfVms') {
         return async (...args: unknown[]) => {
           const r = (await fn.apply(target, args)) as LeafEntry | LeafEntry[] | undefined;
@@ -141,6 +157,7 @@ describe('both daemons on the sync feed', () => {
 
     const nodeFeed = syncFeed({ node: w.nodeName }, 'node');
     const controlFeed = syncFeed({}, 'control');
+    controlFeed.onLeaf = onRead;
     const node = new NodeDaemon({
       nodeName: w.nodeName,
       directory: windowed(w.directory, { onCas: (dn, _from, to) => { if (/ing$/.test(to)) claims.set(`${dn}|${to}`, (claims.get(`${dn}|${to}`) ?? 0) + 1); } }),

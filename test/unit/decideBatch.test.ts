@@ -146,6 +146,38 @@ describe('decideBatch: merge and retain', () => {
   });
 });
 
+describe('decideBatch: merge and retain limited per node', () => {
+  // Two nodes: a and c on n1, b and d on n2.
+  const nodes: Record<string, string> = { 'kvm-a': 'n1', 'kvm-c': 'n1', 'kvm-b': 'n2', 'kvm-d': 'n2' };
+  const nodeOf = (vm: string) => nodes[vm] ?? '?';
+  const snapshotted = (vm: string) => leaf(vm, 'snapshotted', { returnValue: 0 });
+
+  it('merges the first VM (by name) of every node at once with mergeConcurrency 1', () => {
+    const leaves = ['kvm-d', 'kvm-c', 'kvm-b', 'kvm-a'].map(snapshotted);
+    expect(brief(decideBatch(leaves, policy, T0, new Set(), nodeOf))).toEqual([
+      'kvm-a: snapshotted → merge (handover)',
+      'kvm-b: snapshotted → merge (handover)',
+    ]);
+  });
+
+  it('lets a merge on one node hold only that node\'s slot', () => {
+    const leaves = [leaf('kvm-a', 'merging', { returnValue: 0 }), snapshotted('kvm-b'), snapshotted('kvm-c'), snapshotted('kvm-d')];
+    expect(brief(decideBatch(leaves, policy, T0, new Set(), nodeOf))).toEqual(['kvm-b: snapshotted → merge (handover)']);
+    const n2Busy = [leaf('kvm-a', 'merging', { returnValue: 0 }), leaf('kvm-b', 'retain', { returnValue: 0 }), snapshotted('kvm-c'), snapshotted('kvm-d')];
+    expect(decideBatch(n2Busy, policy, T0, new Set(), nodeOf)).toEqual([]);
+  });
+
+  it('still merges nobody on any node while a leaf of the batch is in its snapshot', () => {
+    const leaves = [snapshotted('kvm-a'), snapshotted('kvm-b'), leaf('kvm-d', 'snapshotting')];
+    expect(decideBatch(leaves, { ...policy, mergeConcurrency: 5 }, T0, new Set(), nodeOf)).toEqual([]);
+  });
+
+  it('counts the whole batch as one node without nodeOf (the seed\'s rule)', () => {
+    const leaves = ['kvm-d', 'kvm-c', 'kvm-b', 'kvm-a'].map(snapshotted);
+    expect(brief(decideBatch(leaves, policy, T0))).toEqual(['kvm-a: snapshotted → merge (handover)']);
+  });
+});
+
 describe('decideBatch: timeouts', () => {
   it.each([
     ['snapshot', 'snapshotted'],
