@@ -1,4 +1,5 @@
 import { runDelete } from '../../control/runDelete.js';
+import { findVmAndLeaf } from '../findVmAndLeaf.js';
 import { describeReturnCode } from '../../domain/returnCodes.js';
 import { requireNodeName } from '../config.js';
 import { ExitCode, exitCodeHelp } from '../exitCodes.js';
@@ -32,10 +33,7 @@ ${exitCodeHelp}`,
     const rt = await Runtime.create(config, { daemon: false, io });
     try {
       const directory = await rt.connect();
-      const vm = await directory.getVm(name);
-      if (!vm) throw new CliError(`no VM ${name} in the directory`, ExitCode.notFound);
-      const leaf = (await directory.listLeaves(name)).find((l) => l.leaf === leafName);
-      if (!leaf) throw new CliError(`${name} has no backup ${leafName} (see stoney-backup list ${name})`, ExitCode.notFound);
+      const { vm, leaf } = await findVmAndLeaf(directory, name, leafName);
       if (values['local'] === true) {
         const nodeName = requireNodeName(rt.config);
         if (vm.node !== nodeName) throw new CliError(`--local: ${name} runs on ${vm.node}, not on ${nodeName}`, ExitCode.usage);

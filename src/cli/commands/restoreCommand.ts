@@ -1,4 +1,5 @@
 import { createInterface } from 'node:readline/promises';
+import { findVmAndLeaf } from '../findVmAndLeaf.js';
 import { formatConflicts, type ConflictItem } from '../../domain/restore/restoreConflicts.js';
 import { abortRestore, runRestore, type RestoreDecisions } from '../../control/runRestore.js';
 import { assertSafeName } from '../../domain/names.js';
@@ -99,10 +100,7 @@ ${exitCodeHelp}`,
     const rt = await Runtime.create(config, { daemon: false, verbose: values['verbose'] === true, io });
     try {
       const directory = await rt.connect();
-      const vm = await directory.getVm(name);
-      if (!vm) throw new CliError(`no VM ${name} in the directory`, ExitCode.notFound);
-      const leaf = (await directory.listLeaves(name)).find((l) => l.leaf === leafName);
-      if (!leaf) throw new CliError(`${name} has no backup ${leafName} (see stoney-backup list ${name})`, ExitCode.notFound);
+      const { vm, leaf } = await findVmAndLeaf(directory, name, leafName);
 
       if (values['abort'] === true) {
         const after = await abortRestore(directory, leaf, rt.logger);
