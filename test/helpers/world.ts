@@ -179,6 +179,9 @@ ${this.backupSettings(o.backupAttributes)}
     return vm;
   }
 
+  /** Roots the node daemons allow besides backup and retain (e.g. a RAM disk), as STONEY_ALLOWED_ROOTS would. */
+  readonly extraAllowedRoots: string[] = [];
+
   async startNodeDaemon(nodeName = this.nodeName): Promise<NodeDaemon> {
     const feed = new PollingChangeFeed(this.directory, { node: nodeName }, { intervalMs: 150, logger: this.logger });
     const daemon = new NodeDaemon({
@@ -188,7 +191,7 @@ ${this.backupSettings(o.backupAttributes)}
       virsh,
       qemuImg: new QemuImg(),
       imageRoots: [this.imageRoot],
-      allowedRoots: [this.backupRoot, this.retainRoot],
+      allowedRoots: [this.backupRoot, this.retainRoot, ...this.extraAllowedRoots],
       logger: this.logger,
       runDir: this.runDir,
       // Tiny VMs have no guest OS to answer ACPI: do not wait long for them.
