@@ -5,13 +5,8 @@ import { ReturnCode } from '../domain/returnCodes.js';
 import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
 import { parseDomainDisks, type DomainDisk } from '../hypervisor/domainXml.js';
 import { isBelow } from './backupDisks.js';
-import { exists, syncDir, writeFileDurably } from './durableFs.js';
-import { chmodNoFollow, mkdirBelow } from './safeFs.js';
-import { backupFileMode } from '../domain/settings.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
-import { chownByName } from '../hypervisor/ownership.js';
-import type { ManifestFile } from './retainStep.js';
-import { sparseCopy } from './sparseCopy.js';
+import { keepInBackup } from './keepInBackup.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 /**
@@ -120,7 +115,7 @@ async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: str
     if (path.dirname(d.source) !== layout.retainDir) {
       throw new BackupError(`${d.target} runs on ${d.source}, an overlay of another backup: it was not merged`, ReturnCode.chainStillReferencesRetain);
     }
-    await keepFrozenImage(ctx, frozen);
+    await keepInBackup(ctx, frozen, path.basename(frozen), 'image', 'merge');
   }
   ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `committing ${d.target}` });
   try {
@@ -155,39 +150,5 @@ async function finishRunningCommit(ctx: StepContext, target: string): Promise<vo
       throw new Error(`the block job on ${target} made no progress for 10 minutes (${job.type} at ${job.percent} %)`);
     }
     await new Promise((r) => setTimeout(r, 500));
-  }
-}
-
-/**
- * Copy the frozen image into the backup directory under its final name — the
- * one full copy of the disk this backup makes — and record its size and
- * sha256 in retain for the manifest. The record is written last: without it
- * the copy is redone.
- */
-async function keepFrozenImage(ctx: StepContext, frozen: string): Promise<void> {
-  const { vm, layout, settings, logger } = ctx;
-  const name = path.basename(frozen);
-  const record = layout.keptRecordPath(name);
-  if (await exists(record)) return;
-  if (!(await exists(settings.rootDirectory))) {
-    throw new BackupError(`backup root ${settings.rootDirectory} does not exist`, ReturnCode.backupRootMissing);
-  }
-  const final = layout.backupPath(name);
-  const partial = `${final}.partial`;
-  ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping the frozen ${name}` });
-  try {
-    await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);
-    await chownByName(layout.backupDir, settings.directory.owner, settings.directory.group, logger);
-    await rm(partial, { force: true });
-    const r = await sparseCopy(frozen, partial, (done, total) => ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `keeping ${name}`, done, total }), ctx.signal);
-    await chmodNoFollow(partial, backupFileMode('image', settings.image.mode));
-    await chownByName(partial, settings.image.owner, settings.image.group, logger);
-    await rename(partial, final);
-    await syncDir(layout.backupDir);
-    const kept: ManifestFile = { name: path.basename(final), size: r.size, sha256: r.sha256 };
-    await writeFileDurably(record, `${JSON.stringify(kept)}\n`);
-  } catch (err) {
-    await rm(partial, { force: true });
-    throw new BackupError(`cannot keep the frozen image ${name} in ${layout.backupDir}: ${errorMessage(err)}`, ReturnCode.cannotCopyImage, { cause: err });
   }
 }

@@ -1,9 +1,10 @@
-import { readdir, rename, rm } from 'node:fs/promises';
+import { readdir, rename, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
 import { startsWithPlaceholder } from './stateFile.js';
+import { dropKeptFiles } from './keepInBackup.js';
 import { stateFileNameOf } from './snapshotStep.js';
 import { isBelow } from './backupDisks.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
@@ -125,6 +126,12 @@ async function moveImagesBack(ctx: StepContext): Promise<void> {
 async function removeRetainDirIfNoImages(ctx: StepContext): Promise<void> {
   const { layout } = ctx;
   if (!(await exists(layout.retainDir))) return;
+  // What the failed backup already kept in the backup directory goes too (its records name it).
+  const dropped = await dropKeptFiles(ctx, await readdir(layout.retainDir));
+  if (dropped.length) {
+    await rmdir(layout.backupDir).catch(() => undefined); // only if nothing else is there
+    ctx.logger.info({ vm: ctx.vm.name, removed: dropped }, 'recovery: removed what the failed backup had kept');
+  }
   const leftovers = (await readdir(layout.retainDir)).filter(
     (n) => ![layout.stateFileName, layout.xmlFileName, layout.ldifFileName].includes(n) && !n.endsWith('.partial'),
   );

@@ -55,8 +55,9 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   const inRetain = await listRegularFiles(layout.retainDir);
   const names = inRetain.filter((n) => !n.endsWith('.partial') && !n.endsWith(LIVE_OVERLAY_SUFFIX) && !n.endsWith(KEPT_RECORD_SUFFIX)).sort();
   const kept = await readKeptRecords(layout, inRetain.filter((n) => n.endsWith(KEPT_RECORD_SUFFIX)));
+  const keptNames = new Set(kept.map((k) => k.name));
   for (const required of [layout.stateFileName, layout.xmlFileName, layout.ldifFileName]) {
-    if (!names.includes(required)) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
+    if (!names.includes(required) && !keptNames.has(path.basename(layout.backupPath(required)))) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
   }
   try {
     await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);
@@ -88,6 +89,10 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
       await rm(partial, { force: true });
       throw new BackupError(`cannot copy ${n} to ${layout.backupDir}: ${errorMessage(err)}`, ReturnCode.cannotCopyFileToBackupLocation, { cause: err });
     }
+  }
+  // The backup directory holds exactly what the manifest lists: no partial of an interrupted try stays.
+  for (const n of await readdir(layout.backupDir)) {
+    if (n.endsWith(`.${ctx.leaf}.partial`)) await rm(path.join(layout.backupDir, n), { force: true });
   }
   const manifest: BackupManifest = {
     format: 'stoney-backup/1',

@@ -8,6 +8,7 @@ import { parseDomainDisks, parseDomainMemoryBytes, stripBackingStores, type Doma
 import { parseLifecycleEvents, stoppedWindowMs } from '../hypervisor/lifecycleEvents.js';
 import { liveOverlayName } from '../domain/layout.js';
 import { mergeIntoLiveImages } from './mergeStep.js';
+import { keepInBackup } from './keepInBackup.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { selectBackupDisks, type BackupDisk } from './backupDisks.js';
 import { exists, freeBytes, moveFile, sameFilesystem, syncDir, writeFileDurably } from './durableFs.js';
@@ -84,7 +85,7 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   let downtime = 0;
   const runs = runState === 'running' || runState === 'paused' || runState === 'blocked' || runState === 'idle';
   if (runs && settings.snapshotMethod === 'live') {
-    downtime = await liveSnapshot(ctx, disks, parseDomainDisks(liveXml), parseDomainMemoryBytes(liveXml), retainState);
+    downtime = await liveSnapshot(ctx, disks, parseDomainDisks(liveXml), parseDomainMemoryBytes(liveXml));
   } else if (runs) {
     const state = await chooseStateFile(ctx, parseDomainMemoryBytes(liveXml));
     const stateFile = state.file;
@@ -173,17 +174,17 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
  * retain directory (`<image>.overlay`), which the merge folds back. Returns the
  * stopped window in seconds, measured from libvirt's lifecycle events.
  */
-async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], memoryBytes: number, retainState: string): Promise<number> {
+async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], memoryBytes: number): Promise<number> {
   const { vm, virsh, layout, logger } = ctx;
   const state = await chooseStateFile(ctx, memoryBytes);
   try {
-    return await liveSnapshotTo(ctx, disks, allDisks, state.file, retainState);
+    return await liveSnapshotTo(ctx, disks, allDisks, state.file);
   } finally {
     await state.release();
   }
 }
 
-async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], stateFile: string, retainState: string): Promise<number> {
+async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], stateFile: string): Promise<number> {
   const { vm, virsh, layout, logger } = ctx;
   const overlays = disks.map((d) => ({ target: d.target, file: layout.retainPath(liveOverlayName(d.fileName)), disk: d }));
   const others = allDisks.map((d) => d.target).filter((t) => !disks.some((d) => d.target === t));
@@ -232,7 +233,8 @@ async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: D
     await rm(stateFile, { force: true });
     throw new BackupError(`after the live snapshot, disks ${wrong.map((o) => o.target).join(', ')} were not on their overlays`, ReturnCode.cannotSaveMachineState, { cause: failure });
   }
-  await moveStateIntoRetain(stateFile, retainState);
+  // The guest runs again: its memory goes straight to the backup (one copy), not through retain.
+  await keepInBackup(ctx, stateFile, layout.stateFileName, 'state', 'snapshot');
   logger.info({ vm: vm.name, leaf: ctx.leaf, stoppedMs, method: 'live' }, 'live snapshot taken');
   return Math.round(stoppedMs) / 1000;
 }

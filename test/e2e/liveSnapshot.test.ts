@@ -262,7 +262,8 @@ describe('a node daemon killed during a live backup, then restarted', () => {
     expect((await w.waitForMode(c.vm, leaf, ['merged'])).returnValue).toBe(0);
     await w.stopNodeDaemons();
     expect(await w.directory.casMode(c.dn, 'merged', 'retaining', { state: '0' })).toBe(true);
-    await writeFile(`${c.layout.backupPath(`${c.vm}.state`)}.partial`, 'half a state file');
+    await writeFile(`${c.layout.backupPath(`${c.vm}.xml`)}.partial`, 'half an XML file');
+    await writeFile(`${c.layout.backupPath(`${c.vm}.state`)}.partial`, 'a stale partial of an earlier try');
     await restartAndExpect(c.vm, leaf, 'retained', 0);
     const manifest = JSON.parse(await readFile(c.layout.manifestPath, 'utf8')) as BackupManifest;
     expect((await readdir(c.layout.backupDir)).sort()).toEqual([...manifest.files.map((f) => f.name), 'manifest.json'].sort());

@@ -1,0 +1,65 @@
+import { readFile, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { BackupError, errorMessage } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
+import { KEPT_RECORD_SUFFIX } from '../domain/layout.js';
+import { backupFileMode } from '../domain/settings.js';
+import { chownByName } from '../hypervisor/ownership.js';
+import { exists, syncDir, writeFileDurably } from './durableFs.js';
+import { chmodNoFollow, mkdirBelow } from './safeFs.js';
+import { sparseCopy } from './sparseCopy.js';
+import type { ManifestFile } from './retainStep.js';
+import type { StepContext } from './StepContext.js';
+
+/**
+ * Copy a file of this backup straight into the backup directory under its
+ * final name `<name>.<leaf>` — the one copy this backup makes of it — and
+ * record its size and sha256 in retain (`<name>.kept.json`, written last) for
+ * the manifest. The live method keeps its frozen disk images this way in the
+ * merge, and its memory state right after the snapshot (it need not wait in
+ * retain: nothing restores a live VM from it). Without the record the copy
+ * is redone; with it, nothing is.
+ */
+export async function keepInBackup(ctx: StepContext, source: string, name: string, kind: 'image' | 'state', step: string): Promise<void> {
+  const { vm, layout, settings, logger } = ctx;
+  const record = layout.keptRecordPath(name);
+  if (await exists(record)) return;
+  if (!(await exists(settings.rootDirectory))) {
+    throw new BackupError(`backup root ${settings.rootDirectory} does not exist`, ReturnCode.backupRootMissing);
+  }
+  const final = layout.backupPath(name);
+  const partial = `${final}.partial`;
+  ctx.onProgress?.({ step, vm: vm.name, leaf: ctx.leaf, message: `keeping ${name} in the backup` });
+  try {
+    await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);
+    await chownByName(layout.backupDir, settings.directory.owner, settings.directory.group, logger);
+    await rm(partial, { force: true });
+    const r = await sparseCopy(source, partial, (done, total) => ctx.onProgress?.({ step, vm: vm.name, leaf: ctx.leaf, message: `keeping ${name}`, done, total }), ctx.signal);
+    await chmodNoFollow(partial, backupFileMode(kind, settings.image.mode));
+    await chownByName(partial, settings.image.owner, settings.image.group, logger);
+    await rename(partial, final);
+    await syncDir(layout.backupDir);
+    const kept: ManifestFile = { name: path.basename(final), size: r.size, sha256: r.sha256 };
+    await writeFileDurably(record, `${JSON.stringify(kept)}\n`);
+  } catch (err) {
+    await rm(partial, { force: true });
+    throw new BackupError(
+      `cannot keep ${name} in ${layout.backupDir}: ${errorMessage(err)}`,
+      kind === 'state' ? ReturnCode.cannotCopyStateFileToRetain : ReturnCode.cannotCopyImage,
+      { cause: err },
+    );
+  }
+}
+
+/** Remove what keepInBackup copied for a backup that will not finish (its records name the files). */
+export async function dropKeptFiles(ctx: StepContext, retainNames: string[]): Promise<string[]> {
+  const dropped: string[] = [];
+  for (const r of retainNames.filter((n) => n.endsWith(KEPT_RECORD_SUFFIX))) {
+    const kept = JSON.parse(await readFile(ctx.layout.retainPath(r), 'utf8').catch(() => '{}')) as Partial<ManifestFile>;
+    const expected = path.basename(ctx.layout.backupPath(r.slice(0, -KEPT_RECORD_SUFFIX.length)));
+    if (kept.name !== expected) continue; // never remove a file a record does not name exactly
+    await rm(path.join(ctx.layout.backupDir, expected), { force: true });
+    dropped.push(expected);
+  }
+  return dropped;
+}
