@@ -175,7 +175,6 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
  * stopped window in seconds, measured from libvirt's lifecycle events.
  */
 async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], memoryBytes: number): Promise<number> {
-  const { vm, virsh, layout, logger } = ctx;
   const state = await chooseStateFile(ctx, memoryBytes);
   try {
     return await liveSnapshotTo(ctx, disks, allDisks, state.file);
