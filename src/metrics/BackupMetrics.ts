@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { NodeStepModes, type NodeStep } from '../domain/modes.js';
+import { BackupModes, NodeStepModes, PruneModes, RestoreModes, type NodeStep } from '../domain/modes.js';
 import { isRestoreMode } from '../../workflows/restoreMachine.js';
 import { isDeleteMode } from '../../workflows/deleteMachine.js';
 import { leafActive } from '../control/decideBatch.js';
@@ -15,6 +15,12 @@ export interface SiteView {
 }
 
 const nodeSteps = Object.keys(NodeStepModes) as NodeStep[];
+/** Every (protocol, mode) a workflow can be open in: all exported, 0 included, so "none open" is a value, not an absence. */
+const openModes: [string, string][] = [
+  ...BackupModes.filter((m) => m !== 'finished').map((m): [string, string] => ['backup', m]),
+  ...RestoreModes.map((m): [string, string] => ['restore', m]),
+  ...PruneModes.map((m): [string, string] => ['delete', m]),
+];
 /** Seconds: a snapshot takes a second, a retain copy of big disks an hour. */
 const stepBuckets = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 10800];
 /** Seconds a guest stood still: tens of ms for a live snapshot, seconds for `save`. */
@@ -118,7 +124,7 @@ export class BackupMetrics {
       name: 'stoney_backup_workflows', help: 'Leaves whose workflow is open, by protocol and mode', labelNames: ['protocol', 'mode'] as const, registers: [this.registry],
       collect() {
         this.reset();
-        const counts = new Map<string, number>();
+        const counts = new Map<string, number>(openModes.map(([protocol, mode]) => [`${protocol}\u0000${mode}`, 0]));
         for (const vm of vmsOf()) {
           for (const l of vm.leaves) {
             if (!leafActive(l) && !isDeleteMode(l.mode)) continue;
