@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { stat } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { World, vmDn } from '../helpers/world.js';
@@ -88,6 +89,60 @@ async function listeningPortsOf(pid: number): Promise<string[]> {
   return out.split('\n').filter((l) => l.includes(`pid=${pid},`));
 }
 
+/** A port free right now on loopback (for Prometheus, which cannot report one it picked itself). */
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return port;
+}
+
+interface PromVector {
+  metric: Record<string, string>;
+  value: [number, string];
+}
+
+/** An instant query through Prometheus's HTTP API; fails on a PromQL error. */
+async function promQuery(expr: string): Promise<PromVector[]> {
+  const res = await fetch(`http://127.0.0.1:${promPort}/api/v1/query?query=${encodeURIComponent(expr)}`);
+  const body = (await res.json()) as { status: string; error?: string; data?: { resultType: string; result: PromVector[] } };
+  if (body.status !== 'success') throw new Error(`${expr}: ${body.error}`);
+  expect(body.data?.resultType, expr).toBe('vector');
+  return body.data!.result;
+}
+
+const RULES = path.resolve('deploy/prometheus/stoney-backup-rules.yml');
+const DASHBOARD = path.resolve('deploy/grafana/stoney-backup-dashboard.json');
+
+/** A real Prometheus on loopback scraping both daemons every second, with the shipped rules loaded. */
+async function startPrometheus(): Promise<void> {
+  const dir = path.join(w.root, 'prometheus');
+  await mkdir(dir);
+  promPort = await freePort();
+  await writeFile(path.join(dir, 'prometheus.yml'), `global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - ${RULES}
+scrape_configs:
+  - job_name: stoney-backup-node
+    static_configs: [{ targets: ['127.0.0.1:${node.port}'] }]
+  - job_name: stoney-backup-control
+    static_configs: [{ targets: ['127.0.0.1:${control.port}'] }]
+`);
+  prometheus = execa('prometheus', [
+    `--config.file=${path.join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(dir, 'data')}`,
+    `--web.listen-address=127.0.0.1:${promPort}`, '--log.level=warn',
+  ], { reject: false, stdin: 'ignore' });
+  await w.waitFor(async () => {
+    if (prometheus?.exitCode !== null) throw new Error(`prometheus exited: ${(await prometheus)?.stderr}`);
+    return fetch(`http://127.0.0.1:${promPort}/-/ready`).then((r) => r.ok, () => false);
+  }, 30_000);
+}
+
+let prometheus: ResultPromise | undefined;
+let promPort = 0;
 let node: DaemonProcess;
 let control: DaemonProcess;
 let good: string;
@@ -102,9 +157,15 @@ beforeAll(async () => {
   never = (await w.addVm('metrics-never', { running: true, noDomain: true })).name;
   node = await startDaemon('node', { STONEY_NODE_NAME: w.nodeName, STONEY_METRICS_LISTEN: '127.0.0.1:0' });
   control = await startDaemon('control', { STONEY_METRICS_LISTEN: '127.0.0.1:0' });
-}, 60_000);
+  // before the backup: rate() and increase() need a scrape from before it
+  await startPrometheus();
+}, 90_000);
 
 afterAll(async () => {
+  if (prometheus) {
+    prometheus.kill('SIGTERM');
+    await prometheus;
+  }
   for (const d of daemons) {
     d.child.kill('SIGTERM');
     await d.child;
@@ -149,7 +210,10 @@ describe('metrics and check after real backups', () => {
     const s = await scrape(control);
     expect(sampleValue(s, 'stoney_backup_last_failure_timestamp_seconds', { vm: good })).toBe(0);
     expect(sampleValue(s, 'stoney_backup_last_success_timestamp_seconds', { vm: never })).toBe(0);
-    expect(s.filter((x) => x.name === 'stoney_backup_workflows')).toEqual([]);
+    const open = s.filter((x) => x.name === 'stoney_backup_workflows');
+    expect(open.length).toBeGreaterThan(10); // every mode a workflow can be open in, as a 0
+    expect(open.filter((x) => x.value !== 0)).toEqual([]);
+    expect(sampleValue(s, 'stoney_backup_workflows', { protocol: 'backup', mode: 'snapshotting' })).toBe(0);
     expect(sampleValue(s, 'stoney_backup_blocked_vms')).toBe(0);
     expect(sampleValue(s, 'stoney_backup_directory_connected')).toBe(1);
   });
@@ -193,6 +257,44 @@ describe('metrics and check after real backups', () => {
     expect(j.exitCode).toBe(2);
     expect(JSON.parse(j.stdout)).toMatchObject({ state: 'CRITICAL', vms: [{ vm: good, state: 'CRITICAL', reasons: ['newest backup failed'] }] });
   }, 120_000);
+
+  it('a real Prometheus reads the same figures, loads the rules, and every rule and dashboard expression runs on them', async () => {
+    // wait for a scrape after the failed backup
+    await w.waitFor(async () => (await promQuery(`stoney_backup_steps_total{step="snapshot",result="failed"} == 1`)).length === 1, 30_000);
+    const value = async (expr: string) => (await promQuery(expr)).map((v) => Number(v.value[1]));
+    expect(await value('stoney_backup_steps_total{job="stoney-backup-node",step="retain",result="ok"}')).toEqual([1]);
+    expect(await value('stoney_backup_downtime_seconds_count{job="stoney-backup-node"}')).toEqual([1]);
+    expect(await value(`stoney_backup_last_success_timestamp_seconds{vm="${good}"}`)).toEqual([parseLeafName(goodLeaf)!.toSeconds()]);
+    expect(await value('up{job=~"stoney-backup.*"}')).toEqual([1, 1]);
+
+    const rulesRes = (await (await fetch(`http://127.0.0.1:${promPort}/api/v1/rules`)).json()) as { data: { groups: { rules: { name: string; health: string; query: string }[] }[] } };
+    const rules = rulesRes.data.groups.flatMap((g) => g.rules);
+    expect(rules.map((r) => r.name)).toEqual(['StoneyBackupMissing', 'StoneyBackupNewestFailed', 'StoneyBackupBlocked', 'StoneyBackupRunningLong', 'StoneyBackupDirectoryDisconnected', 'StoneyBackupDaemonDown']);
+    await w.waitFor(async () => {
+      const r = (await (await fetch(`http://127.0.0.1:${promPort}/api/v1/rules`)).json()) as typeof rulesRes;
+      return r.data.groups.flatMap((g) => g.rules).every((x) => x.health === 'ok');
+    }, 15_000);
+    // The conditions that hold in this world fire for exactly their VMs …
+    const vmsOf = async (expr: string) => (await promQuery(expr)).map((v) => v.metric['vm']).sort();
+    // (the sample tree's VMs have never been backed up either)
+    const neverBackedUp = [];
+    for (const vm of await w.directory.listVms()) if (vm.name !== good && !(await w.directory.effectiveSettings(vm)).excluded) neverBackedUp.push(vm.name);
+    expect(neverBackedUp).toContain(never);
+    expect(await vmsOf(rules[0]!.query)).toEqual(neverBackedUp.sort());
+    expect(await vmsOf(rules[1]!.query)).toEqual([good]);
+    // … the others are quiet, and every series any rule reads exists.
+    for (const r of rules.slice(2)) expect(await promQuery(r.query), r.name).toEqual([]);
+    for (const r of rules) {
+      for (const name of new Set(r.query.match(/\b(stoney_backup_[a-z_]+|up)\b/g) ?? [])) {
+        expect((await promQuery(`count(${name})`)).length, `${r.name} reads ${name}`).toBe(1);
+      }
+    }
+
+    const dashboard = JSON.parse(await readFile(DASHBOARD, 'utf8')) as { panels: { title: string; targets: { expr: string }[] }[] };
+    const exprs = dashboard.panels.flatMap((p) => p.targets.map((t) => ({ panel: p.title, expr: t.expr })));
+    expect(exprs.length).toBeGreaterThanOrEqual(10);
+    for (const { panel, expr } of exprs) expect((await promQuery(expr)).length, `${panel}: ${expr}`).toBeGreaterThan(0);
+  }, 90_000);
 
   it('check exits 3 (UNKNOWN) while the directory is down; the daemons show it and count the reconnect', async () => {
     await w.slapd.halt();
