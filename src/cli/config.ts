@@ -5,6 +5,7 @@ import type { DirectoryConnectionOptions } from '../directory/connect.js';
 import { defaultBatchPolicy, type BatchPolicy } from '../control/decideBatch.js';
 import { DEFAULT_ALLOWED_ROOTS } from '../domain/allowedRoots.js';
 import { plaintextRefusal } from '../directory/ldapTransport.js';
+import { parseListenAddress, type ListenAddress } from '../metrics/MetricsServer.js';
 
 /**
  * Configuration: a file of KEY=value lines (the format of a systemd
@@ -34,6 +35,8 @@ export interface Config {
   concurrency: number;
   runDir: string;
   shutdownTimeoutMs: number;
+  /** where the daemons serve Prometheus metrics; undefined: no metrics, no port */
+  metricsListen: ListenAddress | undefined;
   configFile: string | undefined;
 }
 
@@ -60,6 +63,7 @@ export const configKeys = {
   STONEY_TIMEZONE: 'IANA zone of the sstCron* fields (default: the host zone)',
   STONEY_SHUTDOWN_TIMEOUT_S: 'restore: seconds to wait for a guest to shut down before forcing it off (default 120)',
   STONEY_RUN_DIR: 'directory of the per-node lock file (default /run/stoney-backup)',
+  STONEY_METRICS_LISTEN: 'host:port where the node and control daemons serve Prometheus metrics on /metrics (default: off, no port opened)',
 } as const;
 
 export function parseEnvFile(text: string, file: string): Record<string, string> {
@@ -131,6 +135,7 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
   for (const r of allowedRoots) {
     if (!path.isAbsolute(r) || path.resolve(r) === '/') throw new UsageError(`STONEY_ALLOWED_ROOTS: ${r} is not an absolute path below /`);
   }
+  const metricsListen = get('STONEY_METRICS_LISTEN');
   return {
     ldap: {
       url,
@@ -158,6 +163,7 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
     concurrency: positiveInt('STONEY_STEP_CONCURRENCY', get('STONEY_STEP_CONCURRENCY'), 4),
     runDir: get('STONEY_RUN_DIR') ?? '/run/stoney-backup',
     shutdownTimeoutMs: positiveInt('STONEY_SHUTDOWN_TIMEOUT_S', get('STONEY_SHUTDOWN_TIMEOUT_S'), 120) * 1000,
+    metricsListen: metricsListen === undefined ? undefined : parseListenAddress(metricsListen),
     configFile,
   };
 }

@@ -9,6 +9,7 @@ import { Virsh } from '../hypervisor/Virsh.js';
 import { QemuImg } from '../hypervisor/QemuImg.js';
 import { loadConfig, type Config } from './config.js';
 import { ExitCode } from './exitCodes.js';
+import type { BackupMetrics } from '../metrics/BackupMetrics.js';
 
 /** An error that ends the command with a given exit code and a plain message. */
 export class CliError extends Error {
@@ -77,9 +78,31 @@ export class Runtime {
   }
 
   /** The configured change feed (sync or poll) for a daemon watching `scope`. */
-  changeFeed(directory: LdapBackupDirectory, scope: LeafScope): ChangeFeed {
+  changeFeed(directory: LdapBackupDirectory, scope: LeafScope, metrics?: BackupMetrics): ChangeFeed {
     const c = this.config;
-    return createChangeFeed(c.changeFeed, { ...c.ldap, scope, stateDir: c.feedStateDir, pollIntervalMs: c.pollIntervalMs, logger: this.logger }, directory);
+    return createChangeFeed(c.changeFeed, {
+      ...c.ldap, scope, stateDir: c.feedStateDir, pollIntervalMs: c.pollIntervalMs, logger: this.logger,
+      ...(metrics ? { onConnectionChange: metrics.connectionChanged } : {}),
+    }, directory);
+  }
+
+  /**
+   * A daemon's metrics, served on STONEY_METRICS_LISTEN until close(); none
+   * (and no port, and prom-client not even loaded) when the key is not set.
+   */
+  async startMetrics(daemon: 'node' | 'control'): Promise<BackupMetrics | undefined> {
+    const at = this.config.metricsListen;
+    if (at === undefined) return undefined;
+    const [{ BackupMetrics }, { MetricsServer }] = await Promise.all([import('../metrics/BackupMetrics.js'), import('../metrics/MetricsServer.js')]);
+    const metrics = new BackupMetrics({ daemon });
+    let server;
+    try {
+      server = await MetricsServer.start(metrics, at, this.logger);
+    } catch (err) {
+      throw new UsageError(`STONEY_METRICS_LISTEN: cannot listen on ${at.host}:${at.port}: ${errorMessage(err)}`);
+    }
+    this.onCleanup(() => server.close());
+    return metrics;
   }
 
   /** Resolves on the first SIGINT/SIGTERM; the abort signal fires too. */

@@ -11,6 +11,7 @@ import { applyModeWrites } from './applyModeWrites.js';
 import { batchDone, decideBatch, vmsBusyElsewhere, type BatchPolicy, type ModeWrite } from './decideBatch.js';
 import { forEachLimited } from './forEachLimited.js';
 import { pruneKnownLeaves } from './pruneLeaves.js';
+import type { BackupMetrics } from '../metrics/BackupMetrics.js';
 import { SiteModel } from './SiteModel.js';
 
 export interface ControlDaemonOptions {
@@ -30,6 +31,8 @@ export interface ControlDaemonOptions {
   settleMs?: number;
   /** full reads of the site that may fail in a row before the daemon gives up (default 5) */
   maxReloadFailures?: number;
+  /** gauges read from the site in memory at each scrape (STONEY_METRICS_LISTEN) */
+  metrics?: BackupMetrics;
 }
 
 /**
@@ -71,6 +74,7 @@ export class ControlDaemon {
   constructor(private readonly o: ControlDaemonOptions) {
     this.log = o.logger.child({ role: 'control' });
     this.model = new SiteModel(o.directory.baseDn);
+    o.metrics?.watchSite(this.model);
     this.queue = new KeyedWorkQueue((leaf) => this.reconcileBatch(leaf), 4, (leaf, err) =>
       this.log.error({ leaf, err: errorMessage(err) }, 'batch reconcile failed'),
     );

@@ -13,6 +13,8 @@ export interface PollingChangeFeedOptions {
    */
   fullResyncIntervalMs?: number;
   logger?: Logger;
+  /** Told after each poll whether the directory answered: the metrics' view of the connection. */
+  onConnectionChange?: (connected: boolean) => void;
 }
 
 /**
@@ -89,6 +91,7 @@ export class PollingChangeFeed implements ChangeFeed {
       leaves = await this.source.scanLeaves(this.scope);
     } catch (err) {
       this.failures += 1;
+      if (this.failures === 1) this.options.onConnectionChange?.(false);
       // Log the first failure and then every 60th, not every second.
       if (this.failures === 1 || this.failures % 60 === 0) {
         this.logger?.warn({ err, failures: this.failures, scope: this.scope }, 'polling the directory for leaf changes failed; retrying');
@@ -96,6 +99,7 @@ export class PollingChangeFeed implements ChangeFeed {
       return;
     }
     if (this.stopped) return;
+    if (this.failures > 0 || this.known === undefined) this.options.onConnectionChange?.(true);
     if (this.failures > 0) this.logger?.info({ failures: this.failures }, 'polling the directory works again');
     this.failures = 0;
 

@@ -19,6 +19,8 @@ export interface SyncReplChangeFeedOptions extends SyncReplConnectionOptions {
   /** Where cookie and UUID map are kept across restarts; without it every start is a full refresh. */
   stateFile?: string;
   logger?: Logger;
+  /** Told when the feed is in sync with the directory (true) and when it lost it (false): the metrics' view. */
+  onConnectionChange?: (connected: boolean) => void;
   /** Emit `resync` this often as a safety net, ms (default 600 000; 0 = never). */
   fullResyncIntervalMs?: number;
   /** WhoAmI no-op on the sync connection this often, ms (default 15 000; 0 = never). */
@@ -281,6 +283,7 @@ export class SyncReplChangeFeed implements ChangeFeed {
         conn?.destroy(reason);
       } finally {
         this.conn = undefined;
+        if (this.inSync) this.options.onConnectionChange?.(false);
         this.inSync = false;
         if (this.refresh) this.carried = { events: this.refresh.events, resyncOnly: this.refresh.resyncOnly };
         this.refresh = undefined;
@@ -476,6 +479,7 @@ export class SyncReplChangeFeed implements ChangeFeed {
     if (r.pendingCookie) this.cookie = r.pendingCookie;
     this.refresh = undefined;
     this.consistent = true;
+    if (!this.inSync) this.options.onConnectionChange?.(true);
     this.inSync = true;
     const events = r.resyncOnly ? [] : [...r.events.values()];
     this.logger?.info({

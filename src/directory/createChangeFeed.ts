@@ -19,6 +19,8 @@ export interface CreateChangeFeedOptions extends DirectoryConnectionOptions {
   /** poll: interval, ms (default 1000) */
   pollIntervalMs?: number;
   logger?: Logger;
+  /** both feeds: told when the feed gains (true) or loses (false) the directory */
+  onConnectionChange?: (connected: boolean) => void;
   /** sync: tuning passed through (timers, backoff); mostly for tests */
   sync?: Pick<SyncReplChangeFeedOptions,
     'fullResyncIntervalMs' | 'heartbeatIntervalMs' | 'heartbeatTimeoutMs' | 'reconnectMinMs' | 'reconnectMaxMs' | 'stateFlushMs' | 'maxRefreshEvents'>;
@@ -42,6 +44,7 @@ export function createChangeFeed(kind: ChangeFeedKind, opts: CreateChangeFeedOpt
     return new PollingChangeFeed(directory, opts.scope, {
       ...(opts.pollIntervalMs !== undefined ? { intervalMs: opts.pollIntervalMs } : {}),
       ...(opts.logger ? { logger: opts.logger } : {}),
+      ...(opts.onConnectionChange ? { onConnectionChange: opts.onConnectionChange } : {}),
     });
   }
   const stateFile = opts.stateFile ?? (opts.stateDir !== undefined ? changeFeedStateFile(opts.stateDir, opts.scope) : undefined);
@@ -56,6 +59,7 @@ export function createChangeFeed(kind: ChangeFeedKind, opts: CreateChangeFeedOpt
     ...(opts.startTls !== undefined ? { startTls: opts.startTls } : {}),
     ...(opts.connectTimeoutMs !== undefined ? { connectTimeoutMs: opts.connectTimeoutMs } : {}),
     ...(opts.logger ? { logger: opts.logger } : {}),
+    ...(opts.onConnectionChange ? { onConnectionChange: opts.onConnectionChange } : {}),
     ...opts.sync,
   });
 }

@@ -27,6 +27,7 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { exists } from './durableFs.js';
 import type { StepContext, StepProgress, StepResult } from './StepContext.js';
+import type { BackupMetrics } from '../metrics/BackupMetrics.js';
 
 export interface NodeDaemonOptions {
   nodeName: string;
@@ -45,6 +46,8 @@ export interface NodeDaemonOptions {
   /** how long a restore waits for the guest to shut down before forcing it off (default 120 s) */
   shutdownTimeoutMs?: number;
   onProgress?: (p: StepProgress) => void;
+  /** counts and times every step that ends (STONEY_METRICS_LISTEN) */
+  metrics?: BackupMetrics;
 }
 
 const steps: Record<NodeStep, (ctx: StepContext) => Promise<StepResult>> = {
@@ -180,13 +183,15 @@ export class NodeDaemon {
     const t0 = performance.now();
     let returnValue: number = ReturnCode.success;
     let executionTime: Record<string, number> = {};
+    let bytesCopied = 0;
     try {
       const ctx = await this.context(vm, leaf, log);
-      executionTime = (await run(ctx)).executionTime;
+      ({ executionTime, bytesCopied = 0 } = await run(ctx));
     } catch (err) {
       returnValue = errorCode(err);
       log.error({ code: returnValue, err: errorMessage(err), retryable: err instanceof BackupError && err.retryable }, `${step} failed`);
     }
+    this.o.metrics?.stepEnded(step, returnValue === ReturnCode.success, (performance.now() - t0) / 1000, executionTime, bytesCopied);
     const done = NodeStepModes[step].done;
     // sstProvisioningExecutionTime describes the backup (snapshot, downtime, merge,
     // retain); a restore's timings go to the log only, so an aborted restore leaves no trace.

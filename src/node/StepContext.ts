@@ -37,6 +37,8 @@ export interface StepContext {
 /** Seconds per phase, written to sstProvisioningExecutionTime. */
 export interface StepResult {
   executionTime: Record<string, number>;
+  /** bytes the step copied, for the metrics (steps that copy little leave it out) */
+  bytesCopied?: number;
 }
 
 export function seconds(fromMs: number, toMs: number = performance.now()): number {

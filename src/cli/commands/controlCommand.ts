@@ -23,8 +23,9 @@ Old leaves beyond sstBackupNumberOfIterations are removed.`,
     const rt = await Runtime.create(config, { daemon: true });
     try {
       const directory = await rt.connect();
-      const feed = rt.changeFeed(directory, {});
-      const daemon = new ControlDaemon({ directory, feed, logger: rt.logger, policy: rt.config.policy, ...(rt.config.timeZone ? { zone: rt.config.timeZone } : {}) });
+      const metrics = await rt.startMetrics('control');
+      const feed = rt.changeFeed(directory, {}, metrics);
+      const daemon = new ControlDaemon({ directory, feed, logger: rt.logger, policy: rt.config.policy, ...(rt.config.timeZone ? { zone: rt.config.timeZone } : {}), ...(metrics ? { metrics } : {}) });
       watchConfig(rt);
       const signal = rt.untilSignal();
       try {
