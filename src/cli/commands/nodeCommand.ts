@@ -21,7 +21,7 @@ Logs JSON lines on stdout. Stops cleanly on SIGINT/SIGTERM (running steps end fi
       const directory = await rt.connect();
       const { virsh, qemuImg } = await rt.hypervisor();
       const feed = rt.changeFeed(directory, { node: nodeName });
-      const daemon = new NodeDaemon({ nodeName, directory, feed, virsh, qemuImg, imageRoots: rt.config.imageRoots, allowedRoots: rt.config.allowedRoots, logger: rt.logger, concurrency: rt.config.concurrency, runDir: rt.config.runDir, shutdownTimeoutMs: rt.config.shutdownTimeoutMs });
+      const daemon = new NodeDaemon({ nodeName, directory, feed, virsh, qemuImg, imageRoots: rt.config.imageRoots, allowedRoots: rt.config.allowedRoots, logger: rt.logger, concurrency: rt.config.concurrency, runDir: rt.config.runDir });
       watchConfig(rt);
       await daemon.start();
       await rt.untilSignal();
