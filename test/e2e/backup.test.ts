@@ -3,7 +3,8 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { restoreFromBackupFiles } from '../helpers/backupFiles.js';
-import { World, POOL, STORAGE_POOL } from '../helpers/world.js';
+import { World, POOL, STORAGE_POOL, vmDn } from '../helpers/world.js';
+import { ldapModify } from '../helpers/slapd.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout, NO_STATE_MARKER } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -187,6 +188,21 @@ describe('a batch of three VMs', () => {
     expect(firstMerge).toBeGreaterThan(lastSnapshotted);
     expect(seen.some((s) => s.vm === ghost && s.mode === 'merge')).toBe(false);
     for (const n of names) expect(await virsh.domState(n)).toBe('running');
+  });
+});
+
+describe('a VM without sstVirtualMachineType', () => {
+  it('is refused with 63 before anything is touched, never backed up under vm-/', async () => {
+    const tiny = await w.addVm('notype', { running: true, pattern: A });
+    await ldapModify(w.slapd, `dn: ${vmDn(tiny.name)}\nchangetype: modify\ndelete: sstVirtualMachineType\n`);
+    const leaf = '20261122T034500Z';
+    const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(tiny.name))!], leaf, policy, logger: w.logger });
+    expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'snapshotted', rv: 63 });
+    expect(await virsh.domState(tiny.name)).toBe('running');
+    expect(parseDomainDisks(await virsh.dumpXml(tiny.name)).map((d) => d.backingChain)).toEqual([[]]);
+    expect(await imageMatches(tiny.disks[0]!.path, A, '0', '1M')).toBe(true);
+    const written = execFileSync('find', [w.retainRoot, w.backupRoot, '-name', `*${tiny.name}*`], { encoding: 'utf8' });
+    expect(written).toBe('');
   });
 });
 
