@@ -14,6 +14,7 @@ import { assertNoSymlinkBelow, chmodNoFollow, listRegularFiles, mkdirBelow } fro
 import { backupFileMode } from '../domain/settings.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { sparseCopy } from './sparseCopy.js';
+import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 export interface ManifestFile {
@@ -59,6 +60,10 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   for (const required of [layout.stateFileName, layout.xmlFileName, layout.ldifFileName]) {
     if (!names.includes(required)) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
   }
+  // Room for every copy before the first byte is written (47/48): an ENOSPC
+  // halfway would fail the backup anyway, after filling the backup filesystem.
+  const toWrite = (await Promise.all(names.map((n) => allocatedBytes(layout.retainPath(n))))).reduce((a, b) => a + b, 0);
+  await requireFreeSpace(layout.backupDir, toWrite, `the backup of ${vm.name}`);
   try {
     await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);
     await chownByName(layout.backupDir, settings.directory.owner, settings.directory.group, logger);
