@@ -34,7 +34,6 @@ export interface Config {
   timeZone: string | undefined;
   concurrency: number;
   runDir: string;
-  shutdownTimeoutMs: number;
   /** where the daemons serve Prometheus metrics; undefined: no metrics, no port */
   metricsListen: ListenAddress | undefined;
   configFile: string | undefined;
@@ -61,7 +60,7 @@ export const configKeys = {
   STONEY_MERGE_CONCURRENCY: 'VMs of one batch merged/retained at once on each node (default 1)',
   STONEY_STEP_CONCURRENCY: 'steps a node daemon runs at once, never two per VM (default 4)',
   STONEY_TIMEZONE: 'IANA zone of the sstCron* fields (default: the host zone)',
-  STONEY_SHUTDOWN_TIMEOUT_S: 'restore: seconds to wait for a guest to shut down before forcing it off (default 120)',
+  STONEY_SHUTDOWN_TIMEOUT_S: 'ignored, accepted so existing files keep working: a restore saves the VM it replaces at once instead of waiting for a shutdown',
   STONEY_RUN_DIR: 'directory of the per-node lock file (default /run/stoney-backup)',
   STONEY_METRICS_LISTEN: 'host:port where the node and control daemons serve Prometheus metrics on /metrics (default: off, no port opened)',
 } as const;
@@ -162,7 +161,7 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
     timeZone: get('STONEY_TIMEZONE'),
     concurrency: positiveInt('STONEY_STEP_CONCURRENCY', get('STONEY_STEP_CONCURRENCY'), 4),
     runDir: get('STONEY_RUN_DIR') ?? '/run/stoney-backup',
-    shutdownTimeoutMs: positiveInt('STONEY_SHUTDOWN_TIMEOUT_S', get('STONEY_SHUTDOWN_TIMEOUT_S'), 120) * 1000,
+    // STONEY_SHUTDOWN_TIMEOUT_S is still accepted (existing files name it) but has no use: restores save the VM at once.
     metricsListen: metricsListen === undefined ? undefined : parseListenAddress(metricsListen),
     configFile,
   };

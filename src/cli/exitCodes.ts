@@ -11,6 +11,8 @@ export const ExitCode = {
   libvirtUnavailable: 4,
   /** nothing matched (unknown VM, no backup) */
   notFound: 5,
+  /** kvmbackup: the run itself succeeded, but it skipped a VM whose last backup failed (it stays without a new backup until --force) */
+  skippedAfterFailure: 6,
   /** an unexpected error (a bug: please report it with the log) */
   internal: 10,
   /** stopped by SIGINT/SIGTERM */
@@ -24,5 +26,6 @@ export const exitCodeHelp = `Exit codes:
   3    the directory cannot be reached or the bind fails
   4    libvirt does not answer
   5    not found (unknown VM, no such backup)
+  6    kvmbackup skipped a VM because its last backup failed (--force retries it)
   10   unexpected internal error
   130  interrupted (SIGINT/SIGTERM)`;

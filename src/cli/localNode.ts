@@ -17,7 +17,7 @@ export async function startLocalNode(rt: Runtime, directory: LdapBackupDirectory
     imageRoots: rt.config.imageRoots,
     allowedRoots: rt.config.allowedRoots,
     logger: rt.logger,
-    concurrency: rt.config.concurrency, runDir: rt.config.runDir, shutdownTimeoutMs: rt.config.shutdownTimeoutMs,
+    concurrency: rt.config.concurrency, runDir: rt.config.runDir,
     ...(onProgress ? { onProgress } : {}),
   });
   await daemon.start();

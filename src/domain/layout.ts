@@ -18,8 +18,12 @@ export interface BackupLayoutInput {
   leaf: string;
 }
 
-/** sstVirtualMachineType → directory name under the image, retain and backup roots. */
+/**
+ * sstVirtualMachineType → directory name under the image, retain and backup
+ * roots. A VM without a type is refused (63), never filed under `vm-/`.
+ */
 export function vmTypeDirectory(type: string): string {
+  if (type === '') throw new BackupError('the VM has no sstVirtualMachineType', ReturnCode.missingVirtualMachineType);
   const known = new Map([['persistent', 'vm-persistent'], ['dynamic', 'vm-dynamic'], ['template', 'vm-templates'], ['templates', 'vm-templates']]);
   return known.get(type) ?? (type.startsWith('vm-') ? type : `vm-${type}`);
 }

@@ -63,6 +63,7 @@ export const ReturnCode = {
   directoryNotAllowed: 60,
   symlinkRefused: 61,
   noStoragePoolDirectory: 62,
+  missingVirtualMachineType: 63,
 } as const;
 
 export type ReturnCodeName = keyof typeof ReturnCode;
@@ -128,6 +129,7 @@ const texts: Record<number, string> = {
   60: 'backup, retain or RAM-disk directory outside the node\'s allowed roots',
   61: 'a path component or file is a symbolic link or not a regular file',
   62: 'the first disk is not at <image root>/<vm-type>/<storage-pool>/<file>: no backup path',
+  63: 'the VM has no sstVirtualMachineType',
 };
 
 export function describeReturnCode(code: number): string {

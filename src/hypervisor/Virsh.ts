@@ -74,24 +74,6 @@ export class Virsh {
     await this.virsh(['resume', vm], 60_000);
   }
 
-  /** Ask the guest to shut down (ACPI); see stopGracefully for the wait. */
-  async shutdown(vm: string): Promise<void> {
-    await this.virsh(['shutdown', vm], 60_000);
-  }
-
-  /** Shut down, wait up to `timeoutMs` for the guest, then force it off. */
-  async stopGracefully(vm: string, timeoutMs: number): Promise<'shutdown' | 'destroyed' | 'was off'> {
-    if ((await this.domState(vm)) === 'shut off') return 'was off';
-    await this.shutdown(vm).catch(() => undefined);
-    const end = Date.now() + timeoutMs;
-    while (Date.now() < end) {
-      if ((await this.domState(vm)) === 'shut off') return 'shutdown';
-      await new Promise((r) => setTimeout(r, 250));
-    }
-    if ((await this.domState(vm)) !== 'shut off') await this.destroy(vm);
-    return 'destroyed';
-  }
-
   /** `virsh domstate --reason`: e.g. "running (restored)" vs "running (booted)". */
   async domStateReason(vm: string): Promise<string> {
     return (await this.virsh(['domstate', '--reason', vm], 30_000)).trim();

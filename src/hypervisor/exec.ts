@@ -1,4 +1,4 @@
-import { execa } from 'execa';
+import { execa, type Options } from 'execa';
 import type { Logger } from 'pino';
 
 /**
@@ -13,6 +13,8 @@ export interface RunOptions {
   signal?: AbortSignal;
   logger?: Logger;
   env?: Record<string, string>;
+  /** an open descriptor of ours the child gets as its fd 3 (flock(1) locks through it) */
+  passFd?: number;
 }
 
 export interface RunResult {
@@ -51,6 +53,9 @@ export async function run(command: string, args: readonly string[], opts: RunOpt
     detached: true,
     env: { LC_ALL: 'C', ...opts.env },
     stripFinalNewline: false,
+    // execa hands a numeric stdio entry to child_process as is (the descriptor is
+    // inherited); its types only list strings and streams for fd 3 and up.
+    ...(opts.passFd !== undefined ? { stdio: ['pipe', 'pipe', 'pipe', opts.passFd] as unknown as Options['stdio'] } : {}),
   });
   const durationMs = Math.round(performance.now() - started);
   const stdout = String(result.stdout ?? '');

@@ -43,8 +43,6 @@ export interface NodeDaemonOptions {
   concurrency?: number;
   /** where the per-node lock lives (default /run/stoney-backup) */
   runDir?: string;
-  /** how long a restore waits for the guest to shut down before forcing it off (default 120 s) */
-  shutdownTimeoutMs?: number;
   onProgress?: (p: StepProgress) => void;
   /** counts and times every step that ends (STONEY_METRICS_LISTEN) */
   metrics?: BackupMetrics;
@@ -252,7 +250,6 @@ export class NodeDaemon {
     return {
       vm, leaf, settings, layout, logger,
       leafDn: leafEntry.dn,
-      shutdownTimeoutMs: this.o.shutdownTimeoutMs ?? 120_000,
       directory: this.o.directory,
       virsh: this.o.virsh,
       qemuImg: this.o.qemuImg,

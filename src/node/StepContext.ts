@@ -20,8 +20,6 @@ export interface StepContext {
   leaf: string;
   /** DN of the leaf the step works for (restore steps keep their request below it) */
   leafDn: string;
-  /** how long a restore waits for a guest to shut down before forcing it off */
-  shutdownTimeoutMs: number;
   settings: BackupSettings;
   layout: BackupLayout;
   directory: BackupDirectory;

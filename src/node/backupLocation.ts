@@ -17,6 +17,7 @@ export interface LocatedLayout {
  * restorable and deletable.
  */
 export function legacyPoolPath(vm: VmEntry): PoolPath | undefined {
+  if (vm.type === '') return undefined; // no type: no legacy path to look in
   const vmType = vmTypeDirectory(vm.type);
   return isSafeName(vmType) && isSafeName(vm.pool) ? { vmType, pool: vm.pool } : undefined;
 }

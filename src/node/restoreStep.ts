@@ -11,7 +11,7 @@ import { assertSafeName } from '../domain/names.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { isBelow } from './backupDisks.js';
 import { assertSafeImageHeader } from './imageHeaderCheck.js';
-import { chmodNoFollow } from './safeFs.js';
+import { chmodNoFollow, createPrivateStateFile } from './safeFs.js';
 import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
 import { isPlaceholderState, loadRestoreWork, siblingVmDn } from './restoreWork.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
@@ -19,11 +19,14 @@ import { seconds, type StepContext, type StepResult } from './StepContext.js';
 /**
  * Undo the live part of a restore that failed before the decided VM was
  * defined: retained images back to retain, live images back in place, the
- * live definition back, and the VM started (cold) if it was running.
+ * live definition back, and the VM resumed from the state saved when the
+ * restore stopped it (exactly where it was, nothing the guest wrote or
+ * cached lost); started cold only if there is no such state or it does not
+ * restore.
  */
 async function rollBack(
   ctx: StepContext,
-  r: { placed: { from: string; to: string }[]; asides: { dest: string; aside: string }[]; undefinedLive: boolean; liveXmlFile: string; wasRunning: boolean; asNew: boolean; target: string },
+  r: { placed: { from: string; to: string }[]; asides: { dest: string; aside: string }[]; undefinedLive: boolean; liveXmlFile: string; liveStateFile: string | undefined; wasRunning: boolean; asNew: boolean; target: string },
 ): Promise<void> {
   const { virsh, logger, vm } = ctx;
   try {
@@ -31,7 +34,18 @@ async function rollBack(
     for (const a of [...r.asides].reverse()) await rename(a.aside, a.dest);
     if (r.undefinedLive && (await exists(r.liveXmlFile))) {
       await virsh.define(r.liveXmlFile);
-      if (r.wasRunning) await virsh.start(vm.name);
+      let resumed = false;
+      if (r.liveStateFile && (await exists(r.liveStateFile))) {
+        // Its embedded XML names the live images, which are back at their paths.
+        resumed = await virsh.restore(r.liveStateFile).then(
+          () => true,
+          (err: unknown) => (logger.warn({ vm: vm.name, err: errorMessage(err) }, 'the saved live state does not restore; starting the VM cold'), false),
+        );
+      }
+      if (r.wasRunning && !resumed) await virsh.start(vm.name);
+    } else if (r.liveStateFile && (await exists(r.liveStateFile))) {
+      // Saved but not yet undefined: the definition is still there.
+      await virsh.restore(r.liveStateFile);
     }
     logger.warn({ vm: vm.name, target: r.target }, 'restore rolled back');
   } catch (err) {
@@ -40,10 +54,46 @@ async function rollBack(
   }
 }
 
+/**
+ * Stop the VM a restore replaces without waiting for its guest. Its current
+ * state is discarded by a successful restore, so a graceful ACPI shutdown
+ * buys nothing and waits for a guest that may never answer. It is saved
+ * (`virsh save`) rather than destroyed: the save takes as long as writing
+ * its RAM, whatever the guest does, and is an exact rollback point — a
+ * rollback resumes the guest with its page cache and every write it made,
+ * where `virsh destroy` would hand back disks as after a power cut. The
+ * state goes into the restore's work directory (retain filesystem, removed
+ * with it once the restore succeeded). A VM that is neither running nor
+ * able to run (crashed, suspended to RAM) has nothing worth keeping and is destroyed.
+ */
+async function stopLiveVm(ctx: StepContext, workDir: string, dest: string): Promise<{ how: 'saved' | 'destroyed' | 'was off'; stateFile?: string; seconds: number }> {
+  const { virsh, vm } = ctx;
+  const t0 = performance.now();
+  const state = await virsh.domState(vm.name);
+  if (state === 'shut off') return { how: 'was off', seconds: seconds(t0) };
+  if (state === 'crashed' || state === 'pmsuspended' || state === 'other') {
+    await virsh.destroy(vm.name);
+    return { how: 'destroyed', seconds: seconds(t0) };
+  }
+  const priv = await createPrivateStateFile(workDir, 'live.state');
+  try {
+    await virsh.save(vm.name, priv.file);
+  } catch (err) {
+    // libvirtd may have completed what virsh reported as failed: judge by the domain.
+    if (!/\(saved\)/.test(await virsh.domStateReason(vm.name))) {
+      await priv.remove();
+      throw new BackupError(`cannot save ${vm.name} before the restore (nothing was changed, it still runs): ${errorMessage(err)}`, ReturnCode.cannotSaveMachineState, { cause: err });
+    }
+  }
+  await rename(priv.file, dest);
+  await priv.remove();
+  return { how: 'saved', stateFile: dest, seconds: seconds(t0) };
+}
+
 /** An image's name in the restore's directory: never one of the restore's own files. */
 function retainedImageName(name: string, work: { stateFileName: string; xmlFileName: string; ldifFileName: string }): string {
   assertSafeName('disk image file name', name);
-  const own = [work.stateFileName, work.xmlFileName, work.ldifFileName, 'decided.xml', 'decided.ldif', 'conflicts.json', 'live.xml'];
+  const own = [work.stateFileName, work.xmlFileName, work.ldifFileName, 'decided.xml', 'decided.ldif', 'conflicts.json', 'live.xml', 'live.state'];
   if (own.includes(name) || name.startsWith('live-') || name.endsWith('.partial')) {
     throw new BackupError(`disk image name ${name} collides with a file of the restore`, ReturnCode.unsafeDomainDefinition);
   }
@@ -80,7 +130,8 @@ async function allowlistedDefinition(ctx: StepContext, xml: string, o: { target:
 /**
  * restore: bring the VM back to the backup's moment with the decided
  * configuration. Everything is checked before the live VM is touched; then
- * the VM is shut down (gracefully, then forced) and undefined, the verified
+ * the VM is stopped at once by saving it into the work directory (see
+ * stopLiveVm) and undefined, the verified
  * images are renamed over the live paths, the decided directory subtree is
  * written back (never ou=backup), the decided XML is defined, and the state
  * file restored with it. A placeholder state (the VM was off) or
@@ -159,10 +210,12 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
   const asides: { dest: string; aside: string }[] = [];
   const placed: { from: string; to: string }[] = [];
   let undefinedLive = false;
+  let liveStateFile: string | undefined;
   try {
     if (!asNew && (await virsh.domainExists(vm.name))) {
-      const how = await virsh.stopGracefully(vm.name, ctx.shutdownTimeoutMs);
-      logger.info({ vm: vm.name, how }, 'VM stopped for the restore');
+      const stopped = await stopLiveVm(ctx, work.retainDir, work.retainPath('live.state'));
+      liveStateFile = stopped.stateFile;
+      logger.info({ vm: vm.name, how: stopped.how, stopSeconds: stopped.seconds }, 'VM stopped for the restore');
       await virsh.undefine(vm.name);
       undefinedLive = true;
     }
@@ -188,7 +241,7 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
     }
   } catch (err) {
     await rm(tmp, { recursive: true, force: true });
-    await rollBack(ctx, { placed, asides, undefinedLive, liveXmlFile, wasRunning, asNew, target });
+    await rollBack(ctx, { placed, asides, undefinedLive, liveXmlFile, liveStateFile, wasRunning, asNew, target });
     throw err instanceof BackupError
       ? new BackupError(`${err.message}; rolled back: ${asNew ? 'nothing of the copy is left' : `${vm.name} is back on its previous images and definition`}`, err.code, { cause: err })
       : err;

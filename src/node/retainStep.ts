@@ -3,6 +3,7 @@ import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { isLeafName } from '../domain/leafName.js';
+import { selectBackupDirsToPrune } from '../domain/retention.js';
 import { KEPT_RECORD_SUFFIX, LIVE_OVERLAY_SUFFIX, MANIFEST_NAME, type BackupLayout } from '../domain/layout.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { chownByName } from '../hypervisor/ownership.js';
@@ -13,6 +14,7 @@ import { assertNoSymlinkBelow, chmodNoFollow, listRegularFiles, mkdirBelow } fro
 import { backupFileMode } from '../domain/settings.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { sparseCopy } from './sparseCopy.js';
+import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 export interface ManifestFile {
@@ -59,6 +61,10 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   for (const required of [layout.stateFileName, layout.xmlFileName, layout.ldifFileName]) {
     if (!names.includes(required) && !keptNames.has(path.basename(layout.backupPath(required)))) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
   }
+  // Room for every copy before the first byte is written (47/48): an ENOSPC
+  // halfway would fail the backup anyway, after filling the backup filesystem.
+  const toWrite = (await Promise.all(names.map((n) => allocatedBytes(layout.retainPath(n))))).reduce((a, b) => a + b, 0);
+  await requireFreeSpace(layout.backupDir, toWrite, `the backup of ${vm.name}`);
   try {
     await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);
     await chownByName(layout.backupDir, settings.directory.owner, settings.directory.group, logger);
@@ -173,9 +179,10 @@ async function refuseWhileReferenced(ctx: StepContext): Promise<void> {
 }
 
 /**
- * Keep the newest sstBackupNumberOfIterations backups of this VM on disk.
- * Only directories named like a leaf and holding a manifest or the original
- * implementation's files are ever removed; anything else is left alone.
+ * Keep the newest sstBackupNumberOfIterations backups of this VM on disk, by
+ * leaf time (selectBackupDirsToPrune). Only directories named like a leaf and
+ * holding a manifest or the original implementation's files are ever removed;
+ * anything else is left alone.
  */
 export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]> {
   const { layout, settings } = ctx;
@@ -186,11 +193,10 @@ export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]
   for (const l of leaves) {
     if (l === layout.leaf || (await exists(path.join(layout.vmBackupDir, l, MANIFEST_NAME))) || (await exists(path.join(layout.vmBackupDir, l, `${layout.vm}.xml.${l}`)))) complete.push(l);
   }
-  const keep = new Set(complete.slice(-settings.numberOfIterations));
-  keep.add(layout.leaf);
+  const protect = new Set([layout.leaf]);
   // Never pull files from under a restore that is reading them.
-  for (const l of await ctx.directory.listLeaves(ctx.vm.name)) if (isRestoreMode(l.mode)) keep.add(l.leaf);
-  const pruned = complete.filter((l) => !keep.has(l));
+  for (const l of await ctx.directory.listLeaves(ctx.vm.name)) if (isRestoreMode(l.mode)) protect.add(l.leaf);
+  const pruned = selectBackupDirsToPrune(complete, settings.numberOfIterations, protect);
   for (const l of pruned) await rm(path.join(layout.vmBackupDir, l), { recursive: true });
   return pruned;
 }

@@ -31,6 +31,11 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   const progress = (message: string) => ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message });
 
   // --- Checks: nothing is touched until all pass.
+  // The type says what the VM is (persistent, dynamic, template); a VM without
+  // one is not a stoney VM we know how to back up: refused, not guessed.
+  if (vm.type === '') {
+    throw new BackupError(`VM ${vm.name} has no sstVirtualMachineType; set it (e.g. persistent) before backing it up`, ReturnCode.missingVirtualMachineType);
+  }
   if (!(await virsh.domainExists(vm.name))) {
     throw new BackupError(`VM ${vm.name} is not defined in libvirt`, ReturnCode.cannotFindMachine);
   }

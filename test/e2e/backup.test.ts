@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { restoreFromBackupFiles } from '../helpers/backupFiles.js';
-import { World, POOL, STORAGE_POOL } from '../helpers/world.js';
+import { World, POOL, STORAGE_POOL, vmDn } from '../helpers/world.js';
+import { ldapModify } from '../helpers/slapd.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout, NO_STATE_MARKER } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -187,6 +188,44 @@ describe('a batch of three VMs', () => {
     expect(firstMerge).toBeGreaterThan(lastSnapshotted);
     expect(seen.some((s) => s.vm === ghost && s.mode === 'merge')).toBe(false);
     for (const n of names) expect(await virsh.domState(n)).toBe('running');
+  });
+});
+
+describe('a VM without sstVirtualMachineType', () => {
+  it('is refused with 63 before anything is touched, never backed up under vm-/', async () => {
+    const tiny = await w.addVm('notype', { running: true, pattern: A });
+    await ldapModify(w.slapd, `dn: ${vmDn(tiny.name)}\nchangetype: modify\ndelete: sstVirtualMachineType\n`);
+    const leaf = '20261122T034500Z';
+    const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(tiny.name))!], leaf, policy, logger: w.logger });
+    expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'snapshotted', rv: 63 });
+    expect(await virsh.domState(tiny.name)).toBe('running');
+    expect(parseDomainDisks(await virsh.dumpXml(tiny.name)).map((d) => d.backingChain)).toEqual([[]]);
+    expect(await imageMatches(tiny.disks[0]!.path, A, '0', '1M')).toBe(true);
+    const written = execFileSync('find', [w.retainRoot, w.backupRoot, '-name', `*${tiny.name}*`], { encoding: 'utf8' });
+    expect(written).toBe('');
+  });
+});
+
+describe('a backup filesystem without room for the backup', () => {
+  it('fails retain with 47 before writing anything; retain keeps the copies, the VM keeps its disk', async () => {
+    const tiny = await w.addVm('full', { running: false, pattern: A });
+    // The VM's backup directory is a 256 KiB filesystem: less than its 1 MiB of data.
+    const vmBackupDir = path.dirname(layoutOf(tiny.name, '20261122T035000Z').backupDir);
+    await mkdir(vmBackupDir, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'stoney-e2e-full', vmBackupDir]);
+    try {
+      const leaf = '20261122T035000Z';
+      const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(tiny.name))!], leaf, policy, logger: w.logger });
+      expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'retained', rv: 47 });
+      expect(await readdir(vmBackupDir)).toEqual([]);
+      const layout = layoutOf(tiny.name, leaf);
+      expect((await readdir(layout.retainDir)).sort()).toEqual([`${tiny.name}.ldif`, `${tiny.name}.state`, `${tiny.name}.xml`, path.basename(tiny.disks[0]!.path)].sort());
+      expect(await virsh.domState(tiny.name)).toBe('shut off');
+      expect(await backingFileOf(tiny.disks[0]!.path)).toBeUndefined();
+      expect(await imageMatches(tiny.disks[0]!.path, A, '0', '1M')).toBe(true);
+    } finally {
+      execFileSync('umount', [vmBackupDir]);
+    }
   });
 });
 

@@ -278,4 +278,32 @@ describe('kvmbackup (the CLI, as cron runs it)', () => {
     expect(await guestReadMatches(vms[0]!, 'vda', A, '0', '1M')).toBe(true);
     expect(await imageMatches(path.join(w.imageDir, `${vms[1]}-vda.qcow2`), A, '0', '1M')).toBe(true);
   });
+
+  it('exits 6 when it skipped a VM whose last backup failed (cron notices), still backing up the others; --force exits 0', async () => {
+    const failed = '20261101T000000Z';
+    await ldapAdd(w.slapd, `dn: ou=${failed},ou=backup,${vmDn(vms[1]!)}
+objectClass: top
+objectClass: organizationalUnit
+objectClass: sstProvisioning
+ou: ${failed}
+sstProvisioningMode: snapshotted
+sstProvisioningState: 20261101T000100Z
+sstProvisioningExecutionDate: 0
+sstProvisioningReturnValue: 5
+`);
+    // Only the failed leaf is the newest of vms[1] if its finished backup from above is older: drop that one.
+    for (const l of await w.directory.listLeaves(vms[1]!)) if (l.leaf !== failed) await w.directory.deleteLeaf(l.dn);
+    const before0 = new Set((await w.directory.listLeaves(vms[0]!)).map((l) => l.leaf));
+    const r = await execa('node', [CLI, 'kvmbackup'], { env: env(), reject: false });
+    expect(r.exitCode).toBe(6);
+    expect(r.stderr).toContain(`skipping ${vms[1]}: last backup ${failed} did not finish`);
+    expect(r.stdout).toContain(`${vms[0]}: backed up`);
+    // vms[0] got tonight's backup (older ones may be rotated away by its iteration count).
+    const fresh = (await w.directory.listLeaves(vms[0]!)).filter((l) => !before0.has(l.leaf));
+    expect(fresh.map((l) => [l.mode, l.returnValue])).toEqual([['finished', 0]]);
+    expect((await w.directory.listLeaves(vms[1]!)).map((l) => [l.leaf, l.mode, l.returnValue])).toEqual([[failed, 'snapshotted', 5]]);
+    const forced = await execa('node', [CLI, 'kvmbackup', '--force', '--include', vms[1]!], { env: env(), reject: false });
+    expect({ code: forced.exitCode, stderr: forced.stderr }).toMatchObject({ code: 0 });
+    expect((await w.directory.listLeaves(vms[1]!)).map((l) => [l.mode, l.returnValue])).toEqual([['finished', 0]]);
+  });
 });

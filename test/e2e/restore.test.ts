@@ -58,7 +58,9 @@ describe('restore of a running VM with two disks', () => {
     const leaf = '20261122T050000Z';
     await backup(tiny.name, leaf);
     for (const t of ['vda', 'vdb']) await guestWrite(tiny.name, t, B, '2M', '1M');
+    const t0 = performance.now();
     const r = await restore(tiny.name, leaf);
+    console.log(`restore of a running two-disk VM (its guest ignores ACPI): ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     expect({ outcome: r.outcome, mode: r.leaf.mode, rv: r.leaf.returnValue }).toEqual({ outcome: 'restored', mode: 'finished', rv: 0 });
     expect(await virsh.domStateReason(tiny.name)).toBe('running (restored)');
     expect(await virsh.isPersistent(tiny.name)).toBe(true);
@@ -71,6 +73,40 @@ describe('restore of a running VM with two disks', () => {
     // The restore's retain directory and request are gone once it ended.
     await w.waitFor(async () => (await w.directory.getRestoreRequest(r.leaf.dn)) === undefined);
     expect((await execa('find', [path.join(w.retainRoot, 'vm-persistent', STORAGE_POOL, tiny.name), '-mindepth', '1'])).stdout).toBe('');
+  });
+});
+
+describe('the running VM a restore replaces', () => {
+  it('is saved at once (no wait for a guest that ignores ACPI) and a failed restore resumes it exactly from that state', async () => {
+    // Tiny VMs have no guest OS: they ignore ACPI, as a hung or hostile guest would.
+    const vm = await w.addVm('rstop', { running: true, pattern: A });
+    const leaf = '20261122T050050Z';
+    await backup(vm.name, leaf);
+    await guestWrite(vm.name, 'vda', B, '2M', '1M');
+    // The failure comes after the VM was stopped: the move of the live image aside
+    // finds a non-empty directory at its place in the restore's work directory.
+    const vmRetain = path.join(w.retainRoot, 'vm-persistent', STORAGE_POOL, vm.name);
+    const l = await w.leaf(vm.name, leaf);
+    const t0 = performance.now();
+    const r = await runRestore({
+      directory: w.directory, vm: (await w.directory.getVm(vm.name))!, leaf: l, policy, logger: w.logger, pollMs: 100,
+      decide: async () => {
+        const work = (await readdir(vmRetain)).filter((d) => d !== leaf);
+        expect(work).toHaveLength(1);
+        await mkdir(path.join(vmRetain, work[0]!, `live-${path.basename(vm.disks[0]!.path)}`, 'blocker'), { recursive: true });
+        return { prefer: 'backup', overrides: {} };
+      },
+    });
+    const wall = (performance.now() - t0) / 1000;
+    console.log(`restore of a guest ignoring ACPI, failing after the stop and rolled back: ${wall.toFixed(1)} s`);
+    expect({ outcome: r.outcome, failedAt: r.failedAt }).toEqual({ outcome: 'failed', failedAt: { mode: 'restored', returnValue: 40 } });
+    // Resumed from the state saved when it was stopped, not booted: the guest never noticed.
+    expect(await virsh.domStateReason(vm.name)).toBe('running (restored)');
+    expect(await virsh.isPersistent(vm.name)).toBe(true);
+    expect(await guestReadMatches(vm.name, 'vda', A, '0', '1M')).toBe(true);
+    expect(await guestReadMatches(vm.name, 'vda', B, '2M', '1M')).toBe(true);
+    expect(await backingFileOf(vm.disks[0]!.path)).toBeUndefined();
+    expect(parseDomainDisks(await virsh.dumpXml(vm.name))[0]!.source).toBe(vm.disks[0]!.path);
   });
 });
 

@@ -194,8 +194,6 @@ ${this.backupSettings(o.backupAttributes)}
       allowedRoots: [this.backupRoot, this.retainRoot, ...this.extraAllowedRoots],
       logger: this.logger,
       runDir: this.runDir,
-      // Tiny VMs have no guest OS to answer ACPI: do not wait long for them.
-      shutdownTimeoutMs: 1_000,
     });
     await daemon.start();
     this.daemons.push(daemon);

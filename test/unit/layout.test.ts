@@ -99,6 +99,10 @@ describe('vmTypeDirectory', () => {
     expect(vmTypeDirectory('other')).toBe('vm-other');
   });
 
+  it('refuses a VM without a type with 63 instead of naming a `vm-` directory', () => {
+    expect(() => vmTypeDirectory('')).toThrow(expect.objectContaining({ code: 63 }));
+  });
+
   it('returns a string for type names that are Object.prototype members', () => {
     expect(vmTypeDirectory('toString')).toBe('vm-toString');
     expect(vmTypeDirectory('constructor')).toBe('vm-constructor');

@@ -63,16 +63,34 @@ describe('selectBackupsToPrune', () => {
 
   it('orders across months and years by time', () => {
     const leaves: RetentionLeaf[] = ['20270101T010000Z', '20261231T230000Z', '20261002T010000Z'].map((leaf) => ({ leaf, mode: 'finished', returnValue: 0 }));
-    expect(selectBackupsToPrune(leaves, 1)).toEqual(['20261002T010000Z', '20261231T230000Z']);
+    expect(selectBackupsToPrune(leaves, 1, new Date('2027-01-02T00:00:00Z'))).toEqual(['20261002T010000Z', '20261231T230000Z']);
+  });
+
+  it('does not let a future-dated leaf pin the newest: it takes no kept slot and is left alone', () => {
+    const now = new Date('2026-07-05T12:00:00Z');
+    const future: RetentionLeaf = { leaf: '20991231T000000Z', mode: 'finished', returnValue: 0 };
+    // keep 2: the two newest real backups stay (4 and 3); before, 2099 took a slot and pushed 3 out.
+    expect(selectBackupsToPrune([future, ok(1), ok(2), ok(3), ok(4)], 2, now)).toEqual([day(1), day(2)]);
+    // A failed leaf newer than the newest real success is kept, whatever the future leaf says.
+    expect(selectBackupsToPrune([future, ok(1), ok(2), failed(3)], 1, now)).toEqual([day(1)]);
+    // Within the tolerance (clock skew) it is an ordinary, newest leaf.
+    expect(selectBackupsToPrune([{ leaf: '20260705T123000Z', mode: 'finished' }, ok(1), ok(2)], 1, now)).toEqual([day(1), day(2)]);
   });
 });
 
 describe('selectBackupDirsToPrune', () => {
-  it('selects leaf-named directories that are not kept, oldest first', () => {
+  const now = new Date('2026-07-30T00:00:00Z');
+  it('keeps the newest `keep` by leaf time and the protected ones, and selects the rest oldest first', () => {
     const dirs = [day(3), day(1), day(2), day(4)];
-    expect(selectBackupDirsToPrune(dirs, new Set([day(2), day(4)]))).toEqual([day(1), day(3)]);
-    expect(selectBackupDirsToPrune(dirs, new Set(dirs))).toEqual([]);
-    expect(selectBackupDirsToPrune([], new Set())).toEqual([]);
+    expect(selectBackupDirsToPrune(dirs, 2, new Set(), now)).toEqual([day(1), day(2)]);
+    expect(selectBackupDirsToPrune(dirs, 1, new Set([day(2)]), now)).toEqual([day(1), day(3)]);
+    expect(selectBackupDirsToPrune(dirs, 0, new Set(), now)).toEqual([day(1), day(2), day(3)]);
+    expect(selectBackupDirsToPrune(dirs, 4, new Set(), now)).toEqual([]);
+    expect(selectBackupDirsToPrune([], 1, new Set(), now)).toEqual([]);
+  });
+
+  it('does not let a future-dated directory take a kept slot, and never removes it', () => {
+    expect(selectBackupDirsToPrune(['20991231T000000Z', day(1), day(2), day(3)], 2, new Set(), now)).toEqual([day(1)]);
   });
 
   it('never considers names that are not valid leaf names', () => {
@@ -89,10 +107,10 @@ describe('selectBackupDirsToPrune', () => {
       '../20121002T010000Z',
       '',
     ];
-    expect(selectBackupDirsToPrune(dirs, new Set())).toEqual([day(1)]);
+    expect(selectBackupDirsToPrune([...dirs, day(2)], 1, new Set(), now)).toEqual([day(1)]);
   });
 
   it('lists a name once even if given twice', () => {
-    expect(selectBackupDirsToPrune([day(1), day(1)], new Set())).toEqual([day(1)]);
+    expect(selectBackupDirsToPrune([day(1), day(1), day(2)], 1, new Set(), now)).toEqual([day(1)]);
   });
 });

@@ -22,6 +22,8 @@ export interface PlannedVm {
   backupDir?: string;
   settingsFrom?: string;
   replaces?: string[];
+  /** skipped because the VM's last backup failed: the run must not look like a success (exit 6) */
+  lastBackupFailed?: boolean;
 }
 
 /**
@@ -73,6 +75,7 @@ export async function planKvmBackup(
       plan.push({
         vm: vm.name,
         backup: false,
+        lastBackupFailed: true,
         reason: `last backup ${last.leaf} did not finish (mode ${last.mode}, return value ${last.returnValue ?? '?'}: ${describeReturnCode(last.returnValue ?? 1)}); check the VM, then use --force`,
       });
       continue;
@@ -153,10 +156,18 @@ ${exitCodeHelp}`,
         return ExitCode.ok;
       }
       for (const p of plan.filter((x) => !x.backup)) io.err(`skipping ${p.vm}: ${p.reason}`);
+      // A VM left out because its last backup failed gets no backup tonight
+      // either: cron's monitoring must see that, even when the rest succeeded.
+      const skippedAfterFailure = plan.filter((p) => p.lastBackupFailed).map((p) => p.vm);
+      const unlessSkipped = (code: number): number => {
+        if (code !== ExitCode.ok || skippedAfterFailure.length === 0) return code;
+        io.err(`not backed up because their last backup failed: ${skippedAfterFailure.join(', ')} (exit ${ExitCode.skippedAfterFailure})`);
+        return ExitCode.skippedAfterFailure;
+      };
       if (chosen.length === 0) {
         io.err(`nothing to back up on ${nodeName}`);
         if (values['json'] === true) io.out(JSON.stringify({ node: nodeName, leaf, plan, leaves: [] }, null, 2));
-        return ExitCode.ok;
+        return unlessSkipped(ExitCode.ok);
       }
       // Replace failed leaves being retried (--force) by today's.
       const vms: VmEntry[] = [];
@@ -168,7 +179,7 @@ ${exitCodeHelp}`,
         const vm = await directory.getVm(p.vm);
         if (vm) vms.push(vm);
       }
-      return await runBatchAndReport(rt, directory, vms, leaf, values['json'] === true ? (leaves) => ({ node: nodeName, leaf, plan, leaves }) : undefined);
+      return unlessSkipped(await runBatchAndReport(rt, directory, vms, leaf, values['json'] === true ? (leaves) => ({ node: nodeName, leaf, plan, leaves }) : undefined));
     } finally {
       await rt.close();
     }

@@ -22,7 +22,7 @@ Logs JSON lines on stdout. Stops cleanly on SIGINT/SIGTERM (running steps end fi
       const { virsh, qemuImg } = await rt.hypervisor();
       const metrics = await rt.startMetrics('node');
       const feed = rt.changeFeed(directory, { node: nodeName }, metrics);
-      const daemon = new NodeDaemon({ nodeName, directory, feed, virsh, qemuImg, imageRoots: rt.config.imageRoots, allowedRoots: rt.config.allowedRoots, logger: rt.logger, concurrency: rt.config.concurrency, runDir: rt.config.runDir, shutdownTimeoutMs: rt.config.shutdownTimeoutMs, ...(metrics ? { metrics } : {}) });
+      const daemon = new NodeDaemon({ nodeName, directory, feed, virsh, qemuImg, imageRoots: rt.config.imageRoots, allowedRoots: rt.config.allowedRoots, logger: rt.logger, concurrency: rt.config.concurrency, runDir: rt.config.runDir, ...(metrics ? { metrics } : {}) });
       watchConfig(rt);
       await daemon.start();
       await rt.untilSignal();

@@ -1,0 +1,56 @@
+import { lstat, statfs } from 'node:fs/promises';
+import path from 'node:path';
+import { BackupError, errorMessage } from '../domain/errors.js';
+import { ReturnCode, type ReturnCodeValue } from '../domain/returnCodes.js';
+
+/**
+ * Room a step needs before it writes: a full filesystem found halfway
+ * through a copy leaves partial files behind and (on the images'
+ * filesystem) can pause every VM of the node. Codes are the original's:
+ * 47 not enough disk space, 48 no disk space information, 4 for the RAM disk.
+ */
+export const SPACE_MARGIN = 1.05;
+
+/** Free bytes for an unprivileged writer on the filesystem of `dir`, or 48. */
+export async function freeSpaceOf(dir: string): Promise<number> {
+  try {
+    const s = await statfs(await nearestExistingDir(dir));
+    return s.bavail * s.bsize;
+  } catch (err) {
+    throw new BackupError(`cannot find out the free space of ${dir}: ${errorMessage(err)}`, ReturnCode.noDiskSpaceInformation, { cause: err });
+  }
+}
+
+/** Fail with `code` unless the filesystem of `dir` has `SPACE_MARGIN × bytes` free. */
+export async function requireFreeSpace(dir: string, bytes: number, what: string, code: ReturnCodeValue = ReturnCode.notEnoughDiskSpace): Promise<void> {
+  const needed = Math.ceil(bytes * SPACE_MARGIN);
+  const free = await freeSpaceOf(dir);
+  if (free < needed) {
+    throw new BackupError(`not enough space for ${what} in ${dir}: ${mib(needed)} needed, ${mib(free)} free; nothing was written`, code);
+  }
+}
+
+/** Bytes a sparse-aware copy of the file writes: its allocated blocks, not its apparent size. */
+export async function allocatedBytes(file: string): Promise<number> {
+  const st = await lstat(file);
+  return Math.min(st.size, st.blocks * 512);
+}
+
+/** A directory a step is about to create is not there yet: its filesystem is its nearest existing ancestor's. */
+async function nearestExistingDir(dir: string): Promise<string> {
+  let d = path.resolve(dir);
+  for (;;) {
+    const st = await lstat(d).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw err;
+    });
+    if (st) return d;
+    const up = path.dirname(d);
+    if (up === d) return d;
+    d = up;
+  }
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
