@@ -1,9 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { restoreFromBackupFiles } from '../helpers/backupFiles.js';
 import { World, POOL, STORAGE_POOL, vmDn } from '../helpers/world.js';
+import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { ldapModify } from '../helpers/slapd.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout, NO_STATE_MARKER } from '../../src/domain/layout.js';
@@ -19,13 +20,7 @@ const B = 0xcd;
 const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 
 let w: World;
-beforeAll(async () => {
-  w = await World.start();
-  await w.startNodeDaemon();
-});
-afterAll(async () => {
-  await w?.cleanup();
-});
+useWorldWithNodeDaemon((x) => (w = x));
 
 function layoutOf(vm: string, leaf: string): BackupLayout {
   return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });

@@ -1,8 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { World } from '../helpers/world.js';
+import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { BackupLayout } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { runDelete } from '../../src/control/runDelete.js';
@@ -15,13 +16,7 @@ const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 const CLI = path.resolve('bin/stoney-backup.js');
 
 let w: World;
-beforeAll(async () => {
-  w = await World.start();
-  await w.startNodeDaemon();
-});
-afterAll(async () => {
-  await w?.cleanup();
-});
+useWorldWithNodeDaemon((x) => (w = x));
 
 async function layoutOf(vm: string, leaf: string): Promise<BackupLayout> {
   const entry = (await w.directory.getVm(vm))!;

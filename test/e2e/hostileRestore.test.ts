@@ -1,8 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { World, STORAGE_POOL } from '../helpers/world.js';
+import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { runRestore, type RestoreDecisions } from '../../src/control/runRestore.js';
@@ -24,13 +25,7 @@ const B = 0xcd;
 const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 
 let w: World;
-beforeAll(async () => {
-  w = await World.start();
-  await w.startNodeDaemon();
-});
-afterAll(async () => {
-  await w?.cleanup();
-});
+useWorldWithNodeDaemon((x) => (w = x));
 
 function layoutOf(vm: string, leaf: string): BackupLayout {
   return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });

@@ -1,20 +1,15 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { World } from '../helpers/world.js';
+import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { backingFileOf, imageMatches, virsh } from '../helpers/libvirt.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { run } from '../../src/hypervisor/exec.js';
 
 let w: World;
-beforeAll(async () => {
-  w = await World.start();
-  await w.startNodeDaemon();
-});
-afterAll(async () => {
-  await w?.cleanup();
-});
+useWorldWithNodeDaemon((x) => (w = x));
 
 describe('a linked clone (disk on top of a template image)', () => {
   it('is backed up and merged without flattening the template into the live disk', async () => {

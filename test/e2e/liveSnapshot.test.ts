@@ -1,9 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { restoreFromBackupFiles } from '../helpers/backupFiles.js';
 import { World, STORAGE_POOL } from '../helpers/world.js';
+import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -28,13 +29,7 @@ const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 const vmStorageGid = Number(execFileSync('getent', ['group', 'vm-storage']).toString().split(':')[2]);
 
 let w: World;
-beforeAll(async () => {
-  w = await World.start();
-  await w.startNodeDaemon();
-});
-afterAll(async () => {
-  await w?.cleanup();
-});
+useWorldWithNodeDaemon((x) => (w = x));
 
 const layoutOf = (vm: string, leaf: string) =>
   new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });

@@ -1,8 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { copyFile, mkdir, open, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { World, vmDn, SERVICE, POOL, STORAGE_POOL } from '../helpers/world.js';
+import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, macsOf, virsh } from '../helpers/libvirt.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -19,13 +20,7 @@ const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 const CLI = path.resolve('bin/stoney-backup.js');
 
 let w: World;
-beforeAll(async () => {
-  w = await World.start();
-  await w.startNodeDaemon();
-});
-afterAll(async () => {
-  await w?.cleanup();
-});
+useWorldWithNodeDaemon((x) => (w = x));
 
 async function backup(vm: string, leaf: string): Promise<LeafEntry> {
   const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf, policy, logger: w.logger });
