@@ -22,9 +22,7 @@ const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 let w: World;
 useWorldWithNodeDaemon((x) => (w = x));
 
-function layoutOf(vm: string, leaf: string): BackupLayout {
-  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
-}
+const layoutOf = (vm: string, leaf: string): BackupLayout => w.layoutOf(vm, leaf);
 
 const vmStorageGid = Number(execFileSync('getent', ['group', 'vm-storage']).toString().split(':')[2]);
 

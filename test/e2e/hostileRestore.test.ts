@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { World, STORAGE_POOL } from '../helpers/world.js';
+import { World } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -27,9 +27,7 @@ const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 let w: World;
 useWorldWithNodeDaemon((x) => (w = x));
 
-function layoutOf(vm: string, leaf: string): BackupLayout {
-  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
-}
+const layoutOf = (vm: string, leaf: string): BackupLayout => w.layoutOf(vm, leaf);
 
 async function backedUp(short: string, leaf: string) {
   const vm = await w.addVm(short, { running: true, pattern: A });

@@ -3,7 +3,7 @@ import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/pro
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { restoreFromBackupFiles } from '../helpers/backupFiles.js';
-import { World, STORAGE_POOL } from '../helpers/world.js';
+import { World } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout } from '../../src/domain/layout.js';
@@ -31,8 +31,7 @@ const vmStorageGid = Number(execFileSync('getent', ['group', 'vm-storage']).toSt
 let w: World;
 useWorldWithNodeDaemon((x) => (w = x));
 
-const layoutOf = (vm: string, leaf: string) =>
-  new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
+const layoutOf = (vm: string, leaf: string): BackupLayout => w.layoutOf(vm, leaf);
 
 async function startSnapshot(vm: string, leaf: string): Promise<string> {
   expect(await w.directory.createLeaf(vm, leaf)).toBe(true);

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { copyFile, mkdir, open, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, open, readdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { World, vmDn, SERVICE, POOL, STORAGE_POOL } from '../helpers/world.js';
+import { World, vmDn, POOL, STORAGE_POOL } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, macsOf, virsh } from '../helpers/libvirt.js';
@@ -33,9 +33,7 @@ async function restore(vm: string, leaf: string, decide: RestoreDecisions | 'abo
   return runRestore({ directory: w.directory, vm: (await w.directory.getVm(vm))!, leaf: l, policy, logger: w.logger, pollMs: 100, decide: async () => decide, ...(target ? { target } : {}) });
 }
 
-function layoutOf(vm: string, leaf: string): BackupLayout {
-  return new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
-}
+const layoutOf = (vm: string, leaf: string): BackupLayout => w.layoutOf(vm, leaf);
 
 /** The VM's directory subtree without volatile attributes, for before/after comparisons. */
 async function subtree(vm: string): Promise<string> {

@@ -1,3 +1,4 @@
+import { BackupLayout } from '../../src/domain/layout.js';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
@@ -86,6 +87,10 @@ export class World {
   }
   get backupRoot(): string {
     return path.join(this.root, 'backup');
+  }
+  /** Where a backup of a test VM (disks in STORAGE_POOL) lives: the layout the node steps compute. */
+  layoutOf(vm: string, leaf: string): BackupLayout {
+    return new BackupLayout({ rootDirectory: this.backupRoot, retainDirectory: this.retainRoot, vmType: 'vm-persistent', pool: STORAGE_POOL, vm, leaf });
   }
   get runDir(): string {
     return path.join(this.root, 'run');

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { returnCodeOf } from '../helpers/returnCodeOf.js';
 import { BackupLayout, MANIFEST_NAME, NO_STATE_MARKER, vmTypeDirectory, type BackupLayoutInput } from '../../src/domain/layout.js';
-import { BackupError } from '../../src/domain/errors.js';
 
 const pool = '0f83f084-8080-413e-b558-b678e504836e';
 const input: BackupLayoutInput = {
@@ -12,14 +12,7 @@ const input: BackupLayoutInput = {
   leaf: '20121002T010000Z',
 };
 
-function codeOf(f: () => unknown): number | string {
-  try {
-    f();
-  } catch (err) {
-    return err instanceof BackupError ? err.code : `not a BackupError: ${String(err)}`;
-  }
-  return 'no error';
-}
+const codeOf = returnCodeOf;
 
 describe('BackupLayout', () => {
   const l = new BackupLayout(input);

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { returnCodeOf } from '../helpers/returnCodeOf.js';
 import {
   backupFileMode,
   backupSettingsFromAttributes,
@@ -8,7 +9,6 @@ import {
   type Attributes,
   type BackupSettings,
 } from '../../src/domain/settings.js';
-import { BackupError } from '../../src/domain/errors.js';
 
 const base = 'ou=virtualization,ou=services,o=stepping-stone,c=ch';
 const vmDn = `ou=backup,sstVirtualMachine=kvm-005,ou=virtual machines,${base}`;
@@ -72,14 +72,7 @@ const globalEntry: Attributes = {
   sstbackupnumberofiterations: ['3'],
 };
 
-function codeOf(f: () => unknown): number | string {
-  try {
-    f();
-  } catch (err) {
-    return err instanceof BackupError ? err.code : `not a BackupError: ${String(err)}`;
-  }
-  return 'no error';
-}
+const codeOf = returnCodeOf;
 
 describe('resolveSettings', () => {
   it('reads the seed entry completely', () => {

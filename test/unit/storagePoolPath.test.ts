@@ -1,18 +1,11 @@
 import { describe, expect, it } from 'vitest';
+import { returnCodeOf } from '../helpers/returnCodeOf.js';
 import { storagePoolPath, type PoolPathDisk } from '../../src/domain/storagePoolPath.js';
-import { BackupError } from '../../src/domain/errors.js';
 
 const SP = 'f9dc3c13-5e3a-4b1c-9d2e-7a6b5c4d3e21';
 const disk = (target: string, sourceFile: string | undefined, device = 'disk', type = 'file'): PoolPathDisk => ({ target, device, type, sourceFile });
 
-function codeOf(f: () => unknown): number | string {
-  try {
-    f();
-  } catch (err) {
-    return err instanceof BackupError ? err.code : `not a BackupError: ${String(err)}`;
-  }
-  return 'no error';
-}
+const codeOf = returnCodeOf;
 
 describe('storagePoolPath (the original\'s dirname(sstSourceFile) below the image root)', () => {
   it('is <vm-type>/<storage-pool> of the disk image', () => {
