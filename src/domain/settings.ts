@@ -30,6 +30,12 @@ export interface BackupSettings {
   sourceDn: string;
   /** looked up on its own (sstBackupSnapshotMethod), like the exclusion flag */
   snapshotMethod: SnapshotMethod;
+  /**
+   * sstBackupFullEvery, looked up on its own like the method: every Nth
+   * backup of a VM is full, the ones between store only what changed since
+   * the previous one (1 = always full).
+   */
+  fullEvery: number;
   rootDirectory: string;
   retainDirectory: string;
   ramDiskLocation: string | undefined;
@@ -45,6 +51,7 @@ export interface BackupSettings {
 
 export const defaultBackupSettings: Omit<BackupSettings, 'sourceDn'> = {
   snapshotMethod: 'live',
+  fullEvery: 7,
   rootDirectory: '/var/backup/virtualization',
   retainDirectory: '/var/virtualization/retain',
   ramDiskLocation: undefined,
@@ -143,6 +150,7 @@ export function backupSettingsFromAttributes(sourceDn: string, a: Attributes): B
   return {
     sourceDn,
     snapshotMethod: d.snapshotMethod,
+    fullEvery: d.fullEvery,
     rootDirectory: directoryFromUrl('sstBackupRootDirectory', first(a, 'sstbackuprootdirectory') ?? d.rootDirectory),
     retainDirectory: directoryFromUrl('sstBackupRetainDirectory', first(a, 'sstbackupretaindirectory') ?? d.retainDirectory),
     ramDiskLocation: ram === undefined ? undefined : directoryFromUrl('sstBackupRamDiskLocation', ram),
@@ -191,8 +199,9 @@ export function cronFromAttributes(sourceDn: string, a: Attributes): CronSetting
  * pool's, else the global one; the first level that carries settings is used
  * whole. The exclusion flag, the cron schedule and the snapshot method are
  * looked up the same way but independently, because the seed's exclusion
- * entry carries nothing else (and the method lives in the project's own
- * auxiliary class, which an original settings entry does not carry).
+ * entry carries nothing else (and the method and sstBackupFullEvery live in
+ * the project's own auxiliary class, which an original settings entry does
+ * not carry).
  */
 export interface SettingsLevels {
   vm?: { dn: string; attributes: Attributes };
@@ -212,10 +221,12 @@ export function resolveSettings(levels: SettingsLevels): EffectiveSettings {
   const cronLevel = ordered.find((l) => carriesCron(l.attributes));
   const exclusionLevel = ordered.find((l) => l.attributes['sstbackupexcludefrombackup'] !== undefined);
   const methodLevel = ordered.find((l) => l.attributes['sstbackupsnapshotmethod'] !== undefined);
+  const fullEveryLevel = ordered.find((l) => l.attributes['sstbackupfullevery'] !== undefined);
   const backup = settingsLevel
     ? backupSettingsFromAttributes(settingsLevel.dn, settingsLevel.attributes)
     : { sourceDn: '(defaults)', ...defaultBackupSettings, image: { ...defaultBackupSettings.image }, directory: { ...defaultBackupSettings.directory } };
   backup.snapshotMethod = parseSnapshotMethod(methodLevel?.attributes['sstbackupsnapshotmethod']?.[0]);
+  backup.fullEvery = parseInteger('sstBackupFullEvery', fullEveryLevel?.attributes['sstbackupfullevery']?.[0], defaultBackupSettings.fullEvery, 1);
   return {
     backup,
     cron: cronLevel ? cronFromAttributes(cronLevel.dn, cronLevel.attributes) : undefined,

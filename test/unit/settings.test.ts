@@ -80,6 +80,7 @@ describe('resolveSettings', () => {
     const expected: BackupSettings = {
       sourceDn: vmDn,
       snapshotMethod: 'live',
+      fullEvery: 7,
       rootDirectory: '/var/backup/virtualization',
       retainDirectory: '/var/virtualization/retain',
       ramDiskLocation: '/mnt/ramdisk-test',
@@ -205,6 +206,7 @@ describe('resolveSettings', () => {
     expect(s.backup).toEqual({
       sourceDn: '(defaults)',
       snapshotMethod: 'live',
+      fullEvery: 7,
       rootDirectory: '/var/backup/virtualization',
       retainDirectory: '/var/virtualization/retain',
       ramDiskLocation: undefined,
@@ -339,5 +341,25 @@ describe('sstBackupSnapshotMethod', () => {
   it('refuses an unknown method with code 39', () => {
     const bad = { objectclass: ['sstBackupSettingsExtension'], sstbackupsnapshotmethod: ['suspend'] };
     expect(() => resolveSettings({ vm: level('v', bad) })).toThrow(expect.objectContaining({ code: 39, message: expect.stringMatching(/sstBackupSnapshotMethod.*"suspend"/) }));
+  });
+});
+
+describe('sstBackupFullEvery', () => {
+  const level = (dn: string, attributes: Record<string, string[]>) => ({ dn, attributes });
+  const settingsClass = { objectclass: ['top', 'organizationalUnit', 'sstVirtualizationBackupObjectClass'], sstbackupnumberofiterations: ['3'] };
+  const every = (n: string) => ({ objectclass: ['sstBackupSettingsExtension'], sstbackupfullevery: [n] });
+
+  it('defaults to 7 and is looked up on its own, VM before pool before global', () => {
+    expect(resolveSettings({}).backup.fullEvery).toBe(7);
+    expect(resolveSettings({ vm: level('v', settingsClass) }).backup.fullEvery).toBe(7);
+    const s = resolveSettings({ vm: level('v', settingsClass), pool: level('p', every('3')), global: level('g', every('1')) });
+    expect({ every: s.backup.fullEvery, from: s.backup.sourceDn }).toEqual({ every: 3, from: 'v' });
+    expect(resolveSettings({ vm: level('v', every('1')), pool: level('p', every('3')) }).backup.fullEvery).toBe(1);
+  });
+
+  it('refuses 0, negatives and non-integers with code 39', () => {
+    for (const bad of ['0', '-2', '2.5', 'weekly']) {
+      expect(() => resolveSettings({ vm: level('v', every(bad)) })).toThrow(expect.objectContaining({ code: 39, message: expect.stringMatching(/sstBackupFullEvery/) }));
+    }
   });
 });
