@@ -15,8 +15,9 @@ import { statusCommand } from './commands/statusCommand.js';
 import { restoreCommand } from './commands/restoreCommand.js';
 import { deleteCommand } from './commands/deleteCommand.js';
 import { checkCommand } from './commands/checkCommand.js';
+import { verifyCommand } from './commands/verifyCommand.js';
 
-export const commands: Command[] = [backupCommand, restoreCommand, deleteCommand, listCommand, statusCommand, checkCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
+export const commands: Command[] = [backupCommand, restoreCommand, deleteCommand, listCommand, verifyCommand, statusCommand, checkCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
 
 function mainHelp(): string {
   return `stoney-backup — back up KVM virtual machines of a stoney cloud through its OpenLDAP directory

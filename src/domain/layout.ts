@@ -48,6 +48,16 @@ export function liveOverlayName(imageFileName: string): string {
  */
 export const KEPT_RECORD_SUFFIX = '.kept.json';
 
+/**
+ * Rotation of incremental chains. `.rotation-remove` in a backup directory:
+ * the iteration is being removed (never restorable or built on again; its
+ * images may already carry a later iteration's clusters). `fold.json` in a
+ * kept iteration: one of its images is absorbing its backing image; the
+ * journal lets any later run finish the fold.
+ */
+export const ROTATION_MARKER = '.rotation-remove';
+export const FOLD_JOURNAL = 'fold.json';
+
 export class BackupLayout {
   readonly vmType: string;
   readonly pool: string;

@@ -26,6 +26,21 @@ export function imageSpec(path: string, opts: { format?: ImageFormat; noBacking?
   return `json:${JSON.stringify(spec)}`;
 }
 
+/** Jobs that read or write whole disks: bounded by their signal, not by a clock. */
+const LONG_JOB_MS = 48 * 3600 * 1000;
+
+/**
+ * A qcow2 chain as one `json:` spec with every layer pinned (file, format,
+ * backing): qemu-img opens exactly these files, whatever their headers say.
+ * `layers` runs top first; the last one is opened without backing.
+ */
+export function chainSpec(layers: readonly string[]): string {
+  if (layers.length === 0) throw new Error('chainSpec: no layers');
+  let node: Record<string, unknown> | null = null;
+  for (const p of [...layers].reverse()) node = { driver: 'qcow2', file: { driver: 'file', filename: p }, backing: node };
+  return `json:${JSON.stringify(node)}`;
+}
+
 export class QemuImg {
   constructor(private readonly logger?: Logger) {}
 
@@ -49,6 +64,29 @@ export class QemuImg {
     const spec = imageSpec(path, { ...(opts.format ? { format: opts.format } : {}), noBacking: true });
     const r = await run('qemu-img', ['info', '--output=json', ...(opts.shared ? ['-U'] : []), spec], { logger: this.logger, timeoutMs: 60_000 });
     return parseQemuImgInfo(r.stdout);
+  }
+
+  /**
+   * Rebase in safe mode onto `backing` (relative to the image's directory):
+   * qemu-img compares the old and the new backing chains and writes into the
+   * image exactly what differs, so the image's content stays what it was.
+   * Reads both chains whole; runs as long as that takes (abort by signal).
+   */
+  async rebaseComparing(path: string, backing: string, backingFormat: ImageFormat, signal?: AbortSignal): Promise<void> {
+    await run('qemu-img', ['rebase', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], { logger: this.logger, timeoutMs: LONG_JOB_MS, ...(signal ? { signal } : {}) });
+  }
+
+  /**
+   * Write a qcow2 image's clusters into its backing file and leave the image
+   * as it is (-d): whatever reads the image still sees the same content.
+   */
+  async commitKeepingTop(path: string, signal?: AbortSignal): Promise<void> {
+    await run('qemu-img', ['commit', '-q', '-d', '-f', 'qcow2', path], { logger: this.logger, timeoutMs: LONG_JOB_MS, ...(signal ? { signal } : {}) });
+  }
+
+  /** Whole-disk copy of what `spec` (an imageSpec/chainSpec) reads, as one image without backing file. */
+  async convertFlat(spec: string, dest: string, format: ImageFormat, signal?: AbortSignal): Promise<void> {
+    await run('qemu-img', ['convert', '-q', '-O', format, spec, dest], { logger: this.logger, timeoutMs: LONG_JOB_MS, ...(signal ? { signal } : {}) });
   }
 
   /** Writes the overlay's data into its backing file (offline only; the caller checked the backing is ours). */

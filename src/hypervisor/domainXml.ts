@@ -16,6 +16,8 @@ export interface DomainDisk {
   source: string | undefined;
   /** backing chain below the top, nearest first (paths of file backing stores) */
   backingChain: string[];
+  /** format of each backingChain entry as libvirt records it (`<format type=…>`), same order */
+  backingFormats: (string | undefined)[];
 }
 
 /** An attribute of one XML start tag, entities decoded. */
@@ -43,6 +45,15 @@ export function parseDomainDisks(xml: string): DomainDisk[] {
     // Sources appear top first, then each nested <backingStore>'s source.
     const sources = [...block.matchAll(/<source\b[^>]*>/g)].map((m) => xmlAttr(m[0], 'file') ?? xmlAttr(m[0], 'dev'));
     const [top, ...chain] = sources;
+    // Each <backingStore> holds its own <format> before any nested one.
+    const backingFormats = block
+      .split(/<backingStore\b/)
+      .slice(1)
+      .filter((seg) => /<source\b/.test(seg.split(/<backingStore\b/)[0] ?? ''))
+      .map((seg) => {
+        const f = /<format\b[^>]*>/.exec(seg)?.[0];
+        return f ? xmlAttr(f, 'type') : undefined;
+      });
     return {
       type: xmlAttr(open, 'type') ?? 'file',
       device: xmlAttr(open, 'device') ?? 'disk',
@@ -50,6 +61,7 @@ export function parseDomainDisks(xml: string): DomainDisk[] {
       format: driver ? xmlAttr(driver, 'type') : undefined,
       source: top,
       backingChain: chain.filter((s): s is string => s !== undefined),
+      backingFormats,
     };
   });
 }

@@ -6,6 +6,8 @@ export interface ImageInfo {
   /** absolute backing path as qemu resolves it, or undefined */
   backingFile: string | undefined;
   backingFormat: string | undefined;
+  /** the backing file name exactly as the header stores it (may be relative) */
+  backingName?: string | undefined;
   /** a qcow2 image's external data file (another host file its data lives in), or undefined */
   dataFile?: string | undefined;
 }
@@ -26,6 +28,7 @@ export function parseQemuImgInfo(json: string): ImageInfo {
     actualSize: num('actual-size'),
     backingFile: str('full-backing-filename') ?? str('backing-filename'),
     backingFormat: str('backing-filename-format'),
+    ...(str('backing-filename') !== undefined ? { backingName: str('backing-filename') } : {}),
     ...(dataFile !== undefined ? { dataFile } : {}),
   };
 }

@@ -2,7 +2,8 @@ import { lstat, readdir, rmdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { MANIFEST_NAME } from '../domain/layout.js';
+import { MANIFEST_NAME, ROTATION_MARKER } from '../domain/layout.js';
+import { finishInterruptedRotation, removeIteration } from './rotateChains.js';
 import { leafActive } from '../control/decideBatch.js';
 import { exists } from './durableFs.js';
 import { assertNoSymlinkBelow } from './safeFs.js';
@@ -31,8 +32,13 @@ export async function deleteStep(ctx: StepContext): Promise<StepResult> {
     logger.warn({ backupDir: dir }, 'the backup directory does not exist; nothing to delete');
     return { executionTime: { delete: seconds(t0) } };
   }
+  // A kept incremental backup that builds on this one absorbs what it needs first.
+  await finishInterruptedRotation(ctx);
+  if (!(await removeIteration(ctx, leaf, { keepDirectory: true }))) {
+    throw new BackupError(`two later backups of ${vm.name} build on ${leaf}; it cannot be deleted before one of them`, ReturnCode.workflowBusy);
+  }
   const names = await readdir(dir);
-  const ours = (n: string) => n === MANIFEST_NAME || n.endsWith(`.${leaf}`) || n.endsWith(`.${leaf}.partial`);
+  const ours = (n: string) => n === MANIFEST_NAME || n === ROTATION_MARKER || n.endsWith(`.${leaf}`) || n.endsWith(`.${leaf}.partial`);
   // The manifest goes first: from then on the backup no longer counts as
   // complete (not restorable), even if a later removal fails.
   const order = [...names.filter((n) => n === MANIFEST_NAME), ...names.filter((n) => n !== MANIFEST_NAME && ours(n)).sort()];

@@ -8,7 +8,8 @@ import { chownByName } from '../hypervisor/ownership.js';
 import { exists, syncDir, writeFileDurably } from './durableFs.js';
 import { chmodNoFollow, mkdirBelow } from './safeFs.js';
 import { sparseCopy } from './sparseCopy.js';
-import type { ManifestFile } from './retainStep.js';
+import type { ManifestFile } from './backupIterations.js';
+import { storeDiskImage } from './storeDiskImage.js';
 import type { StepContext } from './StepContext.js';
 
 /**
@@ -17,10 +18,11 @@ import type { StepContext } from './StepContext.js';
  * record its size and sha256 in retain (`<name>.kept.json`, written last) for
  * the manifest. The live method keeps its frozen disk images this way in the
  * merge, and its memory state right after the snapshot (it need not wait in
- * retain: nothing restores a live VM from it). Without the record the copy
- * is redone; with it, nothing is.
+ * retain: nothing restores a live VM from it). A disk image is stored whole
+ * or incrementally (storeDiskImage). Without the record the copy is redone;
+ * with it, nothing is.
  */
-export async function keepInBackup(ctx: StepContext, source: string, name: string, kind: 'image' | 'state', step: string): Promise<void> {
+export async function keepInBackup(ctx: StepContext, source: string, name: string, kind: 'image' | 'state', step: string, format?: string): Promise<void> {
   const { vm, layout, settings, logger } = ctx;
   const record = layout.keptRecordPath(name);
   if (await exists(record)) return;
@@ -34,12 +36,17 @@ export async function keepInBackup(ctx: StepContext, source: string, name: strin
     await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);
     await chownByName(layout.backupDir, settings.directory.owner, settings.directory.group, logger);
     await rm(partial, { force: true });
-    const r = await sparseCopy(source, partial, (done, total) => ctx.onProgress?.({ step, vm: vm.name, leaf: ctx.leaf, message: `keeping ${name}`, done, total }), ctx.signal);
+    let kept: ManifestFile;
+    if (kind === 'image') {
+      kept = await storeDiskImage(ctx, { source, format, imageFileName: name, partial, step });
+    } else {
+      const r = await sparseCopy(source, partial, (done, total) => ctx.onProgress?.({ step, vm: vm.name, leaf: ctx.leaf, message: `keeping ${name}`, done, total }), ctx.signal);
+      kept = { name: path.basename(final), size: r.size, sha256: r.sha256 };
+    }
     await chmodNoFollow(partial, backupFileMode(kind, settings.image.mode));
     await chownByName(partial, settings.image.owner, settings.image.group, logger);
     await rename(partial, final);
     await syncDir(layout.backupDir);
-    const kept: ManifestFile = { name: path.basename(final), size: r.size, sha256: r.sha256 };
     await writeFileDurably(record, `${JSON.stringify(kept)}\n`);
   } catch (err) {
     await rm(partial, { force: true });

@@ -115,7 +115,7 @@ async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: str
     if (path.dirname(d.source) !== layout.retainDir) {
       throw new BackupError(`${d.target} runs on ${d.source}, an overlay of another backup: it was not merged`, ReturnCode.chainStillReferencesRetain);
     }
-    await keepInBackup(ctx, frozen, path.basename(frozen), 'image', 'merge');
+    await keepInBackup(ctx, frozen, path.basename(frozen), 'image', 'merge', d.backingFormats[0]);
   }
   ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `committing ${d.target}` });
   try {

@@ -14,25 +14,13 @@ import { assertNoSymlinkBelow, chmodNoFollow, listRegularFiles, mkdirBelow } fro
 import { backupFileMode } from '../domain/settings.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { sparseCopy } from './sparseCopy.js';
+import { parseManifest, readManifestFile, type BackupManifest, type ManifestFile } from './backupIterations.js';
+import { storeDiskImage } from './storeDiskImage.js';
+import { finishInterruptedRotation, removeIteration } from './rotateChains.js';
 import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
-export interface ManifestFile {
-  /** final name in the backup directory, `<file>.<leaf>` */
-  name: string;
-  size: number;
-  sha256: string;
-}
-
-export interface BackupManifest {
-  format: 'stoney-backup/1';
-  vm: string;
-  leaf: string;
-  vmType: string;
-  pool: string;
-  createdAt: string;
-  files: ManifestFile[];
-}
+export type { ManifestFile, BackupManifest } from './backupIterations.js';
 
 /**
  * Retain: copy every retained file into the backup directory under its final
@@ -75,24 +63,30 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   const total = (await Promise.all(names.map(async (n) => (await lstat(layout.retainPath(n))).size))).reduce((a, b) => a + b, 0);
   let before = 0;
   const files: ManifestFile[] = [...kept];
+  // Image formats come from the backup's own definition, never from a header.
+  const formats = new Map(
+    parseDomainDisks(await readFile(layout.retainPath(layout.xmlFileName), 'utf8').catch(() => ''))
+      .filter((d) => d.source !== undefined)
+      .map((d) => [path.basename(d.source as string), d.format]),
+  );
   for (const n of names) {
     const final = layout.backupPath(n);
     const partial = `${final}.partial`;
     await rm(partial, { force: true });
     try {
-      const r = await sparseCopy(
-        layout.retainPath(n),
-        partial,
-        (done) => ctx.onProgress?.({ step: 'retain', vm: vm.name, leaf: ctx.leaf, message: `copying ${n}`, done: before + done, total }),
-        ctx.signal,
-      );
-      await chmodNoFollow(partial, backupFileMode(fileKind(layout, n), settings.image.mode));
+      const kind = fileKind(layout, n);
+      const onProgress = (done: number) => ctx.onProgress?.({ step: 'retain', vm: vm.name, leaf: ctx.leaf, message: `copying ${n}`, done: before + done, total });
+      const stored: ManifestFile = kind === 'image'
+        ? await storeDiskImage(ctx, { source: layout.retainPath(n), format: formats.get(n), imageFileName: n, partial, step: 'retain' })
+        : { name: path.basename(final), ...(await sparseCopy(layout.retainPath(n), partial, onProgress, ctx.signal)) };
+      await chmodNoFollow(partial, backupFileMode(kind, settings.image.mode));
       await chownByName(partial, settings.image.owner, settings.image.group, logger);
       await rename(partial, final);
-      files.push({ name: path.basename(final), size: r.size, sha256: r.sha256 });
-      before += r.size;
+      files.push(stored);
+      before += (await lstat(layout.retainPath(n))).size;
     } catch (err) {
       await rm(partial, { force: true });
+      if (err instanceof BackupError) throw err;
       throw new BackupError(`cannot copy ${n} to ${layout.backupDir}: ${errorMessage(err)}`, ReturnCode.cannotCopyFileToBackupLocation, { cause: err });
     }
   }
@@ -139,20 +133,21 @@ async function readKeptRecords(layout: BackupLayout, recordNames: string[]): Pro
   const out: ManifestFile[] = [];
   for (const r of recordNames.sort()) {
     let kept: ManifestFile;
+    const expected = layout.backupPath(r.slice(0, -KEPT_RECORD_SUFFIX.length));
     try {
-      kept = JSON.parse(await readFile(layout.retainPath(r), 'utf8')) as ManifestFile;
+      // Checked like a manifest entry: retain is group-writable too.
+      kept = parseManifest(JSON.stringify({ format: 'stoney-backup/1', files: [JSON.parse(await readFile(layout.retainPath(r), 'utf8'))] }), layout.leaf).files[0] as ManifestFile;
     } catch (err) {
       throw new BackupError(`cannot read ${r} in ${layout.retainDir}: ${errorMessage(err)}`, ReturnCode.missingNecessaryFiles, { cause: err });
     }
-    const expected = layout.backupPath(r.slice(0, -KEPT_RECORD_SUFFIX.length));
-    if (typeof kept.sha256 !== 'string' || kept.name !== path.basename(expected)) {
+    if (kept.name !== path.basename(expected)) {
       throw new BackupError(`${r} does not describe ${path.basename(expected)}`, ReturnCode.missingNecessaryFiles);
     }
     const size = await lstat(expected).then((s) => s.size, () => undefined);
     if (size !== kept.size) {
       throw new BackupError(`${expected} is ${size === undefined ? 'missing' : `${size} bytes, not ${kept.size}`}`, ReturnCode.missingNecessaryFiles);
     }
-    out.push({ name: kept.name, size: kept.size, sha256: kept.sha256 });
+    out.push(kept);
   }
   return out;
 }
@@ -187,6 +182,7 @@ async function refuseWhileReferenced(ctx: StepContext): Promise<void> {
 export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]> {
   const { layout, settings } = ctx;
   await assertNoSymlinkBelow(settings.rootDirectory, layout.vmBackupDir, 'directory');
+  await finishInterruptedRotation(ctx);
   const entries = await readdir(layout.vmBackupDir, { withFileTypes: true });
   const leaves = entries.filter((e) => e.isDirectory() && isLeafName(e.name)).map((e) => e.name).sort();
   const complete: string[] = [];
@@ -197,10 +193,13 @@ export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]
   // Never pull files from under a restore that is reading them.
   for (const l of await ctx.directory.listLeaves(ctx.vm.name)) if (isRestoreMode(l.mode)) protect.add(l.leaf);
   const pruned = selectBackupDirsToPrune(complete, settings.numberOfIterations, protect);
-  for (const l of pruned) await rm(path.join(layout.vmBackupDir, l), { recursive: true });
-  return pruned;
+  const removed: string[] = [];
+  // Oldest first: each removal folds what the next kept iteration needs of it.
+  for (const l of pruned) if (await removeIteration(ctx, l)) removed.push(l);
+  return removed;
 }
 
+/** The manifest of `<…>/<leaf>/manifest.json`, checked (readManifestFile). */
 export async function readManifest(file: string): Promise<BackupManifest> {
-  return JSON.parse(await readFile(file, 'utf8')) as BackupManifest;
+  return readManifestFile(file, path.basename(path.dirname(file)));
 }

@@ -6,7 +6,9 @@ import type { ImageFormat } from '../hypervisor/QemuImg.js';
 import { assertSafeImageHeader } from './imageHeaderCheck.js';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { MANIFEST_NAME } from '../domain/layout.js';
+import { MANIFEST_NAME, ROTATION_MARKER } from '../domain/layout.js';
+import { finishInterruptedRotation } from './rotateChains.js';
+import { materializeChain } from './materializeChain.js';
 import { readManifest } from './retainStep.js';
 import { sparseCopy } from './sparseCopy.js';
 import { exists } from './durableFs.js';
@@ -41,6 +43,11 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
       .filter((d) => d.type === 'file' && d.source !== undefined)
       .map((d) => [path.basename(d.source as string), d.format ?? 'raw']),
   );
+  // A rotation a kill interrupted is finished first: the chain must be whole before it is read.
+  await finishInterruptedRotation(ctx);
+  if (await exists(path.join(layout.backupDir, ROTATION_MARKER))) {
+    throw new BackupError(`backup ${layout.leaf} is being removed by rotation; it cannot be restored`, ReturnCode.missingNecessaryFiles);
+  }
   const manifest = (await exists(layout.manifestPath)) ? await readManifest(layout.manifestPath) : undefined;
   if (!manifest) logger.warn({ vm: vm.name, leaf: ctx.leaf }, `no ${MANIFEST_NAME} (a backup of the original implementation?): checking images with qemu-img only`);
 
@@ -54,6 +61,21 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
     const dest = work.retainPath(name);
     const partial = `${dest}.partial`;
     await rm(partial, { force: true });
+    const listed = manifest?.files.find((f) => f.name === `${name}${suffix}`);
+    if (manifest && !listed) await fail(`${name}${suffix} is not in the backup's manifest`);
+    if (listed?.backing) {
+      // An incremental image: its chain is checked member by member, then converted into one whole image.
+      try {
+        await materializeChain(ctx, { leaf: layout.leaf, name: listed.name }, partial, formats.get(name));
+      } catch (err) {
+        await rm(partial, { force: true });
+        await fail(`cannot restore ${name}${suffix} from its chain: ${errorMessage(err)}`, err);
+      }
+      copied.push(partial);
+      await rename(partial, dest);
+      copied[copied.length - 1] = dest;
+      continue;
+    }
     let result;
     try {
       result = await sparseCopy(source, partial, (done, total) => ctx.onProgress?.({ step: 'unretainLargeFiles', vm: vm.name, leaf: ctx.leaf, message: `copying ${name}`, done, total }), ctx.signal);
@@ -62,8 +84,6 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
       throw new BackupError(`cannot copy ${source}: ${errorMessage(err)}`, ReturnCode.cannotCopyImage, { cause: err });
     }
     copied.push(partial);
-    const listed = manifest?.files.find((f) => f.name === `${name}${suffix}`);
-    if (manifest && !listed) await fail(`${name}${suffix} is not in the backup's manifest`);
     if (listed && (listed.size !== result.size || listed.sha256 !== result.sha256)) {
       await fail(`${name}${suffix} does not match the manifest (size ${result.size} vs ${listed.size}, sha256 ${result.sha256.slice(0, 12)}… vs ${listed.sha256.slice(0, 12)}…)`);
     }

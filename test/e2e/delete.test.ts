@@ -43,11 +43,7 @@ async function writeDelete(vm: string, leaf: string, from = 'finished'): Promise
   expect(await w.directory.casMode((await w.leaf(vm, leaf)).dn, from, 'delete', { state: '0' })).toBe(true);
 }
 
-const cliEnv = () => ({
-  STONEY_LDAP_URL: w.slapd.url, STONEY_LDAP_BIND_DN: w.slapd.bindDn, STONEY_LDAP_PASSWORD_FILE: w.slapd.passwordFile,
-  STONEY_LDAP_BASE_DN: w.slapd.baseDn, STONEY_LIBVIRT_URI: w.libvirtUri, STONEY_IMAGE_ROOTS: w.imageRoot,
-  STONEY_ALLOWED_ROOTS: `${w.backupRoot}:${w.retainRoot}`,
-});
+const cliEnv = () => w.cliEnv();
 
 describe('delete written on a finished leaf (as the original web UI does)', () => {
   it('the node answers deleting → deleted 0, removes only that backup\'s files, and leaves the leaf to the control side', async () => {

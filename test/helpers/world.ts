@@ -242,6 +242,15 @@ ${this.backupSettings(o.backupAttributes)}
     this.vms.push(vm);
   }
 
+  /** Environment for the real CLI (`node bin/stoney-backup.js …`) against this world. */
+  cliEnv(): Record<string, string> {
+    return {
+      STONEY_LDAP_URL: this.slapd.url, STONEY_LDAP_BIND_DN: this.slapd.bindDn, STONEY_LDAP_PASSWORD_FILE: this.slapd.passwordFile,
+      STONEY_LDAP_BASE_DN: this.slapd.baseDn, STONEY_LIBVIRT_URI: this.libvirtUri, STONEY_IMAGE_ROOTS: this.imageRoot,
+      STONEY_ALLOWED_ROOTS: `${this.backupRoot}:${this.retainRoot}`,
+    };
+  }
+
   async cleanup(): Promise<void> {
     await this.stopNodeDaemons();
     for (const vm of this.vms) await removeVm(vm);

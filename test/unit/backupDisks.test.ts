@@ -22,6 +22,7 @@ function disk(over: Partial<DomainDisk>): DomainDisk {
     format: 'qcow2',
     source: '/var/virtualization/vm-persistent/pool1/vda.qcow2',
     backingChain: [],
+    backingFormats: [],
     ...over,
   };
 }

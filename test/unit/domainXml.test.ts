@@ -18,8 +18,8 @@ const running = fixture('dumpxml-running-backing-chain.xml');
 const inactive = fixture('dumpxml-inactive.xml');
 const saveImage = fixture('save-image-dumpxml.xml');
 
-const d1: DomainDisk = { type: 'file', device: 'disk', target: 'vda', format: 'qcow2', source: '/tmp/exp/img/d1.qcow2', backingChain: [] };
-const d2: DomainDisk = { type: 'file', device: 'disk', target: 'vdb', format: 'qcow2', source: '/tmp/exp/img/d2.qcow2', backingChain: [] };
+const d1: DomainDisk = { type: 'file', device: 'disk', target: 'vda', format: 'qcow2', source: '/tmp/exp/img/d1.qcow2', backingChain: [], backingFormats: [] };
+const d2: DomainDisk = { type: 'file', device: 'disk', target: 'vdb', format: 'qcow2', source: '/tmp/exp/img/d2.qcow2', backingChain: [], backingFormats: [] };
 
 /** The input minus every line that belongs to a <backingStore> element (the fixtures put each tag on its own line). */
 function withoutBackingStoreLines(xml: string): string {
@@ -43,7 +43,7 @@ function withoutBackingStoreLines(xml: string): string {
 
 describe('parseDomainDisks on captured virsh dumpxml', () => {
   it('reads both disks of a running domain, with vdb backed by the retain file', () => {
-    expect(parseDomainDisks(running)).toEqual([d1, { ...d2, backingChain: ['/tmp/exp/retain/d2.qcow2'] }]);
+    expect(parseDomainDisks(running)).toEqual([d1, { ...d2, backingChain: ['/tmp/exp/retain/d2.qcow2'], backingFormats: ['qcow2'] }]);
   });
 
   it('reads both disks of an inactive domain without backing chains', () => {
@@ -81,6 +81,7 @@ describe('parseDomainDisks on captured virsh dumpxml', () => {
         format: 'qcow2',
         source: '/var/virtualization/top.qcow2',
         backingChain: ['/var/virtualization/middle.qcow2', '/var/virtualization/base.raw'],
+        backingFormats: ['qcow2', 'raw'],
       },
     ]);
   });
@@ -113,8 +114,8 @@ describe('parseDomainDisks on captured virsh dumpxml', () => {
   </devices>
 </domain>`;
     expect(parseDomainDisks(xml)).toEqual([
-      { type: 'file', device: 'cdrom', target: 'hdc', format: 'raw', source: undefined, backingChain: [] },
-      { type: 'block', device: 'disk', target: 'vdb', format: 'raw', source: '/dev/vg0/lv&data', backingChain: [] },
+      { type: 'file', device: 'cdrom', target: 'hdc', format: 'raw', source: undefined, backingChain: [], backingFormats: [] },
+      { type: 'block', device: 'disk', target: 'vdb', format: 'raw', source: '/dev/vg0/lv&data', backingChain: [], backingFormats: [] },
       {
         type: 'file',
         device: 'disk',
@@ -122,8 +123,9 @@ describe('parseDomainDisks on captured virsh dumpxml', () => {
         format: undefined,
         source: `/var/virtualization/vm-persistent/p1/a&b <c> it's "q" é.img`,
         backingChain: [],
+        backingFormats: [],
       },
-      { type: 'network', device: 'disk', target: 'vdd', format: 'raw', source: undefined, backingChain: [] },
+      { type: 'network', device: 'disk', target: 'vdd', format: 'raw', source: undefined, backingChain: [], backingFormats: [] },
     ]);
     expect(parseDomainName(xml)).toBe('web&db');
   });

@@ -12,9 +12,10 @@ export const listCommand: Command = {
   summary: 'list the backups of a VM with date, state and size',
   usage: 'stoney-backup list VM [--json] [--config FILE]',
   help: `Shows every backup leaf of the VM: planned time, mode, return value,
-size (from the manifest, when the backup directory is readable on this host)
-and whether the backup is complete and restorable (finished, return value 0,
-manifest present).
+stored size and kind (full, or incremental and of which earlier backup; from
+the manifest, when the backup directory is readable on this host; --json
+also says why an image was stored whole) and whether the backup is complete
+and restorable (finished, return value 0, manifest present).
 
 ${exitCodeHelp}`,
   options: { json: { type: 'boolean' } },
@@ -34,6 +35,8 @@ ${exitCodeHelp}`,
         const layout = located?.layout;
         const manifest = layout ? await readManifest(layout.manifestPath).catch(() => undefined) : undefined;
         const size = manifest?.files.reduce((a, f) => a + f.size, 0);
+        const images = manifest?.files.filter((f) => f.format !== undefined || f.backing !== undefined) ?? [];
+        const kind = manifest === undefined ? null : images.some((f) => f.backing) ? 'incremental' : 'full';
         // The original implementation's backups have no manifest: its XML file marks them.
         const original = !manifest && layout !== undefined && (await stat(layout.backupPath(layout.xmlFileName)).then(() => true, () => false));
         rows.push({
@@ -43,6 +46,12 @@ ${exitCodeHelp}`,
           returnValue: l.returnValue ?? null,
           returnText: describeReturnCode(l.returnValue ?? 0),
           sizeBytes: size ?? null,
+          /** full, or incremental (some image stored relative to an earlier backup) */
+          kind,
+          /** why each image stored whole is not incremental */
+          fullReasons: images.filter((f) => f.fullReason !== undefined).map((f) => ({ image: f.name, reason: f.fullReason })),
+          /** the earlier backups this one needs (direct bases of its incremental images) */
+          basedOn: [...new Set(images.flatMap((f) => (f.backing ? [f.backing.leaf] : [])))],
           backupDir: layout?.backupDir ?? null,
           /** found under the VM-pool path an earlier stoney-backup version used */
           vmPoolPath: located?.legacy ?? false,
@@ -55,10 +64,11 @@ ${exitCodeHelp}`,
       } else if (rows.length === 0) {
         io.out(`${name}: no backups`);
       } else {
-        io.out(`${'LEAF'.padEnd(17)} ${'MODE'.padEnd(22)} ${'RV'.padStart(3)} ${'SIZE'.padStart(10)}  RESTORABLE`);
+        io.out(`${'LEAF'.padEnd(17)} ${'MODE'.padEnd(22)} ${'RV'.padStart(3)} ${'STORED'.padStart(10)} ${'KIND'.padEnd(11)}  RESTORABLE`);
         for (const r of rows) {
           const size = r.sizeBytes === null ? '-' : `${(r.sizeBytes / 1024 / 1024).toFixed(1)}M`;
-          io.out(`${r.leaf.padEnd(17)} ${r.mode.padEnd(22)} ${String(r.returnValue ?? '-').padStart(3)} ${size.padStart(10)}  ${r.restorable ? 'yes' : 'no'}`);
+          const kind = r.kind === 'incremental' ? `incr. of ${r.basedOn.join(',')}` : (r.kind ?? '-');
+          io.out(`${r.leaf.padEnd(17)} ${r.mode.padEnd(22)} ${String(r.returnValue ?? '-').padStart(3)} ${size.padStart(10)} ${kind.padEnd(11)}  ${r.restorable ? 'yes' : 'no'}`);
         }
       }
       return ExitCode.ok;

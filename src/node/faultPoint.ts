@@ -1,0 +1,10 @@
+/**
+ * Crash-safety tests need a kill at an exact instant of a multi-step file
+ * operation, which no real fault produces on demand. With
+ * STONEY_TEST_FAULT=<name> the process kills itself (SIGKILL: no cleanup
+ * runs, as after a power loss) when it reaches the point of that name.
+ * Unset, this does nothing.
+ */
+export function faultPoint(name: string): void {
+  if (process.env['STONEY_TEST_FAULT'] === name) process.kill(process.pid, 'SIGKILL');
+}

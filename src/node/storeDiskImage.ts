@@ -1,0 +1,94 @@
+import { open, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { planImageBase, relativeBackingPath, type ImageBasePlan } from '../domain/backupChain.js';
+import { errorMessage } from '../domain/errors.js';
+import { isImageFormat } from '../hypervisor/QemuImg.js';
+import { finishedIterations, listIterationDirs, type ManifestFile } from './backupIterations.js';
+import { finishInterruptedRotation } from './rotateChains.js';
+import { fileSha256, sparseCopy } from './sparseCopy.js';
+import type { StepContext } from './StepContext.js';
+
+/**
+ * Write one disk image of this backup to `partial` (the caller sets mode and
+ * owner and renames it to its final name): whole, or — when an earlier
+ * finished backup of the same disk can serve as base (planImageBase) — as a
+ * qcow2 image holding only the clusters that differ from it, its backing
+ * file the earlier image by a relative path. `source` is the frozen image
+ * (nothing writes it while this runs), `format` its format from the domain
+ * definition (never probed).
+ */
+export async function storeDiskImage(
+  ctx: StepContext,
+  args: { source: string; format: string | undefined; imageFileName: string; partial: string; step: string },
+): Promise<ManifestFile> {
+  const { layout, settings, logger, vm, qemuImg } = ctx;
+  const { source, imageFileName, partial, step } = args;
+  const format = isImageFormat(args.format) ? args.format : undefined;
+  const name = path.basename(layout.backupPath(imageFileName));
+  const info = format ? await qemuImg.info(source, { shared: true, format }) : undefined;
+  await finishInterruptedRotation(ctx);
+  const iterations = await finishedIterations(await listIterationDirs(settings.rootDirectory, layout.vmBackupDir));
+  const plan: ImageBasePlan = info && format
+    ? planImageBase({ fileName: name, imageFileName, leaf: layout.leaf, fullEvery: settings.fullEvery, source: { format, hasBacking: info.backingFile !== undefined, virtualSize: info.virtualSize }, iterations })
+    : { kind: 'full', reason: `disk format ${JSON.stringify(args.format)} is not one the project reads` };
+  const t0 = performance.now();
+  if (plan.kind === 'incremental') {
+    try {
+      const r = await writeIncremental(ctx, { source, format: format ?? 'qcow2', partial, plan, step, imageFileName });
+      logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, kind: 'incremental', base: plan.base.leaf, depth: plan.depth, bytes: r.size, durationMs: Math.round(performance.now() - t0) }, 'disk image stored incrementally');
+      return { ...r, format: 'qcow2', virtualSize: info?.virtualSize ?? 0, backing: plan.base };
+    } catch (err) {
+      if (ctx.signal?.aborted) throw err;
+      // Never a wrong incremental, and never no backup because the base is unreadable: store it whole.
+      await rm(partial, { force: true });
+      logger.warn({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, base: plan.base.leaf, err: errorMessage(err) }, 'comparing with the previous backup failed; storing the image whole');
+      return storeWhole(ctx, { source, partial, step, imageFileName, format, virtualSize: info?.virtualSize, reason: `comparing with ${plan.base.leaf} failed: ${errorMessage(err)}` });
+    }
+  }
+  const r = await storeWhole(ctx, { source, partial, step, imageFileName, format, virtualSize: info?.virtualSize, reason: plan.reason });
+  logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, kind: 'full', reason: plan.reason, bytes: r.size, durationMs: Math.round(performance.now() - t0) }, 'disk image stored whole');
+  return r;
+}
+
+async function storeWhole(
+  ctx: StepContext,
+  a: { source: string; partial: string; step: string; imageFileName: string; format: ManifestFile['format']; virtualSize: number | undefined; reason: string },
+): Promise<ManifestFile> {
+  const r = await sparseCopy(a.source, a.partial, (done, total) => ctx.onProgress?.({ step: a.step, vm: ctx.vm.name, leaf: ctx.leaf, message: `keeping ${a.imageFileName}`, done, total }), ctx.signal);
+  return {
+    name: path.basename(ctx.layout.backupPath(a.imageFileName)),
+    size: r.size,
+    sha256: r.sha256,
+    ...(a.format ? { format: a.format } : {}),
+    ...(a.virtualSize !== undefined ? { virtualSize: a.virtualSize } : {}),
+    fullReason: a.reason,
+  };
+}
+
+/**
+ * An empty overlay of the frozen image, rebased in safe mode onto the
+ * previous backup's image: qemu-img writes into it exactly the clusters in
+ * which the two differ, so the result over its new backing reads as the
+ * frozen image — by construction, whatever happened in between.
+ */
+async function writeIncremental(
+  ctx: StepContext,
+  a: { source: string; format: 'qcow2' | 'raw'; partial: string; plan: Extract<ImageBasePlan, { kind: 'incremental' }>; step: string; imageFileName: string },
+): Promise<{ name: string; size: number; sha256: string }> {
+  const { qemuImg, vm } = ctx;
+  const rel = relativeBackingPath(a.plan.base);
+  ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message: `storing what changed in ${a.imageFileName} since ${a.plan.base.leaf}` });
+  await rm(a.partial, { force: true });
+  await qemuImg.createOverlay(a.partial, a.source, a.format);
+  await qemuImg.rebaseComparing(a.partial, rel, 'qcow2', ctx.signal);
+  const header = await qemuImg.info(a.partial, { format: 'qcow2' });
+  if (header.backingName !== rel) throw new Error(`the incremental image names ${JSON.stringify(header.backingName)} as backing, not ${rel}`);
+  const h = await open(a.partial, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+  const r = await fileSha256(a.partial);
+  return { name: path.basename(ctx.layout.backupPath(a.imageFileName)), size: r.size, sha256: r.sha256 };
+}

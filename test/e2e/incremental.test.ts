@@ -1,0 +1,175 @@
+import { describe, expect, it, beforeAll } from 'vitest';
+import { lstat, readdir, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { World } from '../helpers/world.js';
+import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
+import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
+import { runBackupBatch } from '../../src/control/runBackupBatch.js';
+import { runRestore } from '../../src/control/runRestore.js';
+import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
+import { readManifest } from '../../src/node/retainStep.js';
+import type { LeafEntry } from '../../src/directory/types.js';
+
+/**
+ * Incremental backups on real libvirt/QEMU: after the first, a backup stores
+ * only what the guest changed; rotation folds what a kept backup needs;
+ * every kept backup restores exactly its moment through the protocol;
+ * `verify` finds damage.
+ */
+const A = 0xab;
+const P1 = 0x11;
+const P2 = 0x22;
+const P3 = 0x33;
+const MiB = 1024 * 1024;
+const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
+const CLI = path.resolve('bin/stoney-backup.js');
+
+let w: World;
+useWorldWithNodeDaemon((x) => (w = x));
+
+async function backup(vm: string, leaf: string): Promise<LeafEntry> {
+  const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf, policy, logger: w.logger });
+  expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+  return done!;
+}
+
+async function restore(vm: string, leaf: string) {
+  const l = await w.leaf(vm, leaf);
+  const r = await runRestore({ directory: w.directory, vm: (await w.directory.getVm(vm))!, leaf: l, policy, logger: w.logger, pollMs: 100, decide: async () => ({ prefer: 'backup', overrides: {} }) });
+  expect({ outcome: r.outcome, failedAt: r.failedAt }).toEqual({ outcome: 'restored', failedAt: undefined });
+}
+
+async function cli(args: string[]) {
+  return execa('node', [CLI, ...args], { env: { ...process.env, ...w.cliEnv() }, reject: false });
+}
+
+async function imageEntry(vm: string, leaf: string, disk: string) {
+  const layout = w.layoutOf(vm, leaf);
+  const manifest = await readManifest(layout.manifestPath);
+  const entry = manifest.files.find((f) => f.name === path.basename(layout.backupPath(path.basename(disk))));
+  expect(entry).toBeDefined();
+  return { layout, entry: entry!, file: layout.backupPath(path.basename(disk)) };
+}
+
+describe('three live backups with guest writes between them, two kept', () => {
+  const L1 = '20261129T010000Z';
+  const L2 = '20261129T020000Z';
+  const L3 = '20261129T030000Z';
+  let vm: string;
+  let disk: string;
+
+  beforeAll(async () => {
+    const tiny = await w.addVm('inc', { running: true, pattern: A, method: 'live', sizeMiB: 256, backupAttributes: ['sstBackupNumberOfIterations: 2', 'sstBackupFullEvery: 7'] });
+    vm = tiny.name;
+    disk = tiny.disks[0]!.path;
+    // 64 MiB of data the guest never changes again: a full copy would store it every time.
+    await guestWrite(vm, 'vda', A, '64M', '64M');
+    await backup(vm, L1);
+    await guestWrite(vm, 'vda', P1, '2M', '1M');
+    await backup(vm, L2);
+    await guestWrite(vm, 'vda', P2, '4M', '1M');
+    await guestWrite(vm, 'vda', P3, '2M', '512K');
+    await backup(vm, L3);
+  });
+
+  it('stored the second backup as the changes since the first, the third as the changes since the second', async () => {
+    const second = await imageEntry(vm, L2, disk);
+    const third = await imageEntry(vm, L3, disk);
+    // L1 was rotated away; L2 absorbed it (a fold) and is whole now.
+    expect(second.entry.backing).toBeUndefined();
+    expect(second.entry.fullReason).toMatch(/made whole when 20261129T010000Z was removed/);
+    expect(third.entry.backing).toEqual({ leaf: L2, name: path.basename(second.file) });
+    expect(path.resolve((await backingFileOf(third.file)) ?? '')).toBe(second.file);
+    // 1.5 MiB changed: the incremental image holds that plus qcow2 metadata, not the 65 MiB of data.
+    expect(third.entry.size).toBeLessThan(4 * MiB);
+    expect(second.entry.size).toBeGreaterThan(65 * MiB);
+    expect((await stat(third.file)).size).toBe(third.entry.size);
+  });
+
+  it('removed the oldest backup directory, and the kept chains read each moment exactly', async () => {
+    expect(await lstat(w.layoutOf(vm, L1).backupDir).then(() => true, () => false)).toBe(false);
+    const second = (await imageEntry(vm, L2, disk)).file;
+    const third = (await imageEntry(vm, L3, disk)).file;
+    expect(await imageMatches(second, A, '0', '1M')).toBe(true);
+    expect(await imageMatches(second, P1, '2M', '1M')).toBe(true);
+    expect(await imageMatches(second, 0, '4M', '1M')).toBe(true);
+    expect(await imageMatches(second, A, '64M', '64M')).toBe(true);
+    expect(await imageMatches(third, P3, '2M', '512K')).toBe(true);
+    expect(await imageMatches(third, P1, '2560K', '512K')).toBe(true);
+    expect(await imageMatches(third, P2, '4M', '1M')).toBe(true);
+    expect(await imageMatches(third, A, '64M', '64M')).toBe(true);
+  });
+
+  it('list says which backup is incremental and of what; verify finds everything intact', async () => {
+    const list = await cli(['list', vm, '--json']);
+    expect(list.exitCode).toBe(0);
+    const rows = JSON.parse(list.stdout).backups as { leaf: string; kind: string; basedOn: string[] }[];
+    expect(rows.filter((r) => r.leaf !== L1).map((r) => [r.leaf, r.kind, r.basedOn])).toEqual([
+      [L2, 'full', []],
+      [L3, 'incremental', [L2]],
+    ]);
+    const v = await cli(['verify', vm, '--json']);
+    expect(v.stderr.split('\n').filter((l) => /"level":(50|60)/.test(l))).toEqual([]);
+    expect(v.exitCode).toBe(0);
+    const report = JSON.parse(v.stdout) as { intact: boolean; backups: { leaf: string; kind: string; needs: string[]; problems: string[] }[] };
+    expect(report.backups.map((b) => [b.leaf, b.kind, b.needs, b.problems])).toEqual([
+      [L2, 'full', [], []],
+      [L3, 'incremental', [L2], []],
+    ]);
+  });
+
+  it('restores the incremental backup through the protocol with exactly its moment\'s data', async () => {
+    await restore(vm, L3);
+    expect(await virsh.domState(vm)).toBe('running');
+    expect(await guestReadMatches(vm, 'vda', P3, '2M', '512K')).toBe(true);
+    expect(await guestReadMatches(vm, 'vda', P1, '2560K', '512K')).toBe(true);
+    expect(await guestReadMatches(vm, 'vda', P2, '4M', '1M')).toBe(true);
+    expect(await guestReadMatches(vm, 'vda', A, '64M', '64M')).toBe(true);
+    expect(await backingFileOf(disk)).toBeUndefined();
+  });
+
+  it('restores the older kept backup too, without the later writes', async () => {
+    await restore(vm, L2);
+    expect(await guestReadMatches(vm, 'vda', P1, '2M', '1M')).toBe(true);
+    expect(await guestReadMatches(vm, 'vda', 0, '4M', '1M')).toBe(true);
+    expect(await guestReadMatches(vm, 'vda', A, '64M', '64M')).toBe(true);
+    expect(await backingFileOf(disk)).toBeUndefined();
+  });
+
+  it('verify detects a flipped byte in a chain member and a missing backing file', async () => {
+    const second = (await imageEntry(vm, L2, disk)).file;
+    const fd = await import('node:fs/promises').then((m) => m.open(second, 'r+'));
+    try {
+      const b = Buffer.alloc(1);
+      const at = Math.floor((await fd.stat()).size / 2);
+      await fd.read(b, 0, 1, at);
+      b[0] = (b[0] ?? 0) ^ 0xff;
+      await fd.write(b, 0, 1, at);
+    } finally {
+      await fd.close();
+    }
+    const flipped = await cli(['verify', vm, L3]);
+    expect(flipped.exitCode).toBe(1);
+    expect(flipped.stdout).toMatch(/DAMAGED[\s\S]*does not match its manifest/);
+    await rm(second);
+    const missing = await cli(['verify', vm, '--json']);
+    expect(missing.exitCode).toBe(1);
+    const report = JSON.parse(missing.stdout) as { backups: { leaf: string; problems: string[] }[] };
+    expect(report.backups.find((b) => b.leaf === L3)?.problems.join(' ')).toMatch(/missing or not the size/);
+  });
+
+  it('stores the next backup whole, saying why, when the previous chain is broken', async () => {
+    const L4 = '20261129T040000Z';
+    await backup(vm, L4);
+    const fourth = await imageEntry(vm, L4, disk);
+    expect(fourth.entry.backing).toBeUndefined();
+    expect(fourth.entry.fullReason).toMatch(/chain is broken/);
+    expect(await imageMatches(fourth.file, P1, '2M', '1M')).toBe(true);
+    const list = JSON.parse((await cli(['list', vm, '--json'])).stdout) as { backups: { leaf: string; fullReasons: { reason: string }[] }[] };
+    expect(list.backups.find((b) => b.leaf === L4)?.fullReasons[0]?.reason).toMatch(/chain is broken/);
+    // Nothing of the runs is left behind in the backup store.
+    const names = await readdir(w.layoutOf(vm, L4).vmBackupDir, { recursive: true });
+    expect(names.filter((n) => /partial|fold\.json|rotation-remove/.test(n))).toEqual([]);
+  });
+});
