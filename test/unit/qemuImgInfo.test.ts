@@ -15,6 +15,7 @@ describe('parseQemuImgInfo on captured output', () => {
       actualSize: 200_704,
       backingFile: '/tmp/exp/retain/d2.qcow2',
       backingFormat: 'qcow2',
+      backingName: '/tmp/exp/retain/d2.qcow2',
     });
   });
 
@@ -32,9 +33,10 @@ describe('parseQemuImgInfo on captured output', () => {
 describe('parseQemuImgInfo on edited output', () => {
   const overlay = JSON.parse(fixture('qemu-img-info-overlay.json')) as Record<string, unknown>;
 
-  it('prefers full-backing-filename (as qemu resolved it) over backing-filename (as written in the header)', () => {
+  it('prefers full-backing-filename (as qemu resolved it) over backing-filename (as written in the header), and keeps the header\'s as backingName', () => {
     const o = { ...overlay, 'backing-filename': 'd2.qcow2', 'full-backing-filename': '/var/virtualization/retain/d2.qcow2' };
     expect(parseQemuImgInfo(JSON.stringify(o)).backingFile).toBe('/var/virtualization/retain/d2.qcow2');
+    expect(parseQemuImgInfo(JSON.stringify(o)).backingName).toBe('d2.qcow2');
   });
 
   it('falls back to backing-filename when full-backing-filename is missing', () => {
@@ -52,6 +54,7 @@ describe('parseQemuImgInfo on edited output', () => {
       actualSize: undefined,
       backingFile: '/tmp/exp/retain/d2.qcow2',
       backingFormat: 'qcow2',
+      backingName: '/tmp/exp/retain/d2.qcow2',
     });
   });
 
