@@ -173,3 +173,28 @@ describe('three live backups with guest writes between them, two kept', () => {
     expect(names.filter((n) => /partial|fold\.json|rotation-remove/.test(n))).toEqual([]);
   });
 });
+
+describe('incremental backups with the save method', () => {
+  const L1 = '20261128T010000Z';
+  const L2 = '20261128T020000Z';
+
+  it('stores the second backup as what changed, and restores it exactly', async () => {
+    const tiny = await w.addVm('incsave', { running: true, pattern: A, method: 'save', sizeMiB: 128, backupAttributes: ['sstBackupNumberOfIterations: 2'] });
+    const vm = tiny.name;
+    const disk = tiny.disks[0]!.path;
+    await guestWrite(vm, 'vda', A, '32M', '32M');
+    await backup(vm, L1);
+    await guestWrite(vm, 'vda', P1, '2M', '1M');
+    await backup(vm, L2);
+    const first = await imageEntry(vm, L1, disk);
+    const second = await imageEntry(vm, L2, disk);
+    expect(first.entry.fullReason).toBe('no earlier finished backup of the VM');
+    expect(second.entry.backing).toEqual({ leaf: L1, name: path.basename(first.file) });
+    expect(second.entry.size).toBeLessThan(4 * MiB);
+    await guestWrite(vm, 'vda', P2, '2M', '1M');
+    await restore(vm, L2);
+    expect(await guestReadMatches(vm, 'vda', P1, '2M', '1M')).toBe(true);
+    expect(await guestReadMatches(vm, 'vda', A, '32M', '32M')).toBe(true);
+    expect(await backingFileOf(disk)).toBeUndefined();
+  });
+});

@@ -22,6 +22,7 @@ import { run } from '../../src/hypervisor/exec.js';
 
 const A = 0xab;
 const B = 0xcd;
+const C = 0x3c;
 const RUNBOOK = path.join(PROJECT_ROOT, 'docs', 'restore-runbook.md');
 const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 const vmStorageGid = Number(execFileSync('getent', ['group', 'vm-storage']).toString().split(':')[2]);
@@ -75,10 +76,16 @@ interface Scenario {
  * persistent definition, and the directory changed (an attribute added, one
  * removed, an entry added) — all after the backup, so the restore must undo them.
  */
-async function backedUpAndChanged(short: string, leaf: string, running = true): Promise<Scenario> {
-  const tiny = await w.addVm(short, { running, pattern: A });
+async function backedUpAndChanged(short: string, leaf: string, running = true, opts: { incrementalOf?: string } = {}): Promise<Scenario> {
+  const tiny = await w.addVm(short, { running, pattern: A, ...(opts.incrementalOf ? { backupAttributes: ['sstBackupNumberOfIterations: 2'] } : {}) });
   const vm = tiny.name;
   await w.startNodeDaemon();
+  if (opts.incrementalOf) {
+    // An earlier backup, then C: the backup under test stores C only, relative to the earlier one.
+    const [first] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf: opts.incrementalOf, policy, logger: w.logger });
+    expect({ mode: first?.mode, rv: first?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    await guestWrite(vm, 'vda', C, '4M', '1M');
+  }
   const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf, policy, logger: w.logger });
   expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
   await w.stopNodeDaemons(); // the runbook is for when the daemons cannot be used
@@ -219,6 +226,21 @@ describe('the manual-restore runbook', () => {
     expect(await ldapSearch(w.slapd, `ou=backup,${vmDn(s.vm)}`)).toBe(s.backupSubtreeBefore);
     expect((await w.leaf(s.vm, s.leaf)).mode).toBe('finished');
 
+    await expectRetainClean(s);
+  });
+
+  it('restores an incremental backup: the image is converted with its chain, the guest sees A and C without B', async () => {
+    const s = await backedUpAndChanged('rb4', '20261122T050000Z', true, { incrementalOf: '20261122T045000Z' });
+    const manifest = JSON.parse(await readFile(s.layout.manifestPath, 'utf8')) as { files: { name: string; backing?: { leaf: string } }[] };
+    expect(manifest.files.find((f) => f.name === path.basename(s.layout.backupPath(path.basename(s.image))))?.backing?.leaf).toBe('20261122T045000Z');
+    const prelude = buildPrelude(blocks, variablesFor(s, utcStamp()));
+    const runs = await runBlocks(prelude, blocks.filter((b) => b.kind === 'inspect' || b.kind === 'changes'));
+    console.log(`runbook, incremental backup: ${runs.length} blocks executed`);
+    expect(await virsh.domState(s.vm)).toBe('running');
+    expect(await guestReadMatches(s.vm, 'vda', A, '0', '1M')).toBe(true);
+    expect(await guestReadMatches(s.vm, 'vda', C, '4M', '1M')).toBe(true);
+    expect(await guestReadMatches(s.vm, 'vda', 0, '2M', '1M')).toBe(true);
+    expect(await backingFileOf(s.image)).toBeUndefined();
     await expectRetainClean(s);
   });
 
