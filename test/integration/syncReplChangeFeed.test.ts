@@ -17,6 +17,7 @@ import { parseSyncCookie } from '../../src/directory/syncCookie.js';
 import { DirectoryError } from '../../src/directory/DirectoryError.js';
 import { KeyedWorkQueue } from '../../src/node/KeyedWorkQueue.js';
 import type { ChangeEvent } from '../../src/directory/types.js';
+import { ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
 
 const BASE = 'o=stepping-stone,c=ch';
 const SERVICE = `ou=virtualization,ou=services,${BASE}`;
@@ -92,11 +93,10 @@ function feedOptions(extra: Partial<SyncReplChangeFeedOptions> = {}): SyncReplCh
 /** A fresh VM (unique name) with an ou=backup, on `node`. */
 async function addVm(node = NODE): Promise<string> {
   const vm = `sync-${process.pid}-${++seq}`;
-  await ldapAdd(slapd, [
-    `dn: ${vmDn(vm)}`, 'objectClass: sstVirtualizationVirtualMachine', `sstVirtualMachine: ${vm}`, `sstNode: ${node}`,
-    `sstVirtualMachinePool: ${POOL}`, 'sstVirtualMachineType: persistent', 'sstType: kvm', '',
-    `dn: ou=backup,${vmDn(vm)}`, 'objectClass: organizationalUnit', 'ou: backup', '',
-  ].join('\n'));
+  await ldapAdd(slapd, ldifText(
+    vmEntryLines(vmDn(vm), { name: vm, node, pool: POOL }),
+    [`dn: ou=backup,${vmDn(vm)}`, 'objectClass: organizationalUnit', 'ou: backup'],
+  ));
   return vm;
 }
 
@@ -325,7 +325,7 @@ describe('SyncReplChangeFeed: what a daemon hears', () => {
     for (let v = 0; v < 200; v++) {
       const vm = `burst-${process.pid}-${v}`;
       vms.push(vm);
-      ldif.push(`dn: ${vmDn(vm)}\nobjectClass: sstVirtualizationVirtualMachine\nsstVirtualMachine: ${vm}\nsstNode: ${NODE}\nsstVirtualMachinePool: ${POOL}\nsstType: kvm\n`);
+      ldif.push(ldifText(vmEntryLines(vmDn(vm), { name: vm, node: NODE, pool: POOL, vmType: null })));
       ldif.push(`dn: ou=backup,${vmDn(vm)}\nobjectClass: organizationalUnit\nou: backup\n`);
       for (let l = 0; l < 5; l++) {
         ldif.push(`dn: ${leafDn(vm, `2024060${l + 1}T000000Z`)}\nobjectClass: organizationalUnit\nobjectClass: sstProvisioning\nou: 2024060${l + 1}T000000Z\nsstProvisioningMode: initialized\nsstProvisioningState: 0\nsstProvisioningExecutionDate: 0\n`);
