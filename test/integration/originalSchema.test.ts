@@ -8,10 +8,10 @@
  */
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Client } from 'ldapts';
-import { EXTENSION_INCLUDE, LDIF_DIR, PROJECT_ROOT, ldapAddConfig, ldapModify, startSlapd, type PrivateSlapd } from '../helpers/slapd.js';
-import { connectDirectory } from '../../src/directory/connect.js';
+import { EXTENSION_INCLUDE, LDIF_DIR, PROJECT_ROOT, ldapAddConfig, ldapModify, type PrivateSlapd } from '../helpers/slapd.js';
+import { useSlapdWithDirectory } from '../helpers/useSlapd.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { BackupModes, PruneModes, RestoreModes } from '../../src/domain/modes.js';
 import { parseLdif } from '../../src/domain/restore/ldifRecords.js';
@@ -127,14 +127,7 @@ describe('the two schema files', () => {
 describe('a slapd with exactly the original definitions plus the extension', () => {
   let slapd: PrivateSlapd;
   let dir: LdapBackupDirectory;
-  beforeAll(async () => {
-    slapd = await startSlapd();
-    dir = await connectDirectory({ url: slapd.url, bindDn: slapd.bindDn, passwordFile: slapd.passwordFile, baseDn: slapd.baseDn });
-  });
-  afterAll(async () => {
-    await dir?.close();
-    await slapd?.stop();
-  });
+  useSlapdWithDirectory((s) => ({ slapd, dir } = s));
 
   it('serves every definition of both files unchanged', async () => {
     const served = await servedSchema(slapd);
@@ -192,14 +185,7 @@ describe('a slapd with exactly the original definitions plus the extension', () 
 describe('an existing installation: the original schema only, the extension loaded while it runs', () => {
   let slapd: PrivateSlapd;
   let dir: LdapBackupDirectory;
-  beforeAll(async () => {
-    slapd = await startSlapd({ withoutExtension: true });
-    dir = await connectDirectory({ url: slapd.url, bindDn: slapd.bindDn, passwordFile: slapd.passwordFile, baseDn: slapd.baseDn });
-  });
-  afterAll(async () => {
-    await dir?.close();
-    await slapd?.stop();
-  });
+  useSlapdWithDirectory((s) => ({ slapd, dir } = s), { withoutExtension: true });
 
   it('holds the original tree without the extension; ldapadd of the extension adds its names, and the snapshot method is then read', async () => {
     expect((await servedSchema(slapd)).has('sstBackupSnapshotMethod')).toBe(false);

@@ -8,9 +8,9 @@ import net from 'node:net';
 import path from 'node:path';
 import { readFile, writeFile } from 'node:fs/promises';
 import pino from 'pino';
-import { startSlapd, ldapAdd, ldapModify, ldapModifyConfig, LDIF_DIR, type PrivateSlapd } from '../helpers/slapd.js';
+import { ldapAdd, ldapModify, ldapModifyConfig, LDIF_DIR, type PrivateSlapd } from '../helpers/slapd.js';
 import { setUpSlapdTls, type SlapdTls } from '../helpers/tls.js';
-import { connectDirectory } from '../../src/directory/connect.js';
+import { useSlapdWithDirectory } from '../helpers/useSlapd.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { SyncReplChangeFeed, type SyncReplChangeFeedOptions } from '../../src/directory/SyncReplChangeFeed.js';
 import { parseSyncCookie } from '../../src/directory/syncCookie.js';
@@ -32,15 +32,7 @@ let slapd: PrivateSlapd;
 let dir: LdapBackupDirectory;
 let seq = 0;
 
-beforeAll(async () => {
-  slapd = await startSlapd();
-  dir = await connectDirectory({ url: slapd.url, bindDn: slapd.bindDn, passwordFile: slapd.passwordFile, baseDn: slapd.baseDn });
-});
-
-afterAll(async () => {
-  await dir?.close();
-  await slapd?.stop();
-});
+useSlapdWithDirectory((s) => ({ slapd, dir } = s));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
