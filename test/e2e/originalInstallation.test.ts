@@ -60,7 +60,8 @@ describe('a backup through the protocol', () => {
     const disk = `${path.basename(vm.disks[0]!.path)}.${leaf}`;
     expect(await readdir(layout.backupDir)).toEqual(expect.arrayContaining([`${vm.name}.xml.${leaf}`, `${vm.name}.ldif.${leaf}`, `${vm.name}.state.${leaf}`, disk]));
     expect(await readdir(path.join(w.backupRoot, 'vm-persistent'))).toEqual([STORAGE_POOL]); // never the VM pool
-    expect({ image: await mode(layout.backupPath(path.basename(vm.disks[0]!.path))), dir: await mode(layout.backupDir) }).toEqual({ image: '660', dir: '770' });
+    // 660 and 770 read as octal (decimal 770 would be 01402); new directories get the mode less the umask.
+    expect({ image: await mode(layout.backupPath(path.basename(vm.disks[0]!.path))), dir: await mode(layout.backupDir) }).toEqual({ image: '660', dir: (0o770 & ~process.umask()).toString(8) });
     // The leaf as the web UI reads it: the original's attributes only, one execution time per step.
     const raw = await ldapSearch(w.slapd, done!.dn, '(objectClass=*)', ['*'], 'base');
     expect(raw.match(/^sstProvisioningExecutionTime: (\w+):/gm)?.map((l) => l.split(' ')[1]).sort()).toEqual(expect.arrayContaining(['merge:', 'retain:', 'snapshot:']));
