@@ -73,11 +73,26 @@ if ! ldapsearch "${LDAP[@]}" -LLL -s base -b "sstVirtualMachine=$VM,ou=virtual m
 dn: sstVirtualMachine=$VM,ou=virtual machines,$SERVICE
 objectClass: top
 objectClass: sstVirtualizationVirtualMachine
+objectClass: sstVirtualizationVirtualMachineDevices
 sstVirtualMachine: $VM
+sstDisplayName: stoney-backup demo VM
 sstNode: $NODE
 sstVirtualMachinePool: $POOL
 sstVirtualMachineType: persistent
 sstType: kvm
+sstStatus: running
+sstMemory: 33554432
+sstVCPU: 1
+sstClockOffset: utc
+sstOnPowerOff: destroy
+sstOnReboot: restart
+sstOnCrash: destroy
+sstOSArchitecture: x86_64
+sstOSMachine: pc
+sstOSType: hvm
+sstOSBootDevice: hd
+sstEmulator: /usr/bin/qemu-system-x86_64
+sstMemBalloon: none
 
 dn: ou=devices,sstVirtualMachine=$VM,ou=virtual machines,$SERVICE
 objectClass: top
@@ -91,6 +106,7 @@ sstDisk: vda
 sstDevice: disk
 sstType: file
 sstSourceFile: $DISK
+sstDriverName: qemu
 sstDriverType: qcow2
 sstTargetBus: virtio
 
@@ -104,7 +120,7 @@ sstBackupRetainDirectory: file://$DEMO/virtualization/retain
 sstBackupNumberOfIterations: 3
 sstVirtualizationDiskImageOwner: root
 sstVirtualizationDiskImageGroup: vm-storage
-sstVirtualizationDiskImagePermission: 0660
+sstVirtualizationDiskImagePermission: 660
 LDIF
 fi
 

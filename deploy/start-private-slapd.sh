@@ -3,7 +3,8 @@
 #
 #   deploy/start-private-slapd.sh <dir> <port>
 #
-# <dir>/slapd.d  cn=config (from ldif/config.ldif + the stoney-backup schema)
+# <dir>/slapd.d  cn=config (from ldif/config.ldif: the original stoney cloud
+#                schema the project uses + the stoney-backup extension)
 # <dir>/data     the mdb database, loaded once with ldif/sample-tree.ldif
 # <dir>/rootpw   the rootdn password (mode 600, no trailing newline)
 # <dir>/slapd.pid, <dir>/slapd.log

@@ -39,6 +39,7 @@ import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { KeyedWorkQueue } from '../../src/node/KeyedWorkQueue.js';
 import type { ChangeFeed } from '../../src/directory/types.js';
+import { ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
 
 const NODES = 20;
 const nodeName = (n: number) => `node-${String(n + 1).padStart(2, '0')}.example.com`;
@@ -64,7 +65,7 @@ const leafDn = (i: number, l: number) => `ou=${leafName(l)},ou=backup,${vmDn(i)}
 async function benchLdif(dir: string): Promise<string> {
   const out: string[] = [];
   for (let i = 0; i < VM_COUNT; i++) {
-    out.push(`dn: ${vmDn(i)}\nobjectClass: top\nobjectClass: sstVirtualizationVirtualMachine\nsstVirtualMachine: ${vmName(i)}\nsstNode: ${nodeName(i % NODES)}\nsstVirtualMachinePool: ${POOL}\nsstVirtualMachineType: persistent\nsstType: kvm\n`);
+    out.push(ldifText(vmEntryLines(vmDn(i), { name: vmName(i), node: nodeName(i % NODES), pool: POOL })));
     out.push(`dn: ou=backup,${vmDn(i)}\nobjectClass: top\nobjectClass: organizationalUnit\nou: backup\n`);
     for (let l = 0; l < LEAVES_PER_VM; l++) {
       const mode = i % NODES === 0 ? 'initialized' : 'finished';

@@ -11,6 +11,7 @@ import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { BackupLayout } from '../../src/domain/layout.js';
 import { run } from '../../src/hypervisor/exec.js';
+import { ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
 
 const A = 0xab;
 const POOL = '0f83f084-8080-413e-b558-b678e504836e';
@@ -80,15 +81,7 @@ describe('bad input: a clear code on the leaf, nothing touched, other VMs still 
 
   it('a VM name that is not a safe path component gets 52 and reaches no command', async () => {
     const bad = `${w.prefix}..evil`;
-    await ldapAdd(w.slapd, `dn: ${vmDn(bad)}
-objectClass: top
-objectClass: sstVirtualizationVirtualMachine
-sstVirtualMachine: ${bad}
-sstNode: ${w.nodeName}
-sstVirtualMachinePool: ${POOL}
-sstVirtualMachineType: persistent
-sstType: kvm
-
+    await ldapAdd(w.slapd, `${ldifText(vmEntryLines(vmDn(bad), { name: bad, node: w.nodeName, pool: POOL }))}
 dn: ou=backup,${vmDn(bad)}
 objectClass: top
 objectClass: organizationalUnit

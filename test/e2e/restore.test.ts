@@ -1,15 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { copyFile, mkdir, open, readdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { World, vmDn, POOL, STORAGE_POOL } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
-import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
+import { ldapModify, ldapSearch } from '../helpers/slapd.js';
+import { writeOriginalBackup } from '../helpers/originalBackup.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, macsOf, virsh } from '../helpers/libvirt.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { runRestore, type RestoreDecisions } from '../../src/control/runRestore.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
-import { BackupLayout, NO_STATE_MARKER } from '../../src/domain/layout.js';
+import { BackupLayout } from '../../src/domain/layout.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import { run } from '../../src/hypervisor/exec.js';
 import type { LeafEntry } from '../../src/directory/types.js';
@@ -234,23 +235,7 @@ describe('a backup in the original implementation\'s layout', () => {
   it('restores (placeholder state: defined and off, disk as backed up)', async () => {
     const vm = await w.addVm('rlegacy', { running: false, pattern: A });
     const leaf = '20140109T134445Z';
-    const layout = layoutOf(vm.name, leaf);
-    await mkdir(layout.backupDir, { recursive: true });
-    // What the Perl implementation left: <file>.<leaf>, the placeholder, no manifest.
-    await writeFile(layout.backupPath(`${vm.name}.state`), `${NO_STATE_MARKER}\n`);
-    await writeFile(layout.backupPath(`${vm.name}.xml`), await virsh.dumpXml(vm.name, { inactive: true }));
-    await writeFile(layout.backupPath(`${vm.name}.ldif`), await w.directory.exportVmLdif(vm.name));
-    await copyFile(vm.disks[0]!.path, layout.backupPath(path.basename(vm.disks[0]!.path)));
-    await ldapAdd(w.slapd, `dn: ou=${leaf},ou=backup,${vmDn(vm.name)}
-objectClass: top
-objectClass: organizationalUnit
-objectClass: sstProvisioning
-ou: ${leaf}
-sstProvisioningMode: finished
-sstProvisioningState: 20140109T135012Z
-sstProvisioningExecutionDate: 0
-sstProvisioningReturnValue: 0
-`);
+    await writeOriginalBackup(w, vm, leaf);
     // The live disk changes after that backup.
     await run('qemu-io', ['-c', `write -P ${B} 0 1M`, vm.disks[0]!.path]);
     const r = await restore(vm.name, leaf);

@@ -116,6 +116,7 @@ objectClass: sstVirtualizationVirtualMachineDisk
 sstDisk: vdb
 sstDevice: disk
 sstType: file
+sstSourceFile: ${w.imageDir}/added-after-the-backup-vdb.qcow2
 sstTargetBus: virtio
 `,
   );

@@ -5,9 +5,12 @@
  * Names: vm-00001…, node-01.bench.example.com….
  */
 import { writeFile } from 'node:fs/promises';
+import { devicesEntryLines, diskEntryLines, vmEntryLines } from './directoryEntries.js';
 
 export const SITE_VMS_DN = 'ou=virtual machines,ou=virtualization,ou=services,o=stepping-stone,c=ch';
 export const SITE_POOL = '0f83f084-8080-413e-b558-b678e504836e';
+/** The storage pool the disks live in (another UUID than the VM pool, as in a real installation). */
+export const SITE_STORAGE_POOL = 'f9dc3c13-5e3a-4b1c-9d2e-7a6b5c4d3e21';
 
 export function siteVmName(i: number): string {
   return `vm-${String(i + 1).padStart(5, '0')}`;
@@ -23,13 +26,9 @@ export function siteLdif(vms: number, nodes: number): string {
     const name = siteVmName(i);
     const dn = `sstVirtualMachine=${name},${SITE_VMS_DN}`;
     out.push(
-      `dn: ${dn}`, 'objectClass: top', 'objectClass: sstVirtualizationVirtualMachine', `sstVirtualMachine: ${name}`,
-      `sstNode: ${siteNodeName(i % nodes)}`, `sstVirtualMachinePool: ${SITE_POOL}`, 'sstVirtualMachineType: persistent',
-      'sstType: kvm', 'sstMemory: 33554432', 'sstVCPU: 1', '',
-      `dn: ou=devices,${dn}`, 'objectClass: top', 'objectClass: organizationalUnit', 'ou: devices', '',
-      `dn: sstDisk=vda,ou=devices,${dn}`, 'objectClass: top', 'objectClass: sstVirtualizationVirtualMachineDisk', 'sstDisk: vda',
-      'sstDevice: disk', 'sstType: file', `sstSourceFile: /var/virtualization/vm-persistent/${SITE_POOL}/${name}-vda.qcow2`,
-      'sstDriverName: qemu', 'sstDriverType: qcow2', 'sstTargetBus: virtio', '',
+      ...vmEntryLines(dn, { name, node: siteNodeName(i % nodes), pool: SITE_POOL }), '',
+      ...devicesEntryLines(dn), '',
+      ...diskEntryLines(dn, { target: 'vda', sourceFile: `/var/virtualization/vm-persistent/${SITE_STORAGE_POOL}/${name}-vda.qcow2` }), '',
       `dn: ou=backup,${dn}`, 'objectClass: top', 'objectClass: organizationalUnit', 'ou: backup', '',
     );
   }

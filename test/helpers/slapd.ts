@@ -1,7 +1,7 @@
 /**
  * A private OpenLDAP slapd for tests: own temp dir, own cn=config from
- * ldif/config.ldif, the stoney-backup schema and the sample tree, listening
- * on a free loopback port. Never uses or touches a system slapd. If slapd
+ * ldif/config.ldif (the original stoney cloud schema the project uses plus
+ * the project's extension), the sample tree, listening on a free loopback port. Never uses or touches a system slapd. If slapd
  * cannot start, startSlapd throws with slapd's stderr: tests fail, never skip.
  */
 import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
@@ -31,7 +31,16 @@ export interface StartSlapdOptions {
   ldifFiles?: string[];
   /** Load ldif/sample-tree.ldif (default true). Without it only the suffix entry exists. */
   sampleTree?: boolean;
+  /**
+   * Leave the project's extension (ldif/stoney-backup-schema.ldif) out of
+   * cn=config: a directory of an existing installation, which holds only the
+   * original schema. ldapAddConfig loads the extension into it later.
+   */
+  withoutExtension?: boolean;
 }
+
+/** The line of ldif/config.ldif that includes the project's extension. */
+export const EXTENSION_INCLUDE = 'include: file://@LDIFDIR@/stoney-backup-schema.ldif';
 
 export interface PrivateSlapd {
   url: string;
@@ -111,7 +120,9 @@ export async function startSlapd(opts: StartSlapdOptions = {}): Promise<PrivateS
   await writeFile(passwordFile, password, { mode: 0o600 });
 
   try {
-    const template = await readFile(path.join(LDIF_DIR, 'config.ldif'), 'utf8');
+    const fullTemplate = await readFile(path.join(LDIF_DIR, 'config.ldif'), 'utf8');
+    if (!fullTemplate.includes(EXTENSION_INCLUDE)) throw new Error(`ldif/config.ldif has no line ${EXTENSION_INCLUDE}`);
+    const template = opts.withoutExtension ? fullTemplate.replace(EXTENSION_INCLUDE, '') : fullTemplate;
     const config = renderConfig(template, {
       DBDIR: dataDir,
       SUFFIX: baseDn,
@@ -265,6 +276,11 @@ export async function ldapModify(slapd: PrivateSlapd, ldif: string): Promise<str
 /** ldapmodify against cn=config as its rootdn (e.g. ldif/acl-example.ldif, olcIdleTimeout). */
 export async function ldapModifyConfig(slapd: PrivateSlapd, ldif: string): Promise<string> {
   return ldapTool('/usr/bin/ldapmodify', ldapToolArgs(slapd, slapd.configBindDn), ldif);
+}
+
+/** ldapadd content records to cn=config as its rootdn (e.g. a schema file into the running slapd). */
+export async function ldapAddConfig(slapd: PrivateSlapd, ldif: string): Promise<string> {
+  return ldapTool('/usr/bin/ldapadd', ldapToolArgs(slapd, slapd.configBindDn), ldif);
 }
 
 /** ldapsearch as the rootdn; returns LDIF (-LLL, no folding). */

@@ -10,6 +10,7 @@ import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import { QemuImg } from '../../src/hypervisor/QemuImg.js';
 import type { LeafEntry } from '../../src/directory/types.js';
+import { devicesEntryLines, diskEntryLines, interfaceEntryLines, ldifText, vmEntryLines } from './directoryEntries.js';
 
 export const POOL = '0f83f084-8080-413e-b558-b678e504836e';
 /**
@@ -112,10 +113,10 @@ export class World {
       sstBackupNumberOfIterations: '1',
       sstVirtualizationDiskImageOwner: 'root',
       sstVirtualizationDiskImageGroup: 'vm-storage',
-      sstVirtualizationDiskImagePermission: '0640',
+      sstVirtualizationDiskImagePermission: '640',
       sstVirtualizationDiskImageDirectoryOwner: 'root',
       sstVirtualizationDiskImageDirectoryGroup: 'vm-storage',
-      sstVirtualizationDiskImageDirectoryPermission: '0750',
+      sstVirtualizationDiskImageDirectoryPermission: '750',
     };
     for (const line of extra) {
       const [k, ...v] = line.split(': ');
@@ -134,46 +135,14 @@ export class World {
       vm = await createTinyVm({ name, imageDir: o.imageDir ?? this.imageDir, targets, running: o.running, initialPattern: o.pattern ?? 0xab, nic: o.nic ?? false, ...(o.memoryMiB ? { memoryMiB: o.memoryMiB } : {}), ...(o.sizeMiB ? { sizeMiB: o.sizeMiB } : {}), ...(o.ramLoader ? { ramLoader: o.ramLoader } : {}) });
       this.vms.push(name);
     }
-    const disks = vm.disks
-      .map((d) => `dn: sstDisk=${d.target},ou=devices,${vmDn(name)}
-objectClass: top
-objectClass: sstVirtualizationVirtualMachineDisk
-sstDisk: ${d.target}
-sstDevice: disk
-sstType: file
-sstSourceFile: ${d.path}
-sstDriverType: qcow2
-sstTargetBus: virtio
-`)
-      .join('\n');
+    const dn = vmDn(name);
     const macs = o.nic && !o.noDomain ? await macsOf(name) : [];
-    const nics = macs
-      .map((mac, i) => `dn: sstInterface=net${i},ou=devices,${vmDn(name)}
-objectClass: top
-objectClass: sstVirtualizationVirtualMachineInterface
-sstInterface: net${i}
-sstMacAddress: ${mac}
-sstType: user
-`)
-      .join('\n');
-    await ldapAdd(this.slapd, `dn: ${vmDn(name)}
-objectClass: top
-objectClass: sstVirtualizationVirtualMachine
-sstVirtualMachine: ${name}
-sstNode: ${o.node ?? this.nodeName}
-sstVirtualMachinePool: ${POOL}
-sstVirtualMachineType: persistent
-sstType: kvm
-sstMemory: ${32 * 1024 * 1024}
-sstVCPU: 1
-
-dn: ou=devices,${vmDn(name)}
-objectClass: top
-objectClass: organizationalUnit
-ou: devices
-
-${disks}
-${nics}
+    await ldapAdd(this.slapd, `${ldifText(
+      vmEntryLines(dn, { name, node: o.node ?? this.nodeName, pool: POOL, memoryBytes: (o.memoryMiB ?? 32) * 1024 * 1024, status: o.running ? 'running' : 'shutoff' }),
+      devicesEntryLines(dn),
+      ...vm.disks.map((d) => diskEntryLines(dn, { target: d.target, sourceFile: d.path })),
+      ...macs.map((mac, i) => interfaceEntryLines(dn, `net${i}`, mac)),
+    )}
 dn: ou=backup,${vmDn(name)}
 objectClass: top
 objectClass: organizationalUnit

@@ -5,6 +5,7 @@ import { Attribute, Change, Client, InsufficientAccessError, NoSuchObjectError }
 import { startSlapd, ldapAdd, ldapModifyConfig, LDIF_DIR, type PrivateSlapd } from '../helpers/slapd.js';
 import { connectDirectory } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
+import { ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
 
 const BASE = 'o=stepping-stone,c=ch';
 const VMS = `ou=virtual machines,ou=virtualization,ou=services,${BASE}`;
@@ -122,10 +123,10 @@ describe('ldif/acl-example.ldif', () => {
     const dn1 = `ou=${l1},ou=backup,sstVirtualMachine=kvm-001,${VMS}`;
     const dn3 = `ou=${l3},ou=backup,sstVirtualMachine=kvm-003,${VMS}`;
     // A VM of node-02 beside node-01's kvm-001 and kvm-002.
-    await ldapAdd(slapd, [
-      `dn: sstVirtualMachine=kvm-003,${VMS}\nobjectClass: top\nobjectClass: sstVirtualizationVirtualMachine\nsstVirtualMachine: kvm-003\nsstNode: node-02.example.com\nsstVirtualMachinePool: 0f83f084-8080-413e-b558-b678e504836e\nsstVirtualMachineType: persistent\nsstType: kvm\nsstMemory: 33554432\nsstVCPU: 1\n`,
-      `dn: ou=backup,sstVirtualMachine=kvm-003,${VMS}\nobjectClass: top\nobjectClass: organizationalUnit\nou: backup\n`,
-    ].join('\n'));
+    await ldapAdd(slapd, ldifText(
+      vmEntryLines(`sstVirtualMachine=kvm-003,${VMS}`, { name: 'kvm-003', node: 'node-02.example.com', pool: '0f83f084-8080-413e-b558-b678e504836e' }),
+      [`dn: ou=backup,sstVirtualMachine=kvm-003,${VMS}`, 'objectClass: top', 'objectClass: organizationalUnit', 'ou: backup'],
+    ));
     expect(await control.createLeaf('kvm-001', l1)).toBe(true);
     expect(await control.createLeaf('kvm-003', l3)).toBe(true);
     expect(await control.casMode(dn1, 'initialize', 'snapshot', { state: '0' })).toBe(true);
@@ -155,7 +156,7 @@ describe('ldif/acl-example.ldif', () => {
     const entries = await subtree('kvm-001');
     const vmEntry = entries.find((e) => e.dn.startsWith('sstVirtualMachine='))!;
     const bigger = entries.map((e) => (e === vmEntry ? { ...e, attributes: { ...e.attributes, sstMemory: ['67108864'] } } : e));
-    const cdrom = { dn: `sstDisk=hdc,ou=devices,sstVirtualMachine=kvm-001,${VMS}`, attributes: { objectClass: ['top', 'sstVirtualizationVirtualMachineDisk'], sstDisk: ['hdc'], sstDevice: ['cdrom'], sstType: ['file'], sstTargetBus: ['ide'] } };
+    const cdrom = { dn: `sstDisk=hdc,ou=devices,sstVirtualMachine=kvm-001,${VMS}`, attributes: { objectClass: ['top', 'sstVirtualizationVirtualMachineDisk'], sstDisk: ['hdc'], sstDevice: ['cdrom'], sstType: ['file'], sstSourceFile: ['/var/virtualization/iso/install.iso'], sstTargetBus: ['ide'] } };
     await node.writeVmSubtree('kvm-001', [...bigger, cdrom]);
     expect((await other.exportVmLdif('kvm-001'))).toMatch(/sstMemory: 67108864[\s\S]*dn: sstDisk=hdc,/);
     await node.writeVmSubtree('kvm-001', bigger);

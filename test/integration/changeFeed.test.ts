@@ -4,6 +4,7 @@ import { connectDirectory } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import type { ChangeEvent } from '../../src/directory/types.js';
+import { ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
 
 const VMS = 'ou=virtual machines,ou=virtualization,ou=services,o=stepping-stone,c=ch';
 
@@ -14,10 +15,7 @@ beforeAll(async () => {
   slapd = await startSlapd();
   dir = await connectDirectory({ url: slapd.url, bindDn: slapd.bindDn, passwordFile: slapd.passwordFile, baseDn: slapd.baseDn });
   // A VM on another node, to check that a node's feed ignores it.
-  await ldapAdd(slapd, [
-    `dn: sstVirtualMachine=kvm-101,${VMS}`, 'objectClass: sstVirtualizationVirtualMachine', 'sstVirtualMachine: kvm-101',
-    'sstNode: node-02.example.com', 'sstVirtualMachinePool: 0f83f084-8080-413e-b558-b678e504836e', 'sstType: kvm', '',
-  ].join('\n'));
+  await ldapAdd(slapd, ldifText(vmEntryLines(`sstVirtualMachine=kvm-101,${VMS}`, { name: 'kvm-101', node: 'node-02.example.com', pool: '0f83f084-8080-413e-b558-b678e504836e', vmType: null })));
 });
 
 afterAll(async () => {

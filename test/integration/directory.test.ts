@@ -7,6 +7,7 @@ import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirector
 import { BackupError } from '../../src/domain/errors.js';
 import { ReturnCode } from '../../src/domain/returnCodes.js';
 import { isLeafName } from '../../src/domain/leafName.js';
+import { devicesEntryLines, diskEntryLines, ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
 
 const SERVICE = 'ou=virtualization,ou=services,o=stepping-stone,c=ch';
 const VMS = `ou=virtual machines,${SERVICE}`;
@@ -68,7 +69,7 @@ describe('schema and sample tree', () => {
       expect(oid(types, 'sstBackupExcludeFromBackup')).toBe('1.3.6.1.4.1.22621.1.1.194');
       expect(oid(types, 'sstVirtualizationDiskImageDirectoryPermission')).toBe('1.3.6.1.4.1.22621.1.1.216');
       expect(oid(types, 'sstNode')).toBe('1.3.6.1.4.1.22621.1.1.68');
-      expect(oid(types, 'sstCronActive')).toBe('1.3.6.1.4.1.22621.1.1.188');
+      expect(oid(types, 'sstCronActive')).toBe('1.3.6.1.4.1.22621.1.1.189');
       for (const c of ['sstProvisioning', 'sstVirtualizationBackupObjectClass', 'sstCronObjectClass', 'sstVirtualizationVirtualMachine', 'sstVirtualizationVirtualMachineDisk']) {
         expect(oid(classes, c), c).toMatch(/^1\.3\.6\.1\.4\.1\.22621\.1\.2\.\d+$/);
       }
@@ -85,7 +86,7 @@ describe('schema and sample tree', () => {
     expect(vm.disks).toEqual([
       expect.objectContaining({
         target: 'vda', device: 'disk', type: 'file', driverType: 'qcow2',
-        sourceFile: `/var/virtualization/vm-persistent/${POOL}/6a1b3c5e-0001-4e1f-9a51-3f0c2d7e8a01.qcow2`,
+        sourceFile: '/var/virtualization/vm-persistent/f9dc3c13-5e3a-4b1c-9d2e-7a6b5c4d3e21/6a1b3c5e-0001-4e1f-9a51-3f0c2d7e8a01.qcow2',
       }),
     ]);
     expect(vm.attributes['sstvirtualmachine']).toEqual(['kvm-001']);
@@ -96,15 +97,13 @@ describe('schema and sample tree', () => {
   it('lists VMs by node, matching the node name case-insensitively', async () => {
     expect((await dir.listVms({ node: 'node-01.example.com' })).map((v) => v.name)).toEqual(['kvm-001', 'kvm-002']);
     expect(await dir.listVms({ node: 'node-02.example.com' })).toEqual([]);
-    await ldapAdd(slapd, [
-      `dn: sstVirtualMachine=kvm-003,${VMS}`, 'objectClass: sstVirtualizationVirtualMachine', 'sstVirtualMachine: kvm-003',
-      'sstNode: node-02.example.com', 'sstVirtualMachinePool: 11111111-2222-3333-4444-555555555555', 'sstVirtualMachineType: persistent', 'sstType: kvm', '',
-      `dn: ou=devices,sstVirtualMachine=kvm-003,${VMS}`, 'objectClass: organizationalUnit', 'ou: devices', '',
-      `dn: sstDisk=vdb,ou=devices,sstVirtualMachine=kvm-003,${VMS}`, 'objectClass: sstVirtualizationVirtualMachineDisk', 'sstDisk: vdb',
-      'sstDevice: disk', 'sstType: file', 'sstTargetBus: virtio', 'sstSourceFile: /var/virtualization/vm-persistent/x/b.qcow2', '',
-      `dn: sstDisk=vda,ou=devices,sstVirtualMachine=kvm-003,${VMS}`, 'objectClass: sstVirtualizationVirtualMachineDisk', 'sstDisk: vda',
-      'sstDevice: disk', 'sstType: file', 'sstTargetBus: virtio', 'sstSourceFile: /var/virtualization/vm-persistent/x/a.qcow2', '',
-    ].join('\n'));
+    const kvm3 = `sstVirtualMachine=kvm-003,${VMS}`;
+    await ldapAdd(slapd, ldifText(
+      vmEntryLines(kvm3, { name: 'kvm-003', node: 'node-02.example.com', pool: '11111111-2222-3333-4444-555555555555' }),
+      devicesEntryLines(kvm3),
+      diskEntryLines(kvm3, { target: 'vdb', sourceFile: '/var/virtualization/vm-persistent/x/b.qcow2' }),
+      diskEntryLines(kvm3, { target: 'vda', sourceFile: '/var/virtualization/vm-persistent/x/a.qcow2' }),
+    ));
     const onNode2 = await dir.listVms({ node: 'NODE-02.Example.com' });
     expect(onNode2.map((v) => v.name)).toEqual(['kvm-003']);
     expect(onNode2[0]!.disks.map((d) => d.target)).toEqual(['vda', 'vdb']);
@@ -279,9 +278,10 @@ describe('names', () => {
 
 describe('exportVmLdif', () => {
   it('exports the VM subtree without ou=backup, re-importable into a fresh slapd', async () => {
-    // A value that needs base64 in LDIF and one with a leading space.
+    // A value that needs base64 in LDIF and one with a leading space (on
+    // ou=devices: the original's disk class has no description).
     await ldapModify(slapd, [
-      `dn: sstDisk=vda,ou=devices,sstVirtualMachine=kvm-001,${VMS}`, 'changetype: modify', 'add: description',
+      `dn: ou=devices,sstVirtualMachine=kvm-001,${VMS}`, 'changetype: modify', 'add: description',
       `description:: ${Buffer.from('Zürich disk: ü').toString('base64')}`,
       `description:: ${Buffer.from(' leading space').toString('base64')}`, '',
     ].join('\n'));
@@ -307,7 +307,7 @@ describe('exportVmLdif', () => {
         for (const dn of [...original.keys()]) if (dn.includes('ou=backup,')) original.delete(dn);
         const reimported = parseLdif(await ldapSearch(fresh, `sstVirtualMachine=kvm-001,${VMS}`, '(objectClass=*)', userAttrs));
         expect(reimported).toEqual(original);
-        expect(reimported.get(`sstDisk=vda,ou=devices,sstVirtualMachine=kvm-001,${VMS}`.toLowerCase())?.['description']?.sort()).toEqual([' leading space', 'Zürich disk: ü']);
+        expect(reimported.get(`ou=devices,sstVirtualMachine=kvm-001,${VMS}`.toLowerCase())?.['description']?.sort()).toEqual([' leading space', 'Zürich disk: ü']);
         expect((await freshDir.getVm('kvm-001'))?.disks).toHaveLength(1);
       } finally {
         await freshDir.close();

@@ -1,6 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { writeFile } from 'node:fs/promises';
-import { startSlapd, ldapModifyConfig, type PrivateSlapd } from '../helpers/slapd.js';
+import { ldapModifyConfig, type PrivateSlapd } from '../helpers/slapd.js';
+import { useSlapdWithDirectory } from '../helpers/useSlapd.js';
 import { connectDirectory } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { DirectoryError } from '../../src/directory/DirectoryError.js';
@@ -9,15 +10,7 @@ import { ReturnCode } from '../../src/domain/returnCodes.js';
 let slapd: PrivateSlapd;
 let dir: LdapBackupDirectory;
 
-beforeAll(async () => {
-  slapd = await startSlapd();
-  dir = await connectDirectory({ url: slapd.url, bindDn: slapd.bindDn, passwordFile: slapd.passwordFile, baseDn: slapd.baseDn });
-});
-
-afterAll(async () => {
-  await dir?.close();
-  await slapd?.stop();
-});
+useSlapdWithDirectory((s) => ({ slapd, dir } = s));
 
 describe('connection', () => {
   it('works again after a slapd restart, still bound (anonymous would see nothing and write nothing)', async () => {

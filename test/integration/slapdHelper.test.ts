@@ -13,13 +13,14 @@ describe('test/helpers/slapd.ts', () => {
     const scratch = await mkdtemp(path.join(os.tmpdir(), 'stoney-bad-ldif-'));
     try {
       const bad = path.join(scratch, 'bad.ldif');
-      // sstNode is mandatory for a VM: slapadd's schema check must refuse this.
+      // A VM without the original schema's mandatory attributes (sstNode, sstMemory, …):
+      // slapadd's schema check must refuse it.
       await writeFile(bad, 'dn: sstVirtualMachine=broken,ou=virtual machines,ou=virtualization,ou=services,o=stepping-stone,c=ch\nobjectClass: sstVirtualizationVirtualMachine\nsstVirtualMachine: broken\n');
       // Temp dirs go to os.tmpdir(), i.e. $TMPDIR: point it at the scratch dir to see what is left.
       const saved = process.env['TMPDIR'];
       process.env['TMPDIR'] = scratch;
       try {
-        await expect(startSlapd({ ldifFiles: [bad] })).rejects.toThrow(/slapadd .*failed[\s\S]*sstNode/);
+        await expect(startSlapd({ ldifFiles: [bad] })).rejects.toThrow(/slapadd .*failed[\s\S]*sstVirtualizationVirtualMachine.* requires attribute/);
       } finally {
         if (saved === undefined) delete process.env['TMPDIR'];
         else process.env['TMPDIR'] = saved;

@@ -8,15 +8,16 @@ import net from 'node:net';
 import path from 'node:path';
 import { readFile, writeFile } from 'node:fs/promises';
 import pino from 'pino';
-import { startSlapd, ldapAdd, ldapModify, ldapModifyConfig, LDIF_DIR, type PrivateSlapd } from '../helpers/slapd.js';
+import { ldapAdd, ldapModify, ldapModifyConfig, LDIF_DIR, type PrivateSlapd } from '../helpers/slapd.js';
 import { setUpSlapdTls, type SlapdTls } from '../helpers/tls.js';
-import { connectDirectory } from '../../src/directory/connect.js';
+import { useSlapdWithDirectory } from '../helpers/useSlapd.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { SyncReplChangeFeed, type SyncReplChangeFeedOptions } from '../../src/directory/SyncReplChangeFeed.js';
 import { parseSyncCookie } from '../../src/directory/syncCookie.js';
 import { DirectoryError } from '../../src/directory/DirectoryError.js';
 import { KeyedWorkQueue } from '../../src/node/KeyedWorkQueue.js';
 import type { ChangeEvent } from '../../src/directory/types.js';
+import { ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
 
 const BASE = 'o=stepping-stone,c=ch';
 const SERVICE = `ou=virtualization,ou=services,${BASE}`;
@@ -31,15 +32,7 @@ let slapd: PrivateSlapd;
 let dir: LdapBackupDirectory;
 let seq = 0;
 
-beforeAll(async () => {
-  slapd = await startSlapd();
-  dir = await connectDirectory({ url: slapd.url, bindDn: slapd.bindDn, passwordFile: slapd.passwordFile, baseDn: slapd.baseDn });
-});
-
-afterAll(async () => {
-  await dir?.close();
-  await slapd?.stop();
-});
+useSlapdWithDirectory((s) => ({ slapd, dir } = s));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -92,11 +85,10 @@ function feedOptions(extra: Partial<SyncReplChangeFeedOptions> = {}): SyncReplCh
 /** A fresh VM (unique name) with an ou=backup, on `node`. */
 async function addVm(node = NODE): Promise<string> {
   const vm = `sync-${process.pid}-${++seq}`;
-  await ldapAdd(slapd, [
-    `dn: ${vmDn(vm)}`, 'objectClass: sstVirtualizationVirtualMachine', `sstVirtualMachine: ${vm}`, `sstNode: ${node}`,
-    `sstVirtualMachinePool: ${POOL}`, 'sstVirtualMachineType: persistent', 'sstType: kvm', '',
-    `dn: ou=backup,${vmDn(vm)}`, 'objectClass: organizationalUnit', 'ou: backup', '',
-  ].join('\n'));
+  await ldapAdd(slapd, ldifText(
+    vmEntryLines(vmDn(vm), { name: vm, node, pool: POOL }),
+    [`dn: ou=backup,${vmDn(vm)}`, 'objectClass: organizationalUnit', 'ou: backup'],
+  ));
   return vm;
 }
 
@@ -325,7 +317,7 @@ describe('SyncReplChangeFeed: what a daemon hears', () => {
     for (let v = 0; v < 200; v++) {
       const vm = `burst-${process.pid}-${v}`;
       vms.push(vm);
-      ldif.push(`dn: ${vmDn(vm)}\nobjectClass: sstVirtualizationVirtualMachine\nsstVirtualMachine: ${vm}\nsstNode: ${NODE}\nsstVirtualMachinePool: ${POOL}\nsstType: kvm\n`);
+      ldif.push(ldifText(vmEntryLines(vmDn(vm), { name: vm, node: NODE, pool: POOL, vmType: null })));
       ldif.push(`dn: ou=backup,${vmDn(vm)}\nobjectClass: organizationalUnit\nou: backup\n`);
       for (let l = 0; l < 5; l++) {
         ldif.push(`dn: ${leafDn(vm, `2024060${l + 1}T000000Z`)}\nobjectClass: organizationalUnit\nobjectClass: sstProvisioning\nou: 2024060${l + 1}T000000Z\nsstProvisioningMode: initialized\nsstProvisioningState: 0\nsstProvisioningExecutionDate: 0\n`);

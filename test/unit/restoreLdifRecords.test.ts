@@ -149,17 +149,18 @@ describe('parseLdif on the project LDIF files', () => {
       objectClass: ['top', 'sstVirtualizationVirtualMachineInterface'],
       sstInterface: ['net0'],
       sstMacAddress: ['52:54:00:3a:1b:02'],
-      sstType: ['network'],
-      description: ['first network interface of kvm-002'],
+      sstModelType: ['virtio'],
+      sstSourceBridge: ['vmbr0'],
+      sstType: ['bridge'],
     });
   });
 
   it('reads the schema (cn=config continuation lines)', () => {
-    const [schema, ...rest] = parseLdif(read('stoney-backup-schema.ldif'));
+    const [schema, ...rest] = parseLdif(read('stoney-original-schema.ldif'));
     expect(rest).toEqual([]);
-    expect(schema?.dn).toBe('cn=stoney-backup,cn=schema,cn=config');
+    expect(schema?.dn).toBe('cn=sst,cn=schema,cn=config');
     expect(schema && attributeValues(schema, 'olcAttributeTypes').find((t) => t.includes("NAME 'sstMemory'"))).toBe(
-      "( 1.3.6.1.4.1.22621.1.1.1006 NAME 'sstMemory' DESC 'stoney-backup: guest memory of a virtual machine in bytes (domain XML <memory> x 1024)' EQUALITY integerMatch ORDERING integerOrderingMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )",
+      "( 1.3.6.1.4.1.22621.1.1.21 NAME 'sstMemory' DESC 'stoney cloud: memory of a virtual machine in bytes' EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )",
     );
   });
 });
