@@ -133,7 +133,7 @@ export class BackupMetrics {
    * Control daemon: the per-VM and per-mode gauges, computed from the site
    * held in memory at each scrape (no directory read, nothing to keep in step).
    */
-  watchSite(site: SiteView): void {
+  watchSite(site: SiteView, nowMs: () => number = () => Date.now()): void {
     const vmsOf = () => {
       const out: { name: string; excluded: boolean; leaves: LeafEntry[] }[] = [];
       for (const vm of site.allVms()) {
@@ -185,6 +185,23 @@ export class BackupMetrics {
           const [protocol = '', mode = ''] = key.split('\u0000');
           this.set({ protocol, mode }, n);
         }
+      },
+    });
+    new Gauge({
+      name: 'stoney_backup_oldest_workflow_age_seconds',
+      help: 'Seconds since the planned instant of the oldest running (not blocked) workflow of a VM that is not excluded, by protocol (0: none runs); what `check` warns about past STONEY_STEP_TIMEOUT_S',
+      labelNames: ['protocol'] as const, registers: [this.registry],
+      collect() {
+        const now = nowMs();
+        const oldest = { backup: 0, restore: 0 };
+        for (const vm of vmsOf()) {
+          if (vm.excluded) continue; // check skips them too
+          for (const r of vmBackupHealth(vm.leaves).running) {
+            const protocol = isRestoreMode(r.leaf.mode) ? 'restore' : 'backup';
+            oldest[protocol] = Math.max(oldest[protocol], (now - r.plannedAt.getTime()) / 1000);
+          }
+        }
+        for (const [protocol, age] of Object.entries(oldest)) this.set({ protocol }, age);
       },
     });
     new Gauge({
