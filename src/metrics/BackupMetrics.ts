@@ -133,7 +133,7 @@ export class BackupMetrics {
    * Control daemon: the per-VM and per-mode gauges, computed from the site
    * held in memory at each scrape (no directory read, nothing to keep in step).
    */
-  watchSite(site: SiteView, nowMs: () => number = () => Date.now()): void {
+  watchSite(site: SiteView, limits: { maxRuntimeMs: number }, nowMs: () => number = () => Date.now()): void {
     const vmsOf = () => {
       const out: { name: string; excluded: boolean; leaves: LeafEntry[] }[] = [];
       for (const vm of site.allVms()) {
@@ -204,6 +204,11 @@ export class BackupMetrics {
         for (const [protocol, age] of Object.entries(oldest)) this.set({ protocol }, age);
       },
     });
+    new Gauge({
+      name: 'stoney_backup_step_timeout_seconds',
+      help: 'STONEY_STEP_TIMEOUT_S of this daemon: a workflow running longer is late (check warns; the StoneyBackupRunningLong rule compares with it)',
+      registers: [this.registry],
+    }).set(limits.maxRuntimeMs / 1000);
     new Gauge({
       name: 'stoney_backup_blocked_vms', help: 'VMs with a workflow that stopped with an error and waits for a human', registers: [this.registry],
       collect() {

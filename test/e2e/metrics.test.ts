@@ -249,6 +249,7 @@ describe('metrics and check after real backups', () => {
     expect(sampleValue(s, 'stoney_backup_workflows', { protocol: 'backup', mode: 'snapshotting' })).toBe(0);
     expect(sampleValue(s, 'stoney_backup_blocked_vms')).toBe(0);
     for (const protocol of ['backup', 'restore']) expect(sampleValue(s, 'stoney_backup_oldest_workflow_age_seconds', { protocol }), protocol).toBe(0);
+    expect(sampleValue(s, 'stoney_backup_step_timeout_seconds')).toBe(6 * 3600); // STONEY_STEP_TIMEOUT_S's default
     expect(sampleValue(s, 'stoney_backup_directory_connected')).toBe(1);
   });
 
@@ -318,6 +319,11 @@ describe('metrics and check after real backups', () => {
     expect(await vmsOf(rules[1]!.query)).toEqual([good]);
     // … the others are quiet, and every series any rule reads exists.
     for (const r of rules.slice(2)) expect(await promQuery(r.query), r.name).toEqual([]);
+    // The running-long rule joins each protocol's age with the one step timeout: with a timeout below 0 both would fire.
+    const runningLong = rules.find((r) => r.name === 'StoneyBackupRunningLong')!.query;
+    expect(runningLong).toContain('stoney_backup_step_timeout_seconds');
+    const firing = await promQuery(runningLong.replace('stoney_backup_step_timeout_seconds', '(stoney_backup_step_timeout_seconds - 1e9)'));
+    expect(firing.map((v) => v.metric['protocol']).sort()).toEqual(['backup', 'restore']);
     for (const r of rules) {
       for (const name of new Set(r.query.match(/\b(stoney_backup_[a-z_]+|up)\b/g) ?? [])) {
         expect((await promQuery(`count(${name})`)).length, `${r.name} reads ${name}`).toBe(1);

@@ -26,8 +26,9 @@ function site(vms: { name: string; excluded?: boolean; leaves: LeafEntry[] }[]):
 
 async function oldest(vms: Parameters<typeof site>[0]) {
   const m = new BackupMetrics({ daemon: 'control' });
-  m.watchSite(site(vms), () => NOW.getTime());
+  m.watchSite(site(vms), { maxRuntimeMs: SIX_HOURS_S * 1000 }, () => NOW.getTime());
   const s = parsePromText((await m.render()).body).samples;
+  expect(sampleValue(s, 'stoney_backup_step_timeout_seconds')).toBe(SIX_HOURS_S);
   return { backup: sampleValue(s, 'stoney_backup_oldest_workflow_age_seconds', { protocol: 'backup' }), restore: sampleValue(s, 'stoney_backup_oldest_workflow_age_seconds', { protocol: 'restore' }) };
 }
 
@@ -46,7 +47,7 @@ describe('stoney_backup_oldest_workflow_age_seconds', () => {
     ];
     const g = await oldest(vms);
     expect(g).toEqual({ backup: 10 * 3600, restore: 3 * 3600 });
-    // the alert rule (> STONEY_STEP_TIMEOUT_S) and check agree: a backup runs long, no restore does
+    // the alert rule (age > stoney_backup_step_timeout_seconds) and check agree: a backup runs long, no restore does
     const check = evaluateBackupCheck(vms.map((v) => ({ name: v.name, excluded: v.excluded ?? false, leaves: v.leaves })), NOW, { maxAgeMs: 26 * 3_600_000, maxRuntimeMs: SIX_HOURS_S * 1000 });
     const runsLong = check.vms.filter((v) => v.reasons.some((r) => / runs for /.test(r))).map((v) => v.vm);
     expect(runsLong).toEqual(['slow']);
