@@ -14,15 +14,18 @@ export const RATE_WINDOW_MS = 20_000;
 /**
  * Throughput and time left of the copies one step makes, one after the
  * other, from their progress reports ({done, total} of the copy in progress,
- * as sparseCopy gives them: one at 0, then every 64 MiB and at the end).
+ * as sparseCopy gives them: one at its start, then every 64 MiB and at the
+ * end).
  *
  * The rate is taken over the last `windowMs` only, not since the start, so a
  * copy that slows down (page cache full, another VM's copy starting) shows
- * it within that window. A report whose `done` falls back, or any report
- * after one that reached its total, starts a new copy: its window starts
- * afresh, since the pause between two copies (a block commit, a qemu-img
- * check) is no copying. Reports that go on counting across files (retain's
- * one total for all its files) are one copy.
+ * it within that window. A report whose `done` falls back or whose `total`
+ * changes, or any report after one that reached its total, starts a new
+ * copy: that first report is its start, adding no bytes (a caller may count
+ * on from earlier files, as retain does), and the window starts afresh,
+ * since the pause between two copies (a block commit, a qemu-img check) is
+ * no copying. Reports that go on counting across files (retain's one total
+ * for all its files) are one copy.
  */
 export class CopyRate {
   private last: { done: number; total: number } | undefined;
@@ -33,8 +36,8 @@ export class CopyRate {
 
   report(done: number, total: number, atMs: number): CopyFigures {
     const prev = this.last;
-    const newCopy = prev === undefined || done < prev.done || prev.done >= prev.total;
-    const newBytes = newCopy ? done : done - prev.done;
+    const newCopy = prev === undefined || done < prev.done || total !== prev.total || prev.done >= prev.total;
+    const newBytes = newCopy ? 0 : done - prev.done;
     this.last = { done, total };
     if (newCopy) this.samples = [];
     this.samples.push({ atMs, done });

@@ -66,12 +66,23 @@ describe('CopyRate', () => {
     expect(counted).toBe(total);
   });
 
-  it('a copy that starts over (done falls back) is a new copy', () => {
+  it('a copy that starts over (done falls back) is a new copy, its first report its start', () => {
     const r = new CopyRate();
     r.report(0, 500 * MB, 0);
     r.report(128 * MB, 500 * MB, 1000);
-    const again = r.report(64 * MB, 500 * MB, 2000);
-    expect(again).toEqual({ newBytes: 64 * MB, bytesPerSecond: undefined, etaSeconds: undefined });
+    expect(r.report(0, 500 * MB, 2000)).toEqual({ newBytes: 0, bytesPerSecond: undefined, etaSeconds: undefined });
+    expect(r.report(64 * MB, 500 * MB, 3000).newBytes).toBe(64 * MB);
+  });
+
+  it('counts once when a copy of one file is followed by reports counting on across files', () => {
+    // retain storing an image on its own ({done, total} of the image), then the small files as before + done of all
+    const r = new CopyRate();
+    const image = 128 * MB;
+    const all = image + 3000 + 500;
+    const reports: [number, number][] = [[0, image], [64 * MB, image], [image, image], [image, all], [image + 3000, all], [image + 3000, all], [all, all]];
+    let counted = 0;
+    reports.forEach(([done, total], i) => (counted += r.report(done, total, i * 100).newBytes));
+    expect(counted).toBe(all);
   });
 });
 
