@@ -18,6 +18,8 @@ export interface Command {
   help: string;
   options: OptionSpec;
   run(args: ParsedArgs): Promise<number>;
+  /** Reports bad options or arguments its own way and returns the exit code (default: the message and usage on stderr, exit 2). */
+  usageError?(message: string, io: Io): number;
 }
 
 export function listOption(v: unknown): string[] {

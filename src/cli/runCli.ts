@@ -73,6 +73,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     // `code` is a string on Node errors but a number on LDAP and protocol errors: look before using it.
     const code: unknown = (err as { code?: unknown } | undefined)?.code;
     if (err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))) {
+      if (command.usageError) return command.usageError(errorMessage(err), io);
       io.err(`stoney-backup ${name}: ${errorMessage(err)}\nUsage: ${command.usage}`);
       return ExitCode.usage;
     }

@@ -74,7 +74,7 @@ export class ControlDaemon {
   constructor(private readonly o: ControlDaemonOptions) {
     this.log = o.logger.child({ role: 'control' });
     this.model = new SiteModel(o.directory.baseDn);
-    o.metrics?.watchSite(this.model);
+    o.metrics?.watchSite(this.model, { maxRuntimeMs: o.policy.stepTimeoutMs });
     this.queue = new KeyedWorkQueue((leaf) => this.reconcileBatch(leaf), 4, (leaf, err) =>
       this.log.error({ leaf, err: errorMessage(err) }, 'batch reconcile failed'),
     );

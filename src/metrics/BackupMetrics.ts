@@ -6,6 +6,7 @@ import { leafActive } from '../control/decideBatch.js';
 import { vmBackupHealth } from '../control/backupHealth.js';
 import type { LeafEntry } from '../directory/types.js';
 import type { EffectiveSettings } from '../domain/settings.js';
+import type { CopyFigures } from '../domain/copyRate.js';
 
 /** What the control daemon's gauges read at scrape time: SiteModel has this shape. */
 export interface SiteView {
@@ -52,6 +53,9 @@ export class BackupMetrics {
   private readonly feedReconnects = new Counter({
     name: 'stoney_backup_change_feed_reconnects_total', help: 'Times the change feed got the directory back after losing it', registers: [this.registry],
   });
+  /** the copies running now, per step (one per step run), and the rate each step's last copy ended at */
+  private readonly copies = new Map<NodeStep, Set<{ bytesPerSecond: number; etaSeconds: number }>>(nodeSteps.map((s) => [s, new Set()]));
+  private readonly lastCopyRate = new Map<NodeStep, number>();
   private everConnected = false;
 
   constructor(labels: { daemon: 'node' | 'control' }) {
@@ -63,15 +67,59 @@ export class BackupMetrics {
       this.bytesCopied.inc({ step }, 0);
     }
     this.directoryConnected.set(0);
+    const { copies, lastCopyRate } = this;
+    new Gauge({
+      name: 'stoney_backup_copy_throughput_bytes_per_second',
+      help: 'Bytes per second of the copies a step is making (over the last 20 s; summed when several VMs copy at once); when none runs, the rate its last copy ended at',
+      labelNames: ['step'] as const, registers: [this.registry],
+      collect() {
+        for (const step of nodeSteps) {
+          const running = [...(copies.get(step) ?? [])];
+          this.set({ step }, running.length > 0 ? running.reduce((sum, c) => sum + c.bytesPerSecond, 0) : (lastCopyRate.get(step) ?? 0));
+        }
+      },
+    });
+    new Gauge({
+      name: 'stoney_backup_copy_eta_seconds',
+      help: 'Seconds until the slowest copy a step is making ends, at its current rate (0: none runs)',
+      labelNames: ['step'] as const, registers: [this.registry],
+      collect() {
+        for (const step of nodeSteps) this.set({ step }, Math.max(0, ...[...(copies.get(step) ?? [])].map((c) => c.etaSeconds)));
+      },
+    });
   }
 
   /** A node step ended: count it, time it, and for a snapshot record the guest's stopped window. */
-  stepEnded(step: NodeStep, ok: boolean, seconds: number, executionTime: Record<string, number>, bytesCopied = 0): void {
+  stepEnded(step: NodeStep, ok: boolean, seconds: number, executionTime: Record<string, number>): void {
     this.stepsTotal.inc({ step, result: ok ? 'ok' : 'failed' });
     this.stepDuration.observe({ step }, seconds);
     const downtime = executionTime['downtime'];
     if (step === 'snapshot' && ok && downtime !== undefined) this.downtime.observe(downtime);
-    if (bytesCopied > 0) this.bytesCopied.inc({ step }, bytesCopied);
+  }
+
+  /**
+   * The copies of one run of a node step (meterProgress): bytes are counted
+   * as they are copied (a long copy moves the counter while it runs), and
+   * its rate and time left show in the copy gauges until end().
+   */
+  copying(step: NodeStep): { report: (f: CopyFigures) => void; end: () => void } {
+    const copy = { bytesPerSecond: 0, etaSeconds: 0 };
+    const running = this.copies.get(step) as Set<typeof copy>;
+    let measured = false;
+    return {
+      report: (f) => {
+        if (f.newBytes > 0) this.bytesCopied.inc({ step }, f.newBytes);
+        running.add(copy);
+        if (f.bytesPerSecond !== undefined) {
+          copy.bytesPerSecond = f.bytesPerSecond;
+          measured = true;
+        }
+        if (f.etaSeconds !== undefined) copy.etaSeconds = f.etaSeconds; // unknown at a copy's first report: keep the last
+      },
+      end: () => {
+        if (running.delete(copy) && measured) this.lastCopyRate.set(step, copy.bytesPerSecond);
+      },
+    };
   }
 
   /** The change feed's view of the directory (its onConnectionChange). */
@@ -85,7 +133,7 @@ export class BackupMetrics {
    * Control daemon: the per-VM and per-mode gauges, computed from the site
    * held in memory at each scrape (no directory read, nothing to keep in step).
    */
-  watchSite(site: SiteView): void {
+  watchSite(site: SiteView, limits: { maxRuntimeMs: number }, nowMs: () => number = () => Date.now()): void {
     const vmsOf = () => {
       const out: { name: string; excluded: boolean; leaves: LeafEntry[] }[] = [];
       for (const vm of site.allVms()) {
@@ -139,6 +187,28 @@ export class BackupMetrics {
         }
       },
     });
+    new Gauge({
+      name: 'stoney_backup_oldest_workflow_age_seconds',
+      help: 'Seconds since the planned instant of the oldest running (not blocked) workflow of a VM that is not excluded, by protocol (0: none runs); what `check` warns about past STONEY_STEP_TIMEOUT_S',
+      labelNames: ['protocol'] as const, registers: [this.registry],
+      collect() {
+        const now = nowMs();
+        const oldest = { backup: 0, restore: 0 };
+        for (const vm of vmsOf()) {
+          if (vm.excluded) continue; // check skips them too
+          for (const r of vmBackupHealth(vm.leaves).running) {
+            const protocol = isRestoreMode(r.leaf.mode) ? 'restore' : 'backup';
+            oldest[protocol] = Math.max(oldest[protocol], (now - r.plannedAt.getTime()) / 1000);
+          }
+        }
+        for (const [protocol, age] of Object.entries(oldest)) this.set({ protocol }, age);
+      },
+    });
+    new Gauge({
+      name: 'stoney_backup_step_timeout_seconds',
+      help: 'STONEY_STEP_TIMEOUT_S of this daemon: a workflow running longer is late (check warns; the StoneyBackupRunningLong rule compares with it)',
+      registers: [this.registry],
+    }).set(limits.maxRuntimeMs / 1000);
     new Gauge({
       name: 'stoney_backup_blocked_vms', help: 'VMs with a workflow that stopped with an error and waits for a human', registers: [this.registry],
       collect() {

@@ -28,6 +28,7 @@ import path from 'node:path';
 import { exists } from './durableFs.js';
 import type { StepContext, StepProgress, StepResult } from './StepContext.js';
 import type { BackupMetrics } from '../metrics/BackupMetrics.js';
+import { meterProgress } from './meterProgress.js';
 
 export interface NodeDaemonOptions {
   nodeName: string;
@@ -181,15 +182,17 @@ export class NodeDaemon {
     const t0 = performance.now();
     let returnValue: number = ReturnCode.success;
     let executionTime: Record<string, number> = {};
-    let bytesCopied = 0;
+    const progress = meterProgress(step, this.o.onProgress, this.o.metrics);
     try {
-      const ctx = await this.context(vm, leaf, log);
-      ({ executionTime, bytesCopied = 0 } = await run(ctx));
+      const ctx = await this.context(vm, leaf, log, progress.onProgress);
+      ({ executionTime } = await run(ctx));
     } catch (err) {
       returnValue = errorCode(err);
       log.error({ code: returnValue, err: errorMessage(err), retryable: err instanceof BackupError && err.retryable }, `${step} failed`);
+    } finally {
+      progress.end();
     }
-    this.o.metrics?.stepEnded(step, returnValue === ReturnCode.success, (performance.now() - t0) / 1000, executionTime, bytesCopied);
+    this.o.metrics?.stepEnded(step, returnValue === ReturnCode.success, (performance.now() - t0) / 1000, executionTime);
     const done = NodeStepModes[step].done;
     // sstProvisioningExecutionTime describes the backup (snapshot, downtime, merge,
     // retain); a restore's timings go to the log only, so an aborted restore leaves no trace.
@@ -238,7 +241,7 @@ export class NodeDaemon {
     log.info({ retainDir: dir }, 'restore ended; its request and retain directory are removed');
   }
 
-  private async context(vm: VmEntry, leafEntry: LeafEntry, logger: Logger): Promise<StepContext> {
+  private async context(vm: VmEntry, leafEntry: LeafEntry, logger: Logger, onProgress?: (p: StepProgress) => void): Promise<StepContext> {
     const leaf = leafEntry.leaf;
     const settings = (await this.o.directory.effectiveSettings(vm)).backup;
     // Before any step (or restore clean-up) touches a file: the directory may name any path.
@@ -254,7 +257,7 @@ export class NodeDaemon {
       virsh: this.o.virsh,
       qemuImg: this.o.qemuImg,
       imageRoots: this.o.imageRoots,
-      onProgress: this.o.onProgress,
+      ...(onProgress ? { onProgress } : {}),
     };
   }
 }

@@ -10,8 +10,12 @@ export interface StepProgress {
   vm: string;
   leaf: string;
   message: string;
+  /** bytes of the copy in progress (a step's copies one after the other; retain counts across its files) */
   done?: number;
   total?: number;
+  /** the copy's throughput over the last seconds and its time left (meterProgress adds them) */
+  bytesPerSecond?: number;
+  etaSeconds?: number;
 }
 
 /** What a node step needs: the VM, its settings and layout, and the adapters. */
@@ -35,8 +39,6 @@ export interface StepContext {
 /** Seconds per phase, written to sstProvisioningExecutionTime. */
 export interface StepResult {
   executionTime: Record<string, number>;
-  /** bytes the step copied, for the metrics (steps that copy little leave it out) */
-  bytesCopied?: number;
 }
 
 export function seconds(fromMs: number, toMs: number = performance.now()): number {

@@ -58,7 +58,7 @@ export async function freeBytes(dir: string): Promise<number> {
  * Move a file, also across filesystems (copy, fsync, rename, unlink). Used
  * for the state file on a RAM disk; disks never take this path.
  */
-export async function moveFile(src: string, dst: string): Promise<void> {
+export async function moveFile(src: string, dst: string, onProgress?: (done: number, total: number) => void): Promise<void> {
   // Only the file itself moves: a symlink put in its place would carry its target into the backup.
   const st = await lstat(src);
   if (!st.isFile()) throw new BackupError(`${src} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a regular file'}; refusing to move it`, ReturnCode.symlinkRefused);
@@ -68,7 +68,7 @@ export async function moveFile(src: string, dst: string): Promise<void> {
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
     const partial = `${dst}.partial`;
     await rm(partial, { force: true });
-    await sparseCopy(src, partial);
+    await sparseCopy(src, partial, onProgress);
     await rename(partial, dst);
     await rm(src);
   }

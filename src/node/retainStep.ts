@@ -115,7 +115,7 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
     throw new BackupError(`backup complete, but ${layout.retainDir} could not be removed: ${errorMessage(err)}`, ReturnCode.notAllFilesDeletedFromRetain, { cause: err });
   }
   const pruned = await pruneBackupDirectories(ctx);
-  const result = { executionTime: { retain: seconds(t0) }, bytesCopied: total };
+  const result = { executionTime: { retain: seconds(t0) } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, files: files.length, bytes: total, pruned, ...result.executionTime }, 'retain done');
   return result;
 }

@@ -28,7 +28,7 @@ import { seconds, type StepContext, type StepResult } from './StepContext.js';
 export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   const { vm, layout, settings, virsh, logger } = ctx;
   const t0 = performance.now();
-  const progress = (message: string) => ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message });
+  const progress = (message: string, done?: number, total?: number) => ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message, done, total });
 
   // --- Checks: nothing is touched until all pass.
   // The type says what the VM is (persistent, dynamic, template); a VM without
@@ -146,7 +146,7 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       downtime = seconds(tDown);
       await verifyLiveChain(ctx, disks, stateFile);
       progress('moving the state file into retain');
-      await moveStateIntoRetain(stateFile, retainState);
+      await moveStateIntoRetain(stateFile, retainState, (done, total) => progress('copying the state file into retain', done, total));
     } finally {
       await rm(tmp, { recursive: true, force: true });
       await state.release();
@@ -305,9 +305,10 @@ export function stateFileNameOf(vm: string, leaf: string): string {
   return `${vm}.${leaf}.state`;
 }
 
-async function moveStateIntoRetain(stateFile: string, retainState: string): Promise<void> {
+/** `onProgress` hears of the copy when the RAM disk is another filesystem (a rename needs none). */
+async function moveStateIntoRetain(stateFile: string, retainState: string, onProgress: (done: number, total: number) => void): Promise<void> {
   try {
-    await moveFile(stateFile, retainState);
+    await moveFile(stateFile, retainState, onProgress);
   } catch (err) {
     throw new BackupError(`cannot move the state file to retain: ${errorMessage(err)}`, ReturnCode.cannotCopyStateFileToRetain, { cause: err });
   }

@@ -32,6 +32,9 @@ function isZero(buf: Buffer, len: number): boolean {
  * sha256 runs at about the speed of `cp` itself, so it must never wait: reads
  * run ahead and writes run behind in libuv's pool while this thread hashes,
  * and write-back to disk starts during the copy rather than all at the end.
+ *
+ * `onProgress` gets (0, size) at the start, then bytes done every 64 MiB and
+ * (size, size) at the end; nothing for an empty file.
  */
 export async function sparseCopy(
   src: string,
@@ -54,6 +57,9 @@ export async function sparseCopy(
     };
     let flushing: Promise<unknown> = Promise.resolve();
     try {
+      signal?.throwIfAborted();
+      // A report at 0: the copy's throughput is measured from its first byte, even for a file of one report.
+      if (onProgress && size > 0) onProgress(0, size);
       for (let i = 0; i < Math.min(READ_AHEAD, blocks); i++) reads[i] = readBlock(i);
       let pos = 0;
       let lastReport = 0;

@@ -256,6 +256,8 @@ describe('kvmbackup (the CLI, as cron runs it)', () => {
     const r = await execa('node', [CLI, 'kvmbackup'], { env: env(), reject: false });
     expect({ code: r.exitCode, out: r.stdout }).toMatchObject({ code: 0 });
     expect(r.stderr).toContain(`skipping ${vms[2]}: excluded`);
+    // A long copy's progress shows its throughput: the live merge of the running VM keeps its disk image in the backup.
+    expect(r.stderr).toMatch(new RegExp(`^${vms[0]} +\\S+  merge: keeping ${vms[0]}-vda\\.qcow2 100% \\d+(\\.\\d+)? [kMG]B/s$`, 'm'));
     for (const vm of vms.slice(0, 2)) {
       const leaves = await w.directory.listLeaves(vm);
       expect(leaves.map((l) => [l.mode, l.returnValue])).toEqual([['finished', 0]]);

@@ -7,6 +7,7 @@ import { World, vmDn } from '../helpers/world.js';
 import { ldapModify } from '../helpers/slapd.js';
 import { parsePromText, sampleValue, type Sample } from '../helpers/promText.js';
 import { parseLeafName } from '../../src/domain/leafName.js';
+import { readManifest } from '../../src/node/retainStep.js';
 
 /**
  * Issue #14 through the real programs: `stoney-backup node` and `control`
@@ -196,12 +197,44 @@ describe('metrics and check after real backups', () => {
     expect(downtime).toBeDefined();
     expect(sampleValue(s, 'stoney_backup_downtime_seconds_sum')).toBeCloseTo(downtime!, 6);
     expect(sampleValue(s, 'stoney_backup_downtime_seconds_bucket', { le: '+Inf' })).toBe(1);
-    expect(sampleValue(s, 'stoney_backup_bytes_copied_total', { step: 'retain' })).toBeGreaterThan(0);
+    // Every byte of the backup is counted, by the step that copied it: the
+    // live method keeps the memory state in the snapshot and the disk image
+    // in the merge; retain copies the definition and the LDIF.
+    const layout = w.layoutOf(good, goodLeaf);
+    const files = (await readManifest(layout.manifestPath)).files;
+    const bytesOf = (match: (name: string) => boolean) => files.filter((f) => match(f.name)).reduce((sum, f) => sum + f.size, 0);
+    const named = (...names: string[]) => (n: string) => names.some((x) => n === path.basename(layout.backupPath(x)));
+    const copied = (step: string) => sampleValue(s, 'stoney_backup_bytes_copied_total', { step });
+    expect(copied('snapshot')).toBe(bytesOf(named(layout.stateFileName)));
+    expect(copied('snapshot')).toBeGreaterThan(0);
+    expect(copied('retain')).toBe(bytesOf(named(layout.xmlFileName, layout.ldifFileName)));
+    expect(copied('merge')).toBe(bytesOf((n) => !named(layout.stateFileName, layout.xmlFileName, layout.ldifFileName)(n)));
+    expect(copied('merge')).toBeGreaterThan(0);
+    expect(copied('merge')! + copied('snapshot')! + copied('retain')!).toBe(bytesOf(() => true));
+    // the copies' throughput stays at the rate the last one ended at; no copy runs, so no time is left
+    for (const step of ['snapshot', 'merge', 'retain']) {
+      expect(sampleValue(s, 'stoney_backup_copy_throughput_bytes_per_second', { step }), step).toBeGreaterThan(0);
+      expect(sampleValue(s, 'stoney_backup_copy_eta_seconds', { step }), step).toBe(0);
+    }
+    expect(sampleValue(s, 'stoney_backup_copy_throughput_bytes_per_second', { step: 'unretainLargeFiles' })).toBe(0);
     expect(sampleValue(s, 'stoney_backup_directory_connected')).toBe(1);
     expect(sampleValue(s, 'stoney_backup_change_feed_reconnects_total')).toBe(0);
     // the library's process metrics, and no leaf name in any label
     expect(sampleValue(s, 'process_resident_memory_bytes')).toBeGreaterThan(0);
     expect(s.filter((x) => Object.values(x.labels).includes(goodLeaf))).toEqual([]);
+  }, 120_000);
+
+  it('a restore through the node daemon counts the bytes unretainLargeFiles copied and shows their throughput', async () => {
+    const r = await execa('node', [CLI, 'restore', good, goodLeaf, '--prefer', 'backup'], { env: env(), reject: false, input: '' });
+    expect({ code: r.exitCode, out: r.stdout }, r.stderr).toEqual({ code: 0, out: `${good}: restored from ${goodLeaf}` });
+    const s = await scrape(node);
+    for (const step of ['unretainSmallFiles', 'unretainLargeFiles', 'restore']) expect(sampleValue(s, 'stoney_backup_steps_total', { step, result: 'ok' }), step).toBe(1);
+    // the state file and the disk image: what the backup's snapshot and merge had copied
+    const backedUp = sampleValue(s, 'stoney_backup_bytes_copied_total', { step: 'snapshot' })! + sampleValue(s, 'stoney_backup_bytes_copied_total', { step: 'merge' })!;
+    expect(sampleValue(s, 'stoney_backup_bytes_copied_total', { step: 'unretainLargeFiles' })).toBe(backedUp);
+    expect(sampleValue(s, 'stoney_backup_copy_throughput_bytes_per_second', { step: 'unretainLargeFiles' })).toBeGreaterThan(0);
+    expect(sampleValue(s, 'stoney_backup_copy_eta_seconds', { step: 'unretainLargeFiles' })).toBe(0);
+    expect((await w.directory.listLeaves(good)).map((l) => [l.mode, l.returnValue ?? 0])).toEqual([['finished', 0]]);
   }, 120_000);
 
   it('the control daemon shows the VM\'s last success, no failure, nothing open or blocked', async () => {
@@ -215,6 +248,8 @@ describe('metrics and check after real backups', () => {
     expect(open.filter((x) => x.value !== 0)).toEqual([]);
     expect(sampleValue(s, 'stoney_backup_workflows', { protocol: 'backup', mode: 'snapshotting' })).toBe(0);
     expect(sampleValue(s, 'stoney_backup_blocked_vms')).toBe(0);
+    for (const protocol of ['backup', 'restore']) expect(sampleValue(s, 'stoney_backup_oldest_workflow_age_seconds', { protocol }), protocol).toBe(0);
+    expect(sampleValue(s, 'stoney_backup_step_timeout_seconds')).toBe(6 * 3600); // STONEY_STEP_TIMEOUT_S's default
     expect(sampleValue(s, 'stoney_backup_directory_connected')).toBe(1);
   });
 
@@ -284,6 +319,11 @@ describe('metrics and check after real backups', () => {
     expect(await vmsOf(rules[1]!.query)).toEqual([good]);
     // … the others are quiet, and every series any rule reads exists.
     for (const r of rules.slice(2)) expect(await promQuery(r.query), r.name).toEqual([]);
+    // The running-long rule joins each protocol's age with the one step timeout: with a timeout below 0 both would fire.
+    const runningLong = rules.find((r) => r.name === 'StoneyBackupRunningLong')!.query;
+    expect(runningLong).toContain('stoney_backup_step_timeout_seconds');
+    const firing = await promQuery(runningLong.replace('stoney_backup_step_timeout_seconds', '(stoney_backup_step_timeout_seconds - 1e9)'));
+    expect(firing.map((v) => v.metric['protocol']).sort()).toEqual(['backup', 'restore']);
     for (const r of rules) {
       for (const name of new Set(r.query.match(/\b(stoney_backup_[a-z_]+|up)\b/g) ?? [])) {
         expect((await promQuery(`count(${name})`)).length, `${r.name} reads ${name}`).toBe(1);
@@ -313,7 +353,10 @@ describe('metrics and check after real backups', () => {
     }
   }, 150_000);
 
-  it('check answers UNKNOWN (3) to a bad --max-age and to an unknown VM', async () => {
+  it('check answers UNKNOWN (3) to an unknown option, a bad --max-age and an unknown VM', async () => {
+    const bogus = await check([good, '--bogus']);
+    expect({ code: bogus.exitCode, stderr: bogus.stderr }).toEqual({ code: 3, stderr: '' });
+    expect(bogus.stdout).toMatch(/^UNKNOWN: Unknown option '--bogus'[^\n]*$/);
     const bad = await check([good, '--max-age', 'soon']);
     expect(bad.exitCode).toBe(3);
     expect(bad.stdout).toBe('UNKNOWN: "soon" is not a duration (e.g. 26h, 90m, 1d12h, 3600)');

@@ -3,7 +3,7 @@ import { CheckState, evaluateBackupCheck, type CheckedVm } from '../../control/e
 import { errorMessage } from '../../domain/errors.js';
 import { formatDuration, parseDuration } from '../../domain/duration.js';
 import type { Command } from '../command.js';
-import { Runtime } from '../runtime.js';
+import { Runtime, type Io } from '../runtime.js';
 
 const DEFAULT_MAX_AGE = '26h';
 
@@ -24,12 +24,11 @@ Without VM arguments the whole site is checked; excluded VMs
 planned instant (the leaf name). DURATION: 26h, 90m, 1d12h or seconds.
 --json prints the verdict per VM instead (same exit code).`,
   options: { 'max-age': { type: 'string' }, json: { type: 'boolean' } },
+  // An unknown option too is UNKNOWN (3): a monitoring system reads 2 as CRITICAL, not as "bad arguments".
+  usageError: (message, io) => unknownState(message, io),
   async run({ positionals, values, config, io }) {
-    // Every failure is UNKNOWN (3): a monitoring system reads 2 as CRITICAL, not as "bad arguments".
-    const unknown = (why: string) => {
-      io.out(`UNKNOWN: ${why}`);
-      return CheckState.UNKNOWN;
-    };
+    // Every failure is UNKNOWN (3), in the plugin's one line on stdout.
+    const unknown = (why: string) => unknownState(why, io);
     let maxAgeMs: number;
     let rt: Runtime;
     try {
@@ -54,6 +53,11 @@ planned instant (the leaf name). DURATION: 26h, 90m, 1d12h or seconds.
     }
   },
 };
+
+function unknownState(why: string, io: Io): number {
+  io.out(`UNKNOWN: ${why.replace(/\s*\n\s*/g, ' ')}`);
+  return CheckState.UNKNOWN;
+}
 
 /** The site in three paged searches (as the control daemon reads it), narrowed to the VMs asked for. */
 async function readVms(rt: Runtime, names: string[]): Promise<CheckedVm[]> {
