@@ -1,3 +1,4 @@
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { relativeBackingPath, walkChain, type ChainLink } from '../domain/backupChain.js';
 import { chainSpec } from '../hypervisor/QemuImg.js';
@@ -69,6 +70,9 @@ export async function materializeChain(ctx: StepContext, start: ChainLink, dest:
   if (problems.length > 0) throw new Error(problems.join('; '));
   ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `converting ${start.name} and its chain into one image` });
   await ctx.qemuImg.convertFlat(chainSpec(members.map((m) => m.path)), dest, 'qcow2', ctx.signal);
+  const written = (await stat(dest)).size;
+  ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `converted ${start.name}`, done: 0, total: written });
+  ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `converted ${start.name}`, done: written, total: written });
   const out = await ctx.qemuImg.info(dest, { format: 'qcow2' });
   if (out.backingFile !== undefined) throw new Error(`the converted image still names ${out.backingFile} as backing`);
   await ctx.qemuImg.check(dest, 'qcow2');

@@ -90,5 +90,8 @@ async function writeIncremental(
     await h.close();
   }
   const r = await fileSha256(a.partial);
+  // What was written, for the progress and the bytes-copied metric (qemu-img reports none on the way).
+  ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message: `stored ${a.imageFileName} (changes only)`, done: 0, total: r.size });
+  ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message: `stored ${a.imageFileName} (changes only)`, done: r.size, total: r.size });
   return { name: path.basename(ctx.layout.backupPath(a.imageFileName)), size: r.size, sha256: r.sha256 };
 }
