@@ -209,6 +209,15 @@ describe('two `stoney-backup control` processes', () => {
       const next = new ControlCli('third', await env('third'));
       third.push(next);
       expect(await next.waitFor(standby, 15_000)).toBe(true);
+      // A standby stopped: exits 0 at once and leaves the active one's lease alone.
+      const spare = new ControlCli('spare', await env('spare'));
+      third.push(spare);
+      expect(await spare.waitFor(standby, 15_000)).toBe(true);
+      const held = (await store.look('test')).holder!;
+      const spareAt = performance.now();
+      expect(await spare.stop('SIGTERM')).toEqual({ exitCode: 0, signal: undefined });
+      expect(performance.now() - spareAt).toBeLessThan(3_000);
+      expect(tokenHolder((await store.look('test')).holder!)).toBe(tokenHolder(held));
       const termAt = performance.now();
       const stopped = await passive.stop('SIGTERM');
       expect(stopped).toEqual({ exitCode: 0, signal: undefined });
