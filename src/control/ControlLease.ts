@@ -2,7 +2,7 @@ import os from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { errorMessage } from '../domain/errors.js';
+import { BackupError, errorMessage } from '../domain/errors.js';
 import { decideStandby, holderDeadline, leaseToken, tokenHolder, type LeaseTiming, type LeaseView } from './leaseDecision.js';
 
 /** The lease's directory operations (LdapLeaseStore). */
@@ -59,7 +59,8 @@ export class ControlLease {
 
   /**
    * Wait (standby) until this daemon holds the lease; undefined when `signal`
-   * aborted first. Looks every renew interval.
+   * aborted first. Looks every renew interval; an unreachable directory is
+   * waited out, a refusal that will not pass (missing schema, ACL) rejects.
    */
   async acquire(signal: AbortSignal): Promise<LeaseTerm | undefined> {
     let seen: string | undefined;
@@ -85,6 +86,8 @@ export class ControlLease {
           if (won) await this.release();
         }
       } catch (err) {
+        // A refusal the site must fix (schema, ACL) would leave the site without any active daemon, silently: give up.
+        if (err instanceof BackupError && !err.retryable) throw err;
         this.log.warn({ err: errorMessage(err) }, 'cannot read the control lease; trying again');
       }
       await sleep(this.timing.renewMs, undefined, { signal }).catch(() => undefined);

@@ -46,11 +46,16 @@ export class LdapLeaseStore {
   /** Write the clock entry (as `who`), then read the lease with a server time no later than the read. */
   async look(who: string): Promise<LeaseView> {
     await this.touchClock(who);
-    const entries = await this.session.search(this.containerDn, {
-      scope: 'one',
-      filter: `(objectClass=${LEASE_CLASS})`,
-      attributes: ['cn', HOLDER, 'entryCSN', 'modifyTimestamp'],
-    });
+    let entries;
+    try {
+      entries = await this.session.search(this.containerDn, {
+        scope: 'one',
+        filter: `(objectClass=${LEASE_CLASS})`,
+        attributes: ['cn', HOLDER, 'entryCSN', 'modifyTimestamp'],
+      });
+    } catch (err) {
+      throw leaseError(err, `search ${this.containerDn}`, false);
+    }
     const all = entries.map(toAttributes);
     const byCn = (cn: string) => all.find((a) => a['cn']?.some((v) => v.toLowerCase() === cn));
     const lease = byCn('control-lease');
@@ -70,7 +75,7 @@ export class LdapLeaseStore {
       return true;
     } catch (err) {
       if (err instanceof AlreadyExistsError) return false;
-      throw DirectoryError.from(err, `add ${this.leaseDn}`, true);
+      throw leaseError(err, `add ${this.leaseDn}`, true);
     }
   }
 
@@ -91,7 +96,7 @@ export class LdapLeaseStore {
       // noSuchAttribute: the value seen is gone; attributeOrValueExists / constraintViolation (single-valued):
       // a holder appeared on a lease seen free; noSuchObject: the entry was removed.
       if (err instanceof NoSuchAttributeError || err instanceof TypeOrValueExistsError || err instanceof ConstraintViolationError || err instanceof NoSuchObjectError) return false;
-      throw DirectoryError.from(err, `compare-and-swap of the control lease ${this.leaseDn}`, true);
+      throw leaseError(err, `compare-and-swap of the control lease ${this.leaseDn}`, true);
     }
   }
 
@@ -99,11 +104,11 @@ export class LdapLeaseStore {
     try {
       await this.session.modify(this.clockDn, [new Change({ operation: 'replace', modification: new Attribute({ type: 'description', values: [`clock probe of ${who}`] }) })]);
     } catch (err) {
-      if (!(err instanceof NoSuchObjectError)) throw DirectoryError.from(err, `modify ${this.clockDn}`, true);
+      if (!(err instanceof NoSuchObjectError)) throw leaseError(err, `modify ${this.clockDn}`, true);
       try {
         await this.addCreatingParents(this.clockDn, { objectClass: ['top', LEASE_CLASS], cn: 'control-clock', description: `clock probe of ${who}` });
       } catch (e) {
-        if (!(e instanceof AlreadyExistsError)) throw DirectoryError.from(e, `add ${this.clockDn}`, true);
+        if (!(e instanceof AlreadyExistsError)) throw leaseError(e, `add ${this.clockDn}`, true);
       }
     }
   }
@@ -125,6 +130,17 @@ export class LdapLeaseStore {
     }
     await this.session.add(dn, attributes);
   }
+}
+
+/** The directory's answer, with what to do about the faults a site must fix (they are not retried: DirectoryError.retryable). */
+function leaseError(err: unknown, what: string, write: boolean): DirectoryError {
+  const e = DirectoryError.from(err, what, write);
+  const hint = e.ldapCode === 17 || e.ldapCode === 21 || e.ldapCode === 65
+    ? 'the directory lacks the sstBackupLease class or sstBackupLeaseHolder attribute: load the current ldif/stoney-backup-schema.ldif'
+    : e.ldapCode === 50
+      ? 'the control identity may not write cn=control-lease and cn=control-clock below the global backup settings: see ldif/acl-example.ldif'
+      : undefined;
+  return hint === undefined ? e : new DirectoryError(`${e.message}; ${hint}`, e.code, e.ldapCode, { retryable: e.retryable, cause: err });
 }
 
 /** The server time of an entry's last write: entryCSN (µs) when readable, else modifyTimestamp (s). */

@@ -5,6 +5,8 @@ import { Attribute, Change, Client, InsufficientAccessError, NoSuchObjectError }
 import { startSlapd, ldapAdd, ldapModifyConfig, LDIF_DIR, type PrivateSlapd } from '../helpers/slapd.js';
 import { connectDirectory, openLdapSession } from '../../src/directory/connect.js';
 import { LdapLeaseStore } from '../../src/directory/LdapLeaseStore.js';
+import { ControlLease } from '../../src/control/ControlLease.js';
+import pino from 'pino';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 
 const BASE = 'o=stepping-stone,c=ch';
@@ -184,6 +186,9 @@ describe('ldif/acl-example.ldif', () => {
       expect(await c.store.swap('control-a #1', 'control-a #2')).toBe(true);
       await expect(n.store.swap('control-a #2', 'node #1')).rejects.toMatchObject({ ldapCode: 50 });
       await expect(n.store.look('node')).rejects.toMatchObject({ ldapCode: 50 }); // its clock probe is a write
+      // A control daemon refused like this gives up with the way out instead of waiting forever as a standby.
+      const refused = new ControlLease(n.store, { durationMs: 3_000, renewMs: 1_000 }, pino({ level: 'silent' }));
+      await expect(refused.acquire(new AbortController().signal)).rejects.toThrow(/acl-example\.ldif/);
       const seen = await n.session.search(`cn=control-lease,ou=backup,ou=configuration,ou=virtualization,ou=services,${BASE}`, { scope: 'base', attributes: ['sstBackupLeaseHolder'] });
       expect(seen[0]?.['sstBackupLeaseHolder']).toBe('control-a #2');
       expect(await c.store.swap('control-a #2', undefined)).toBe(true);

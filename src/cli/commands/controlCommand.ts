@@ -42,7 +42,9 @@ one carries on every batch from the leaves in the directory.`,
       const signal = rt.untilSignal().then(() => 'signal' as const);
       // Standby until the lease is ours; active until it is lost (then standby again) or the process stops.
       for (;;) {
-        const term = await lease.acquire(rt.abort.signal);
+        const term = await lease.acquire(rt.abort.signal).catch((err: unknown) => {
+          throw new CliError(`cannot take part in the control lease: ${errorMessage(err)}`, ExitCode.directoryUnavailable);
+        });
         if (!term) return ExitCode.ok;
         const daemon = new ControlDaemon({
           directory: leaseGuardedDirectory(directory, () => lease.assertHeld()),
