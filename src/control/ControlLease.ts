@@ -45,7 +45,8 @@ export class ControlLease {
   private onLost: ((reason: string) => void) | undefined;
   private readonly log: Logger;
 
-  constructor(private readonly store: LeaseStore, private readonly timing: LeaseTiming, logger: Logger) {
+  /** `onLook`: whether a standby's look reached the directory (its connection state for metrics). */
+  constructor(private readonly store: LeaseStore, private readonly timing: LeaseTiming, logger: Logger, private readonly onLook?: (reachable: boolean) => void) {
     this.log = logger.child({ lease: this.id });
   }
 
@@ -66,7 +67,11 @@ export class ControlLease {
     let seen: string | undefined;
     while (!signal.aborted) {
       try {
-        const view = await this.store.look(this.id);
+        const view = await this.store.look(this.id).catch((err: unknown) => {
+          this.onLook?.(false);
+          throw err;
+        });
+        this.onLook?.(true);
         const step = decideStandby(view, this.timing, this.id);
         if (step.kind === 'wait') {
           if (step.holder !== seen) this.log.info({ active: tokenHolder(step.holder) }, 'standby: another control daemon holds the lease');

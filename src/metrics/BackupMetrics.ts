@@ -52,7 +52,12 @@ export class BackupMetrics {
   private readonly feedReconnects = new Counter({
     name: 'stoney_backup_change_feed_reconnects_total', help: 'Times the change feed got the directory back after losing it', registers: [this.registry],
   });
+  private readonly controlActive = new Gauge({
+    name: 'stoney_backup_control_active', help: 'Control daemon: 1 while it holds the control lease and drives the site, 0 while standby', registers: [this.registry],
+  });
   private everConnected = false;
+  private site: SiteView | undefined;
+  private siteGauges = false;
 
   constructor(labels: { daemon: 'node' | 'control' }) {
     this.registry.setDefaultLabels(labels);
@@ -63,6 +68,20 @@ export class BackupMetrics {
       this.bytesCopied.inc({ step }, 0);
     }
     this.directoryConnected.set(0);
+    if (labels.daemon === 'control') this.controlActive.set(0);
+  }
+
+  /** Control daemon: it became active (holds the lease) or standby. */
+  activeChanged(active: boolean): void {
+    this.controlActive.set(active ? 1 : 0);
+  }
+
+  /**
+   * A standby control daemon runs no change feed: whether its looks at the
+   * lease reach the directory is its connection state (not a feed reconnect).
+   */
+  directoryReachable(reachable: boolean): void {
+    this.directoryConnected.set(reachable ? 1 : 0);
   }
 
   /** A node step ended: count it, time it, and for a snapshot record the guest's stopped window. */
@@ -85,9 +104,15 @@ export class BackupMetrics {
    * Control daemon: the per-VM and per-mode gauges, computed from the site
    * held in memory at each scrape (no directory read, nothing to keep in step).
    */
-  watchSite(site: SiteView): void {
+  watchSite(site: SiteView | undefined): void {
+    // One set of gauges for the process; each term of an active control daemon brings its own site (a standby none).
+    this.site = site;
+    if (this.siteGauges) return;
+    this.siteGauges = true;
     const vmsOf = () => {
       const out: { name: string; excluded: boolean; leaves: LeafEntry[] }[] = [];
+      const site = this.site;
+      if (!site) return out;
       for (const vm of site.allVms()) {
         let excluded = false;
         try {

@@ -10,7 +10,8 @@ import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
-import { startSlapd, type PrivateSlapd } from '../helpers/slapd.js';
+import { freePort, startSlapd, type PrivateSlapd } from '../helpers/slapd.js';
+import { parsePromText, sampleValue } from '../helpers/promText.js';
 import { ControlCli, controlEnv } from '../helpers/controlCli.js';
 import { openLdapSession } from '../../src/directory/connect.js';
 import type { LdapSession } from '../../src/directory/LdapSession.js';
@@ -176,10 +177,18 @@ describe('two `stoney-backup control` processes', () => {
     await stat(path.resolve('dist/src/cli/main.js')).catch(() => {
       throw new Error('dist/ is missing: run `npm run build` first');
     });
+    const ports = new Map<string, number>();
     const env = async (name: string) => {
       const dir = path.join(tmp, name);
       await mkdir(dir, { recursive: true });
-      return controlEnv(slapd, dir);
+      const port = await freePort();
+      ports.set(name, port);
+      return controlEnv(slapd, dir, { STONEY_METRICS_LISTEN: `127.0.0.1:${port}` });
+    };
+    /** control_active and directory_connected as the process's /metrics says. */
+    const gauges = async (name: string) => {
+      const { samples } = parsePromText(await (await fetch(`http://127.0.0.1:${ports.get(name)}/metrics`)).text());
+      return { active: sampleValue(samples, 'stoney_backup_control_active'), connected: sampleValue(samples, 'stoney_backup_directory_connected') };
     };
     const first = new ControlCli('first', await env('first'));
     const second = new ControlCli('second', await env('second'));
@@ -196,6 +205,9 @@ describe('two `stoney-backup control` processes', () => {
       expect([active.count(started), passive.count(started)]).toEqual([1, 0]);
       const holder = (await store.look('test')).holder!;
       expect(holder.split('/')[1]).toBe(String(active.pid));
+      // Monitoring tells them apart; the standby's looks count as its directory connection.
+      expect(await gauges(active.name)).toEqual({ active: 1, connected: 1 });
+      expect(await gauges(passive.name)).toEqual({ active: 0, connected: 1 });
 
       // SIGKILL: no release; the standby waits for expiry by the server's clock.
       const killedAt = performance.now();
@@ -203,6 +215,7 @@ describe('two `stoney-backup control` processes', () => {
       expect(await passive.waitFor(started, 30_000)).toBe(true);
       const takeoverMs = performance.now() - killedAt;
       expect(takeoverMs).toBeLessThan(30_000);
+      expect(await gauges(passive.name)).toEqual({ active: 1, connected: 1 });
       expect(passive.logLines().find((l) => l['msg'] === 'control lease acquired: this daemon is active')).toMatchObject({ how: 'take-over' });
 
       // A new standby; SIGTERM of the active one hands over at once.

@@ -1,9 +1,11 @@
 import { ControlDaemon } from '../../control/ControlDaemon.js';
-import { ControlLease } from '../../control/ControlLease.js';
+import { ControlLease, type LeaseTerm } from '../../control/ControlLease.js';
+import type { LdapBackupDirectory } from '../../directory/LdapBackupDirectory.js';
 import { leaseGuardedDirectory } from '../../control/leaseGuardedDirectory.js';
 import { openLdapSession } from '../../directory/connect.js';
 import { LdapLeaseStore } from '../../directory/LdapLeaseStore.js';
 import { errorMessage } from '../../domain/errors.js';
+import type { BackupMetrics } from '../../metrics/BackupMetrics.js';
 import { ExitCode } from '../exitCodes.js';
 import { CliError, Runtime } from '../runtime.js';
 import type { Command } from '../command.js';
@@ -37,7 +39,7 @@ one carries on every batch from the leaves in the directory.`,
     try {
       const directory = await rt.connect();
       const metrics = await rt.startMetrics('control');
-      const lease = await openControlLease(rt);
+      const lease = await openControlLease(rt, metrics);
       watchConfig(rt);
       const signal = rt.untilSignal().then(() => 'signal' as const);
       // Standby until the lease is ours; active until it is lost (then standby again) or the process stops.
@@ -46,34 +48,9 @@ one carries on every batch from the leaves in the directory.`,
           throw new CliError(`cannot take part in the control lease: ${errorMessage(err)}`, ExitCode.directoryUnavailable);
         });
         if (!term) return ExitCode.ok;
-        const daemon = new ControlDaemon({
-          directory: leaseGuardedDirectory(directory, () => lease.assertHeld()),
-          feed: rt.changeFeed(directory, {}, metrics),
-          logger: rt.logger,
-          policy: rt.config.policy,
-          ...(rt.config.timeZone ? { zone: rt.config.timeZone } : {}),
-          ...(metrics ? { metrics } : {}),
-          ...(term.previousWriteAt ? { catchUpFrom: term.previousWriteAt } : {}),
-        });
-        try {
-          await daemon.start();
-        } catch (err) {
-          // The feed and timers must not keep a daemon alive that could not start.
-          await stopWithin(daemon, rt);
-          await lease.release();
-          throw err;
-        }
-        const ended = await Promise.race([signal, daemon.fatal, term.lost.then((reason) => ({ lost: reason }))]);
-        await stopWithin(daemon, rt);
-        if (ended === 'signal') {
-          // Stopped: hand over at once instead of making a standby wait for the lease to expire.
-          await lease.release();
-          return ExitCode.ok;
-        }
-        if (ended instanceof Error) {
-          await lease.release();
-          throw new CliError(`the control daemon gave up: ${ended.message}`, ExitCode.directoryUnavailable);
-        }
+        const ended = await driveWhileActive(rt, directory, metrics, lease, term, signal);
+        if (ended === 'signal') return ExitCode.ok;
+        if (ended instanceof Error) throw new CliError(`the control daemon gave up: ${ended.message}`, ExitCode.directoryUnavailable);
       }
     } finally {
       await rt.close();
@@ -81,8 +58,43 @@ one carries on every batch from the leaves in the directory.`,
   },
 };
 
+/**
+ * One term as the active daemon: a fresh ControlDaemon (its writes refused
+ * once the lease is gone) until a signal, a fatal error or the loss of the
+ * lease. The lease is released unless it was lost.
+ */
+async function driveWhileActive(
+  rt: Runtime, directory: LdapBackupDirectory, metrics: BackupMetrics | undefined, lease: ControlLease, term: LeaseTerm, signal: Promise<'signal'>,
+): Promise<'signal' | 'lost' | Error> {
+  metrics?.activeChanged(true);
+  const daemon = new ControlDaemon({
+    directory: leaseGuardedDirectory(directory, () => lease.assertHeld()),
+    feed: rt.changeFeed(directory, {}, metrics),
+    logger: rt.logger,
+    policy: rt.config.policy,
+    ...(rt.config.timeZone ? { zone: rt.config.timeZone } : {}),
+    ...(metrics ? { metrics } : {}),
+    ...(term.previousWriteAt ? { catchUpFrom: term.previousWriteAt } : {}),
+  });
+  try {
+    await daemon.start();
+  } catch (err) {
+    // The feed and timers must not keep a daemon alive that could not start.
+    await stopWithin(daemon, rt);
+    await lease.release();
+    throw err;
+  }
+  const ended = await Promise.race([signal, daemon.fatal, term.lost.then(() => 'lost' as const)]);
+  await stopWithin(daemon, rt);
+  metrics?.activeChanged(false);
+  metrics?.watchSite(undefined);
+  // Stopped or given up: hand over at once instead of making a standby wait for the lease to expire.
+  if (ended !== 'lost') await lease.release();
+  return ended;
+}
+
 /** The lease on a connection of its own (renewals never queue behind the site's searches), each operation bounded by the renew interval. */
-async function openControlLease(rt: Runtime): Promise<ControlLease> {
+async function openControlLease(rt: Runtime, metrics: BackupMetrics | undefined): Promise<ControlLease> {
   const timing = rt.config.controlLease;
   let session;
   try {
@@ -92,7 +104,7 @@ async function openControlLease(rt: Runtime): Promise<ControlLease> {
   }
   const s = session;
   rt.onCleanup(() => s.close());
-  return new ControlLease(new LdapLeaseStore(session, rt.config.ldap.baseDn), timing, rt.logger);
+  return new ControlLease(new LdapLeaseStore(session, rt.config.ldap.baseDn), timing, rt.logger, metrics ? (ok) => metrics.directoryReachable(ok) : undefined);
 }
 
 /** Stop the daemon, but never wait longer than systemd's patience: the process exits after it anyway. */
