@@ -74,8 +74,10 @@ export class ControlLease {
         this.onLook?.(true);
         const step = decideStandby(view, this.timing, this.id);
         if (step.kind === 'wait') {
-          if (step.holder !== seen) this.log.info({ active: tokenHolder(step.holder) }, 'standby: another control daemon holds the lease');
-          seen = step.holder;
+          // The token changes with every renewal; a standby says so once per active daemon.
+          const active = tokenHolder(step.holder);
+          if (active !== seen) this.log.info({ active }, 'standby: another control daemon holds the lease');
+          seen = active;
         } else {
           const next = leaseToken(this.id, ++this.count);
           const sentAt = performance.now();

@@ -203,6 +203,7 @@ describe('two `stoney-backup control` processes', () => {
       expect(await passive.waitFor(standby, 15_000)).toBe(true);
       await new Promise((r) => setTimeout(r, 4_000)); // a few renewals and looks
       expect([active.count(started), passive.count(started)]).toEqual([1, 0]);
+      expect(passive.count(standby)).toBe(1); // once per active daemon, not at every renewal
       const holder = (await store.look('test')).holder!;
       expect(holder.split('/')[1]).toBe(String(active.pid));
       // Monitoring tells them apart; the standby's looks count as its directory connection.
