@@ -3,6 +3,7 @@ import path from 'node:path';
 import { UsageError } from '../domain/errors.js';
 import type { DirectoryConnectionOptions } from '../directory/connect.js';
 import { defaultBatchPolicy, type BatchPolicy } from '../control/decideBatch.js';
+import { defaultLeaseTiming, leaseTimingProblem, type LeaseTiming } from '../control/leaseDecision.js';
 import { DEFAULT_ALLOWED_ROOTS } from '../domain/allowedRoots.js';
 import { plaintextRefusal } from '../directory/ldapTransport.js';
 import { parseListenAddress, type ListenAddress } from '../metrics/MetricsServer.js';
@@ -30,6 +31,8 @@ export interface Config {
   /** StartTLS on an ldap:// URL (sync feed) */
   ldapStartTls: boolean;
   policy: BatchPolicy;
+  /** the control daemons' lease: how long it lasts unrenewed and how often it is renewed (and looked at by a standby) */
+  controlLease: LeaseTiming;
   /** IANA zone for the cron fields; default the host's */
   timeZone: string | undefined;
   concurrency: number;
@@ -57,6 +60,8 @@ export const configKeys = {
   STONEY_LDAP_ALLOW_PLAINTEXT: 'true: accept a plain ldap:// URL to a host other than loopback, sending the password in clear text (default false)',
   STONEY_CLAIM_TIMEOUT_S: 'fail a command no node claimed within this many seconds (default 300)',
   STONEY_STEP_TIMEOUT_S: 'fail a step without report within this many seconds (default 21600)',
+  STONEY_CONTROL_LEASE_S: 'control daemons: a standby takes over when the active one has not renewed the lease for this many seconds, judged by the directory server clock (default 15)',
+  STONEY_CONTROL_LEASE_RENEW_S: 'control daemons: the active one renews the lease, and a standby looks at it, every this many seconds; at most a third of STONEY_CONTROL_LEASE_S (default 3)',
   STONEY_MERGE_CONCURRENCY: 'VMs of one batch merged/retained at once on each node (default 1)',
   STONEY_STEP_CONCURRENCY: 'steps a node daemon runs at once, never two per VM (default 4)',
   STONEY_TIMEZONE: 'IANA zone of the sstCron* fields (default: the host zone)',
@@ -135,6 +140,12 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
     if (!path.isAbsolute(r) || path.resolve(r) === '/') throw new UsageError(`STONEY_ALLOWED_ROOTS: ${r} is not an absolute path below /`);
   }
   const metricsListen = get('STONEY_METRICS_LISTEN');
+  const controlLease: LeaseTiming = {
+    durationMs: positiveInt('STONEY_CONTROL_LEASE_S', get('STONEY_CONTROL_LEASE_S'), defaultLeaseTiming.durationMs / 1000) * 1000,
+    renewMs: positiveInt('STONEY_CONTROL_LEASE_RENEW_S', get('STONEY_CONTROL_LEASE_RENEW_S'), defaultLeaseTiming.renewMs / 1000) * 1000,
+  };
+  const leaseProblem = leaseTimingProblem(controlLease);
+  if (leaseProblem !== undefined) throw new UsageError(`STONEY_CONTROL_LEASE_S / STONEY_CONTROL_LEASE_RENEW_S: ${leaseProblem}`);
   return {
     ldap: {
       url,
@@ -158,6 +169,7 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
       claimTimeoutMs: positiveInt('STONEY_CLAIM_TIMEOUT_S', get('STONEY_CLAIM_TIMEOUT_S'), defaultBatchPolicy.claimTimeoutMs / 1000) * 1000,
       stepTimeoutMs: positiveInt('STONEY_STEP_TIMEOUT_S', get('STONEY_STEP_TIMEOUT_S'), defaultBatchPolicy.stepTimeoutMs / 1000) * 1000,
     },
+    controlLease,
     timeZone: get('STONEY_TIMEZONE'),
     concurrency: positiveInt('STONEY_STEP_CONCURRENCY', get('STONEY_STEP_CONCURRENCY'), 4),
     runDir: get('STONEY_RUN_DIR') ?? '/run/stoney-backup',

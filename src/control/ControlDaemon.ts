@@ -33,7 +33,17 @@ export interface ControlDaemonOptions {
   maxReloadFailures?: number;
   /** gauges read from the site in memory at each scrape (STONEY_METRICS_LISTEN) */
   metrics?: BackupMetrics;
+  /**
+   * Taking over from another control daemon: the server time of its last
+   * lease write. Backups planned from the minute before it on are planned
+   * again at start (leaf names are deterministic, so those it created are
+   * not created twice), so a minute it did not get to is not lost.
+   */
+  catchUpFrom?: Date;
 }
+
+/** How far back a take-over plans missed backups at most: a lease lasts seconds, not hours. */
+const MAX_CATCH_UP_MINUTES = 10;
 
 /**
  * The control daemon: plans backups from each VM's schedule and walks the
@@ -102,6 +112,7 @@ export class ControlDaemon {
     await this.o.feed.start((e) => this.onChange(e));
     this.ready = true;
     await this.reload(true);
+    if (this.o.catchUpFrom !== undefined) await this.catchUp(this.o.catchUpFrom);
     if (this.o.cronTick !== false) {
       this.task = cron.schedule('* * * * *', () => {
         // The minute this tick stands for: the timer may fire a little before or after it, and a
@@ -297,6 +308,18 @@ export class ControlDaemon {
       this.queue.add(d.leaf, d.leaf);
     });
     return created;
+  }
+
+  /** Plan what the previous active daemon may have missed: (its last lease write's minute − 1, this minute]. */
+  private async catchUp(from: Date): Promise<void> {
+    const now = DateTime.utc().startOf('minute');
+    const earliest = now.minus({ minutes: MAX_CATCH_UP_MINUTES });
+    let start = DateTime.fromJSDate(from, { zone: 'utc' }).startOf('minute').minus({ minutes: 1 });
+    if (start < earliest) start = earliest;
+    if (start > now) start = now.minus({ minutes: 1 });
+    this.lastTick = now;
+    const created = await this.scheduleDue(start, now);
+    this.log.info({ from: start.toISO(), to: now.toISO(), created: created.length }, 'took over: planned what the previous daemon may have missed');
   }
 
   // ---- driving the batches ---------------------------------------------------------

@@ -56,7 +56,13 @@ export class BackupMetrics {
   /** the copies running now, per step (one per step run), and the rate each step's last copy ended at */
   private readonly copies = new Map<NodeStep, Set<{ bytesPerSecond: number; etaSeconds: number }>>(nodeSteps.map((s) => [s, new Set()]));
   private readonly lastCopyRate = new Map<NodeStep, number>();
+  private readonly controlActive = new Gauge({
+    name: 'stoney_backup_control_active', help: 'Control daemon: 1 while it holds the control lease and drives the site, 0 while standby', registers: [this.registry],
+  });
   private everConnected = false;
+  private site: SiteView | undefined;
+  private stepTimeoutS = 0;
+  private siteGauges = false;
 
   constructor(labels: { daemon: 'node' | 'control' }) {
     this.registry.setDefaultLabels(labels);
@@ -87,6 +93,20 @@ export class BackupMetrics {
         for (const step of nodeSteps) this.set({ step }, Math.max(0, ...[...(copies.get(step) ?? [])].map((c) => c.etaSeconds)));
       },
     });
+    if (labels.daemon === 'control') this.controlActive.set(0);
+  }
+
+  /** Control daemon: it became active (holds the lease) or standby. */
+  activeChanged(active: boolean): void {
+    this.controlActive.set(active ? 1 : 0);
+  }
+
+  /**
+   * A standby control daemon runs no change feed: whether its looks at the
+   * lease reach the directory is its connection state (not a feed reconnect).
+   */
+  directoryReachable(reachable: boolean): void {
+    this.directoryConnected.set(reachable ? 1 : 0);
   }
 
   /** A node step ended: count it, time it, and for a snapshot record the guest's stopped window. */
@@ -133,9 +153,16 @@ export class BackupMetrics {
    * Control daemon: the per-VM and per-mode gauges, computed from the site
    * held in memory at each scrape (no directory read, nothing to keep in step).
    */
-  watchSite(site: SiteView, limits: { maxRuntimeMs: number }, nowMs: () => number = () => Date.now()): void {
+  watchSite(site: SiteView | undefined, limits?: { maxRuntimeMs: number }, nowMs: () => number = () => Date.now()): void {
+    // One set of gauges for the process; each term of an active control daemon brings its own site (a standby none).
+    this.site = site;
+    if (limits) this.stepTimeoutS = limits.maxRuntimeMs / 1000;
+    if (this.siteGauges) return;
+    this.siteGauges = true;
     const vmsOf = () => {
       const out: { name: string; excluded: boolean; leaves: LeafEntry[] }[] = [];
+      const site = this.site;
+      if (!site) return out;
       for (const vm of site.allVms()) {
         let excluded = false;
         try {
@@ -204,11 +231,15 @@ export class BackupMetrics {
         for (const [protocol, age] of Object.entries(oldest)) this.set({ protocol }, age);
       },
     });
+    const stepTimeoutS = () => this.stepTimeoutS;
     new Gauge({
       name: 'stoney_backup_step_timeout_seconds',
       help: 'STONEY_STEP_TIMEOUT_S of this daemon: a workflow running longer is late (check warns; the StoneyBackupRunningLong rule compares with it)',
       registers: [this.registry],
-    }).set(limits.maxRuntimeMs / 1000);
+      collect() {
+        this.set(stepTimeoutS());
+      },
+    });
     new Gauge({
       name: 'stoney_backup_blocked_vms', help: 'VMs with a workflow that stopped with an error and waits for a human', registers: [this.registry],
       collect() {

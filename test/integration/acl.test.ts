@@ -3,7 +3,10 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Attribute, Change, Client, InsufficientAccessError, NoSuchObjectError } from 'ldapts';
 import { startSlapd, ldapAdd, ldapModifyConfig, LDIF_DIR, type PrivateSlapd } from '../helpers/slapd.js';
-import { connectDirectory } from '../../src/directory/connect.js';
+import { connectDirectory, openLdapSession } from '../../src/directory/connect.js';
+import { LdapLeaseStore } from '../../src/directory/LdapLeaseStore.js';
+import { ControlLease } from '../../src/control/ControlLease.js';
+import pino from 'pino';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
 
@@ -169,5 +172,30 @@ describe('ldif/acl-example.ldif', () => {
     await expect(node2.deleteRestoreRequest(dn)).rejects.toMatchObject({ ldapCode: 50 });
     await node.deleteRestoreRequest(dn);
     expect(await other.getRestoreRequest(dn)).toBeUndefined();
+  });
+
+  it('lets the control identity hold the control lease; a node may only read who holds it', async () => {
+    const leaseAs = async (dn: string) => {
+      const session = await openLdapSession({ url: slapd.url, bindDn: dn, passwordFile: path.join(slapd.dir, `${dn.replace(/[^A-Za-z0-9.-]/g, '_')}.pw`) });
+      return { session, store: new LdapLeaseStore(session, slapd.baseDn) };
+    };
+    const c = await leaseAs(CONTROL_DN);
+    const n = await leaseAs(NODE_DN);
+    try {
+      expect((await c.store.look('control')).exists).toBe(false);
+      expect(await c.store.create('control-a #1')).toBe(true);
+      expect(await c.store.swap('control-a #1', 'control-a #2')).toBe(true);
+      await expect(n.store.swap('control-a #2', 'node #1')).rejects.toMatchObject({ ldapCode: 50 });
+      await expect(n.store.look('node')).rejects.toMatchObject({ ldapCode: 50 }); // its clock probe is a write
+      // A control daemon refused like this gives up with the way out instead of waiting forever as a standby.
+      const refused = new ControlLease(n.store, { durationMs: 3_000, renewMs: 1_000 }, pino({ level: 'silent' }));
+      await expect(refused.acquire(new AbortController().signal)).rejects.toThrow(/acl-example\.ldif/);
+      const seen = await n.session.search(`cn=control-lease,ou=backup,ou=configuration,ou=virtualization,ou=services,${BASE}`, { scope: 'base', attributes: ['sstBackupLeaseHolder'] });
+      expect(seen[0]?.['sstBackupLeaseHolder']).toBe('control-a #2');
+      expect(await c.store.swap('control-a #2', undefined)).toBe(true);
+    } finally {
+      await c.session.close();
+      await n.session.close();
+    }
   });
 });

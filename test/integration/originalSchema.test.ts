@@ -108,7 +108,7 @@ describe('the two schema files', () => {
       const [, arc, n] = m!;
       expect(Number(n), name).toBeGreaterThan(arc === '1' ? 227 : 64);
     }
-    expect([...extension.keys()].sort()).toEqual(['sstBackupFullEvery', 'sstBackupSettingsExtension', 'sstBackupSnapshotMethod']);
+    expect([...extension.keys()].sort()).toEqual(['sstBackupFullEvery', 'sstBackupLease', 'sstBackupLeaseHolder', 'sstBackupSettingsExtension', 'sstBackupSnapshotMethod']);
   });
 
   it('every sst… name the code uses is defined in one of them', () => {

@@ -201,7 +201,16 @@ describe('loadConfig', () => {
     expect(config.policy).toEqual({ mergeConcurrency: 1, claimTimeoutMs: 1000, stepTimeoutMs: 86_400_000 });
   });
 
+  it('reads the control lease in seconds (default 15 s, renewed every 3 s) and refuses a renewal above a third of it', async () => {
+    expect((await loadConfig(undefined, { ...requiredEnv })).controlLease).toEqual({ durationMs: 15_000, renewMs: 3_000 });
+    expect((await loadConfig(undefined, { ...requiredEnv, STONEY_CONTROL_LEASE_S: '30', STONEY_CONTROL_LEASE_RENEW_S: '10' })).controlLease).toEqual({ durationMs: 30_000, renewMs: 10_000 });
+    const err = await usageErrorOf(loadConfig(undefined, { ...requiredEnv, STONEY_CONTROL_LEASE_S: '10', STONEY_CONTROL_LEASE_RENEW_S: '4' }));
+    expect(err.message).toMatch(/^STONEY_CONTROL_LEASE_S \/ STONEY_CONTROL_LEASE_RENEW_S: .*three renew intervals/);
+  });
+
   it.each([
+    ['STONEY_CONTROL_LEASE_S', '0'],
+    ['STONEY_CONTROL_LEASE_RENEW_S', '1.5'],
     ['STONEY_CLAIM_TIMEOUT_S', '0'],
     ['STONEY_STEP_TIMEOUT_S', '-5'],
     ['STONEY_STEP_TIMEOUT_S', '1.5'],
@@ -222,6 +231,8 @@ describe('loadConfig', () => {
   it('documents every key it reads', () => {
     expect(Object.keys(configKeys)).toEqual(expect.arrayContaining([
       'STONEY_CLAIM_TIMEOUT_S',
+      'STONEY_CONTROL_LEASE_S',
+      'STONEY_CONTROL_LEASE_RENEW_S',
       'STONEY_IMAGE_ROOTS',
       'STONEY_ALLOWED_ROOTS',
       'STONEY_LDAP_ALLOW_PLAINTEXT',
