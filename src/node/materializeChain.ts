@@ -1,9 +1,9 @@
-import { stat } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { relativeBackingPath, walkChain, type ChainLink } from '../domain/backupChain.js';
 import { chainSpec } from '../hypervisor/QemuImg.js';
 import { finishedIterations, listIterationDirs, type ManifestFile } from './backupIterations.js';
-import { fileSha256 } from './sparseCopy.js';
+import { fileSha256, sparseCopy } from './sparseCopy.js';
 import type { StepContext } from './StepContext.js';
 
 /** One member of an image chain with what its manifest says of it. */
@@ -58,21 +58,33 @@ export async function checkChainMembers(ctx: Pick<StepContext, 'qemuImg'>, membe
 }
 
 /**
- * Restore one incremental image as a whole qcow2 image at `dest`: the chain
- * is checked first, then converted with every layer pinned (chainSpec), so
- * qemu-img reads exactly the checked files whatever a header says.
+ * Restore one incremental image as a whole qcow2 image at `dest`. Every
+ * member of the chain is first copied next to `dest` (never through a
+ * symlink, hashed on the way) and checked against its manifest and with
+ * `qemu-img check`; the private copies are then converted with every layer
+ * pinned (chainSpec). qemu-img so reads exactly the checked bytes, whatever
+ * a header says or a writer of the backup directory swaps in meanwhile.
  */
 export async function materializeChain(ctx: StepContext, start: ChainLink, dest: string, definitionFormat: string | undefined): Promise<void> {
   if (definitionFormat !== 'qcow2') throw new Error(`the definition gives the disk format ${JSON.stringify(definitionFormat)}; incremental images exist only of qcow2 disks`);
   const members = await chainMembers(ctx, start);
-  ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `checking the ${members.length} images of ${start.name}'s chain` });
-  const problems = await checkChainMembers(ctx, members);
-  if (problems.length > 0) throw new Error(problems.join('; '));
-  ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `converting ${start.name} and its chain into one image` });
-  await ctx.qemuImg.convertFlat(chainSpec(members.map((m) => m.path)), dest, 'qcow2', ctx.signal);
-  const written = (await stat(dest)).size;
-  ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `converted ${start.name}`, done: 0, total: written });
-  ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `converted ${start.name}`, done: written, total: written });
+  const copies: string[] = [];
+  try {
+    for (const [i, m] of members.entries()) {
+      const copy = `${dest}.chain-${i}`;
+      await rm(copy, { force: true });
+      copies.push(copy);
+      const r = await sparseCopy(m.path, copy, (done, total) => ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `copying ${m.link.name} (${i + 1} of ${members.length} of the chain)`, done, total }), ctx.signal);
+      if (r.size !== m.entry.size || r.sha256 !== m.entry.sha256) {
+        throw new Error(`${m.link.leaf}/${m.link.name} does not match its manifest (size ${r.size} vs ${m.entry.size}, sha256 ${r.sha256.slice(0, 12)}… vs ${m.entry.sha256.slice(0, 12)}…)`);
+      }
+      await ctx.qemuImg.check(copy, 'qcow2');
+    }
+    ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `converting ${start.name} and its chain into one image` });
+    await ctx.qemuImg.convertFlat(chainSpec(copies), dest, 'qcow2', ctx.signal);
+  } finally {
+    for (const c of copies) await rm(c, { force: true });
+  }
   const out = await ctx.qemuImg.info(dest, { format: 'qcow2' });
   if (out.backingFile !== undefined) throw new Error(`the converted image still names ${out.backingFile} as backing`);
   await ctx.qemuImg.check(dest, 'qcow2');
