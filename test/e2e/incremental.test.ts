@@ -5,7 +5,6 @@ import { execa } from 'execa';
 import { World } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
-import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { runRestore } from '../../src/control/runRestore.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { readManifest } from '../../src/node/retainStep.js';
@@ -28,11 +27,7 @@ const CLI = path.resolve('bin/stoney-backup.js');
 let w: World;
 useWorldWithNodeDaemon((x) => (w = x));
 
-async function backup(vm: string, leaf: string): Promise<LeafEntry> {
-  const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf, policy, logger: w.logger });
-  expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
-  return done!;
-}
+const backup = (vm: string, leaf: string): Promise<LeafEntry> => w.backupOk(vm, leaf);
 
 async function restore(vm: string, leaf: string) {
   const l = await w.leaf(vm, leaf);

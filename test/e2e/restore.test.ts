@@ -23,11 +23,7 @@ const CLI = path.resolve('bin/stoney-backup.js');
 let w: World;
 useWorldWithNodeDaemon((x) => (w = x));
 
-async function backup(vm: string, leaf: string): Promise<LeafEntry> {
-  const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf, policy, logger: w.logger });
-  expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
-  return done!;
-}
+const backup = (vm: string, leaf: string): Promise<LeafEntry> => w.backupOk(vm, leaf);
 
 async function restore(vm: string, leaf: string, decide: RestoreDecisions | 'abort' = { prefer: 'backup', overrides: {} }, target?: string) {
   const l = await w.leaf(vm, leaf);

@@ -10,6 +10,8 @@ import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import { QemuImg } from '../../src/hypervisor/QemuImg.js';
 import type { LeafEntry } from '../../src/directory/types.js';
+import { runBackupBatch } from '../../src/control/runBackupBatch.js';
+import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { devicesEntryLines, diskEntryLines, interfaceEntryLines, ldifText, vmEntryLines } from './directoryEntries.js';
 
 export const POOL = '0f83f084-8080-413e-b558-b678e504836e';
@@ -209,6 +211,13 @@ ${this.backupSettings(o.backupAttributes)}
   /** Remember a VM made by the code under test (restore as new) so cleanup removes it. */
   track(vm: string): void {
     this.vms.push(vm);
+  }
+
+  /** One backup of `vm` driven like the control side; fails the test unless it finished with 0. */
+  async backupOk(vm: string, leaf: string): Promise<LeafEntry> {
+    const [done] = await runBackupBatch({ directory: this.directory, vms: [(await this.directory.getVm(vm))!], leaf, policy: { ...defaultBatchPolicy, claimTimeoutMs: 60_000 }, logger: this.logger });
+    if (done?.mode !== 'finished' || done.returnValue !== 0) throw new Error(`backup ${leaf} of ${vm} ended ${done?.mode} with ${done?.returnValue}`);
+    return done;
   }
 
   /** Environment for the real CLI (`node bin/stoney-backup.js …`) against this world. */

@@ -6,6 +6,7 @@ import { readManifest } from '../../node/retainStep.js';
 import type { Command } from '../command.js';
 import { ExitCode, exitCodeHelp } from '../exitCodes.js';
 import { CliError, Runtime } from '../runtime.js';
+import { vmWithSettings } from './vmSettings.js';
 
 export const listCommand: Command = {
   name: 'list',
@@ -25,9 +26,7 @@ ${exitCodeHelp}`,
     const rt = await Runtime.create(config, { daemon: false, io });
     try {
       const directory = await rt.connect();
-      const vm = await directory.getVm(name);
-      if (!vm) throw new CliError(`no VM ${name} in the directory`, ExitCode.notFound);
-      const settings = (await directory.effectiveSettings(vm)).backup;
+      const { vm, settings } = await vmWithSettings(directory, name);
       const rows = [];
       for (const l of await directory.listLeaves(name)) {
         // A leaf whose path cannot be derived (odd name, disk outside the roots) is listed, not restorable.

@@ -5,6 +5,7 @@ import { verifyBackups } from '../../node/verifyBackups.js';
 import type { Command } from '../command.js';
 import { ExitCode, exitCodeHelp } from '../exitCodes.js';
 import { CliError, Runtime } from '../runtime.js';
+import { vmWithSettings } from './vmSettings.js';
 
 export const verifyCommand: Command = {
   name: 'verify',
@@ -25,9 +26,7 @@ ${exitCodeHelp}`,
     const rt = await Runtime.create(config, { daemon: false, io });
     try {
       const directory = await rt.connect();
-      const vm = await directory.getVm(name);
-      if (!vm) throw new CliError(`no VM ${name} in the directory`, ExitCode.notFound);
-      const settings = (await directory.effectiveSettings(vm)).backup;
+      const { vm, settings } = await vmWithSettings(directory, name);
       const { layout } = await locateLayout(vm, leaf ?? formatLeafName(new Date()), settings, rt.config.imageRoots);
       const reports = await verifyBackups({ settings, layout, qemuImg: new QemuImg(rt.logger) }, leaf);
       if (leaf !== undefined && reports.length === 0) throw new CliError(`no backup ${leaf} of ${name} in ${layout.vmBackupDir}`, ExitCode.notFound);
