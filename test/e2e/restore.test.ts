@@ -7,7 +7,6 @@ import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { ldapModify, ldapSearch } from '../helpers/slapd.js';
 import { writeOriginalBackup } from '../helpers/originalBackup.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, macsOf, virsh } from '../helpers/libvirt.js';
-import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { runRestore, type RestoreDecisions } from '../../src/control/runRestore.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { BackupLayout } from '../../src/domain/layout.js';
