@@ -92,12 +92,13 @@ export class Virsh {
   }
 
   /**
-   * Pull the backing data into the live top image with libvirt's block job
-   * API and wait for it. bandwidth in MiB/s, 0 = unlimited; with `base`, only
+   * Start pulling the backing data into the live top image with libvirt's
+   * block job API (the caller waits for the job: waitForBlockJob). bandwidth in MiB/s, 0 = unlimited; with `base`, only
    * the images above it are pulled (a template below stays shared).
    */
   async blockPull(vm: string, target: string, bandwidthMiB: number, base?: string): Promise<void> {
-    const args = ['blockpull', vm, target, '--wait'];
+    // No --wait: the job runs inside libvirtd for as long as the disk takes; the caller watches its progress.
+    const args = ['blockpull', vm, target];
     if (base !== undefined) args.push('--base', base);
     if (bandwidthMiB > 0) args.push('--bandwidth', String(bandwidthMiB));
     await this.virsh(args);
@@ -122,12 +123,14 @@ export class Virsh {
   }
 
   /**
-   * Fold the active overlay of `target` into its backing image and switch the
-   * guest back onto that image (`blockcommit --active --pivot`): QEMU writes
-   * only what the overlay holds. bandwidth in MiB/s, 0 = unlimited.
+   * Start folding the active overlay of `target` into its backing image
+   * (`blockcommit --active`): QEMU writes only what the overlay holds. The
+   * caller waits until the job is ready and pivots the guest onto the image
+   * (waitForBlockJob). bandwidth in MiB/s, 0 = unlimited.
    */
   async blockCommitActive(vm: string, target: string, bandwidthMiB: number): Promise<void> {
-    const args = ['blockcommit', vm, target, '--active', '--pivot', '--wait'];
+    // No --wait/--pivot: the caller watches the job and pivots once it is ready.
+    const args = ['blockcommit', vm, target, '--active'];
     if (bandwidthMiB > 0) args.push('--bandwidth', String(bandwidthMiB));
     await this.virsh(args);
   }

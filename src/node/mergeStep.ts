@@ -76,6 +76,7 @@ export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInT
     ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `pulling ${d.target}` });
     try {
       await virsh.blockPull(vm.name, d.target, settings.bandwidthMerge, base);
+      await waitForBlockJob(ctx, d.target);
     } catch (err) {
       throw new BackupError(`block pull of ${d.target} failed: ${errorMessage(err)}`, ReturnCode.cannotMergeDiskImages, { cause: err });
     }
@@ -123,32 +124,48 @@ async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: str
       await virsh.blockCommitActive(vm.name, d.target, settings.bandwidthMerge);
     } else {
       logger.warn({ vm: vm.name, disk: d.target, job }, 'a block job of an earlier run is still there; waiting for it and pivoting');
-      await finishRunningCommit(ctx, d.target);
     }
+    await waitForBlockJob(ctx, d.target);
   } catch (err) {
     throw new BackupError(`block commit of ${d.target} failed: ${errorMessage(err)}`, ReturnCode.cannotMergeDiskImages, { cause: err });
   }
 }
 
-/** Wait while the job progresses, then pivot; a job that stops progressing for 10 minutes fails. */
-async function finishRunningCommit(ctx: StepContext, target: string): Promise<void> {
+/** How long a block job may go without progress before the step fails (the job itself is left to libvirtd). */
+const STALL_MS = 10 * 60 * 1000;
+
+/**
+ * Wait for the block job on `target` for as long as it makes progress — a
+ * pull or commit of a large disk runs for hours at a limited bandwidth, and a
+ * fixed timeout would fail it every night while libvirtd carries on. A
+ * commit or copy waits at 100 % for the pivot, which is done here; a pull
+ * ends by itself. A job that makes no progress for 10 minutes fails the step.
+ */
+async function waitForBlockJob(ctx: StepContext, target: string): Promise<void> {
   const { virsh, vm } = ctx;
   let last = -1;
   let lastChange = Date.now();
   for (;;) {
+    if (ctx.signal?.aborted) throw new Error(`stopped while waiting for the block job on ${target}`);
     const job = await virsh.blockJob(vm.name, target);
     if (job === undefined) return; // it ended (e.g. pivoted before we died)
-    // A commit or copy waits at 100 % for the pivot; a pull ends by itself.
     if (job.percent >= 100 && !/pull/i.test(job.type)) {
-      await virsh.blockJobPivot(vm.name, target);
-      return;
+      try {
+        await virsh.blockJobPivot(vm.name, target);
+        return;
+      } catch (err) {
+        // 100 % shown a moment before libvirt calls the job ready: look again.
+        if (!/not ready|still active/i.test(errorMessage(err))) throw err;
+      }
     }
     if (job.percent !== last) {
+      // A line per tenth of the job, not per poll.
+      if (Math.floor(job.percent / 10) !== Math.floor(last / 10)) ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `${job.type.toLowerCase()} of ${target}: ${Math.floor(job.percent / 10) * 10} %` });
       last = job.percent;
       lastChange = Date.now();
-    } else if (Date.now() - lastChange > 10 * 60 * 1000) {
+    } else if (Date.now() - lastChange > STALL_MS) {
       throw new Error(`the block job on ${target} made no progress for 10 minutes (${job.type} at ${job.percent} %)`);
     }
-    await new Promise((r) => setTimeout(r, 500));
+    await new Promise((r) => setTimeout(r, 200));
   }
 }

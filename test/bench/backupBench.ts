@@ -159,6 +159,7 @@ async function virtnbdbackupCopy(w: World, vm: string): Promise<number | undefin
 
 interface IncrementalFigures {
   oursWallS: number;
+  oursStepsS: Record<string, number>;
   oursImageMiB: number;
   oursStateMiB: number;
   kind: string;
@@ -208,7 +209,7 @@ async function incremental(w: World, vm: string, image: string): Promise<Increme
     const names = (await run('virsh', ['-c', w.libvirtUri, 'checkpoint-list', vm, '--name', '--topological'])).stdout.split('\n').map((l) => l.trim()).filter(Boolean);
     for (const n of names.reverse()) await run('virsh', ['-c', w.libvirtUri, 'checkpoint-delete', vm, n, '--metadata']);
   }
-  return { oursWallS: ours.wallS, oursImageMiB: (img?.size ?? NaN) / MiB, oursStateMiB: (state?.size ?? NaN) / MiB, kind: img?.backing ? 'incremental' : `full (${img?.fullReason ?? '?'})`, nbdWallS, nbdStoredMiB, foldS };
+  return { oursWallS: ours.wallS, oursStepsS: ours.stepsS, oursImageMiB: (img?.size ?? NaN) / MiB, oursStateMiB: (state?.size ?? NaN) / MiB, kind: img?.backing ? 'incremental' : `full (${img?.fullReason ?? '?'})`, nbdWallS, nbdStoredMiB, foldS };
 }
 
 /** sparseCopy in a child process (its own RSS), cp --sparse=always + sync; alternating, median. */
@@ -308,7 +309,7 @@ async function main(): Promise<void> {
     out(`\nlive stopped windows of ${LIVE_RUNS} runs: ${lives.map((l) => `${fmt(l.stoppedMs, 0)} ms`).join(', ')} (the table shows the median run)`);
     out(`steps (s): save ${JSON.stringify(save.stepsS)}; live ${JSON.stringify(live.stepsS)}`);
     out(`copy of the ${fmt(copy.sizeMiB, 0)} MiB image: sparseCopy+sha256 ${fmt(copy.oursMiBs, 0)} MiB/s, cp --sparse=always+sync ${fmt(copy.cpMiBs, 0)} MiB/s (median of ${COPY_ROUNDS}), ratio ${fmt(copy.ratio, 2)}; copy process max RSS ${fmt(copy.rssMiB, 0)} MiB (an empty node process: ${fmt(baselineRssMiB, 0)} MiB)`);
-    out(`\nincremental, ${DELTA_MIB} MiB changed since the previous backup: our live backup (${inc.kind}) ${fmt(inc.oursWallS)} s wall, disk image stored ${fmt(inc.oursImageMiB)} MiB (+ memory state ${fmt(inc.oursStateMiB, 0)} MiB, always whole); virtnbdbackup -l inc (disk only) ${inc.nbdWallS === undefined ? 'n/a' : `${fmt(inc.nbdWallS)} s, stored ${fmt(inc.nbdStoredMiB ?? NaN)} MiB`}; rotation fold of the chain afterwards ${fmt(inc.foldS)} s`);
+    out(`\nincremental, ${DELTA_MIB} MiB changed since the previous backup: our live backup (${inc.kind}) ${fmt(inc.oursWallS)} s wall, disk image stored ${fmt(inc.oursImageMiB)} MiB (+ memory state ${fmt(inc.oursStateMiB, 0)} MiB, always whole); virtnbdbackup -l inc (disk only) ${inc.nbdWallS === undefined ? 'n/a' : `${fmt(inc.nbdWallS)} s, stored ${fmt(inc.nbdStoredMiB ?? NaN)} MiB`}; rotation fold of the chain afterwards ${fmt(inc.foldS)} s; steps of our incremental backup (s): ${JSON.stringify(inc.oursStepsS)}`);
     const mergeLimit = 2 * DELTA_MIB + 16;
     const storedLimit = 2 * DELTA_MIB + 8;
     const goals: [string, boolean][] = [
