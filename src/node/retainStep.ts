@@ -1,4 +1,4 @@
-import { lstat, readdir, rename, rm, readFile } from 'node:fs/promises';
+import { lstat, readdir, rename, rm, rmdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
@@ -9,6 +9,7 @@ import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { isBelow } from './backupDisks.js';
 import { isRestoreMode } from '../../workflows/restoreMachine.js';
+import { leafActive } from '../control/decideBatch.js';
 import { exists, syncDir, writeFileDurably } from './durableFs.js';
 import { assertNoSymlinkBelow, chmodNoFollow, listRegularFiles, mkdirBelow } from './safeFs.js';
 import { backupFileMode } from '../domain/settings.js';
@@ -196,7 +197,23 @@ export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]
   const removed: string[] = [];
   // Oldest first: each removal folds what the next kept iteration needs of it.
   for (const l of pruned) if (await removeIteration(ctx, l)) removed.push(l);
+  // Directories of earlier backups that never finished (no manifest: a retain
+  // that failed, a disk full) are never restored or built on; without this
+  // they would stay for good.
+  const active = new Set((await ctx.directory.listLeaves(ctx.vm.name)).filter((l) => leafActive(l)).map((l) => l.leaf));
+  for (const l of leaves.filter((x) => x < layout.leaf && !complete.includes(x) && !protect.has(x) && !active.has(x))) {
+    if (await removeUnfinishedBackupDir(path.join(layout.vmBackupDir, l), l)) removed.push(l);
+  }
   return removed;
+}
+
+/** Remove a backup directory that holds only this project's files of its leaf (else leave it and say so). */
+async function removeUnfinishedBackupDir(dir: string, leaf: string): Promise<boolean> {
+  const names = await listRegularFiles(dir).catch(() => undefined);
+  if (names === undefined || names.some((n) => !n.endsWith(`.${leaf}`) && !n.endsWith(`.${leaf}.partial`))) return false;
+  for (const n of names) await rm(path.join(dir, n));
+  await rmdir(dir);
+  return true;
 }
 
 /** The manifest of `<…>/<leaf>/manifest.json`, checked (readManifestFile). */

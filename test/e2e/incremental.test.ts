@@ -1,5 +1,5 @@
 import { describe, expect, it, beforeAll } from 'vitest';
-import { lstat, readdir, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { World } from '../helpers/world.js';
@@ -180,7 +180,16 @@ describe('incremental backups with the save method', () => {
     await guestWrite(vm, 'vda', A, '32M', '32M');
     await backup(vm, L1);
     await guestWrite(vm, 'vda', P1, '2M', '1M');
+    // Leftovers of earlier backups that never finished: one holds only our files, one a stranger's.
+    const vmDir = w.layoutOf(vm, L1).vmBackupDir;
+    const [ours, foreign] = ['20261127T010000Z', '20261127T020000Z'];
+    await mkdir(path.join(vmDir, ours));
+    await writeFile(path.join(vmDir, ours, `${path.basename(disk)}.${ours}.partial`), 'half a copy');
+    await writeFile(path.join(vmDir, ours, `${vm}.state.${ours}`), 'state');
+    await mkdir(path.join(vmDir, foreign));
+    await writeFile(path.join(vmDir, foreign, 'notes.txt'), 'not a backup file');
     await backup(vm, L2);
+    expect((await readdir(vmDir)).sort()).toEqual([foreign, L1, L2]);
     const first = await imageEntry(vm, L1, disk);
     const second = await imageEntry(vm, L2, disk);
     expect(first.entry.fullReason).toBe('no earlier finished backup of the VM');
