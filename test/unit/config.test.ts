@@ -160,6 +160,11 @@ describe('loadConfig', () => {
     expect(config.ldap.urls).toEqual(urls);
   });
 
+  it('reads the shipped deploy/stoney-backup.env.example, with its two providers', async () => {
+    const config = await loadConfig(path.resolve('deploy/stoney-backup.env.example'), {});
+    expect(config.ldap.urls).toEqual(['ldaps://ldapm.example.com', 'ldaps://ldaps.example.com']);
+  });
+
   it('keeps a single URL as it was (no provider list)', async () => {
     const config = await loadConfig(undefined, { ...requiredEnv, STONEY_LDAP_URL: ' ldap://127.0.0.1:3389/ ' });
     expect(config.ldap.url).toBe('ldap://127.0.0.1:3389/');
