@@ -189,12 +189,13 @@ async function measureLatency(name: string, feed: ChangeFeed, set: NodeSetUp, co
     imageRoots: [path.join(set.scratch, 'images')],
     // The site's backup directories lie outside: every step fails right after the claim, before any hypervisor call.
     allowedRoots: [path.join(set.scratch, 'allowed')],
-    logger: pino({ level: 'silent' }),
+    logger: pino({ level: process.env.BENCH_LOG ?? 'silent' }),
     runDir,
   });
   await daemon.start();
   await sleep(500); // let the first poll / refresh and its resync settle
   const samples: number[] = [];
+  let lost = 0;
   let next = 0;
   const worker = async () => {
     for (;;) {
@@ -206,17 +207,27 @@ async function measureLatency(name: string, feed: ChangeFeed, set: NodeSetUp, co
       const before = set.observer.count(dn);
       if (!(await control.casMode(dn, 'initialized', 'snapshot'))) throw new Error(`${dn} was not initialized`);
       // command, claim, report
-      await set.observer.seen(dn, before + 3);
-      samples.push(csnMs(set.observer.csn(dn, before + 1)) - csnMs(set.observer.csn(dn, before)));
+      let complete = true;
+      try {
+        await set.observer.seen(dn, before + 3, 15_000);
+        samples.push(csnMs(set.observer.csn(dn, before + 1)) - csnMs(set.observer.csn(dn, before)));
+      } catch (err) {
+        // Seen (rarely) on a loaded host: a change the observer was not told of. Count the round as lost, go on.
+        if ((await control.getLeaf(dn))?.mode !== 'snapshotted') throw err;
+        lost += 1;
+        complete = false;
+      }
       if (!(await control.casMode(dn, 'snapshotted', 'initialized'))) throw new Error(`${dn} was not reported snapshotted`);
-      await set.observer.seen(dn, before + 4);
+      // The next round on this leaf counts from here: its reset must have been seen.
+      if (complete) await set.observer.seen(dn, before + 4);
+      else await sleep(1_000);
     }
   };
   const started = performance.now();
   await Promise.all(Array.from({ length: inFlight }, worker));
   const took = performance.now() - started;
   await daemon.stop();
-  process.stderr.write(`  ${name}: ${samples.length} rounds in ${(took / 1000).toFixed(1)} s\n`);
+  process.stderr.write(`  ${name}: ${samples.length} rounds in ${(took / 1000).toFixed(1)} s${lost ? `, ${lost} without a complete observation` : ''}\n`);
   return { name, samples };
 }
 

@@ -5,19 +5,16 @@
  * use killed mid-backup; and the node's feed narrowed to its own VMs.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import path from 'node:path';
 import { World, vmDn } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches, virsh } from '../helpers/libvirt.js';
 import { ldapModify } from '../helpers/slapd.js';
-import { TappedFeed, windowed } from '../helpers/daemonWindows.js';
+import { tappedSyncFeed, windowed, type TappedFeed } from '../helpers/daemonWindows.js';
 import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import { ControlDaemon } from '../../src/control/ControlDaemon.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
-import { QemuImg } from '../../src/hypervisor/QemuImg.js';
 import { connectDirectory } from '../../src/directory/connect.js';
-import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
+import type { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
 import type { BackupDirectory } from '../../src/directory/types.js';
-import type { LeafScope } from '../../src/directory/leafScan.js';
 
 const A = 0xab;
 const NODE2 = 'node-02.example.com';
@@ -41,33 +38,8 @@ async function session(): Promise<BackupDirectory> {
   return s;
 }
 
-function syncFeed(scope: LeafScope, name: string): TappedFeed<SyncReplChangeFeed> {
-  return new TappedFeed(new SyncReplChangeFeed({
-    ...w.connection,
-    scope,
-    stateFile: path.join(w.root, 'run', `feed-${name}.json`),
-    logger: w.logger,
-    reconnectMinMs: 100,
-    reconnectMaxMs: 2_000,
-    heartbeatIntervalMs: 1_000,
-    heartbeatTimeoutMs: 3_000,
-    // The safety-net resync must not be what carries the backup in this test.
-    fullResyncIntervalMs: 0,
-  }));
-}
-
 async function nodeDaemon(feed: TappedFeed<SyncReplChangeFeed>, onClaim: (dn: string, to: string) => void): Promise<NodeDaemon> {
-  return new NodeDaemon({
-    nodeName: w.nodeName,
-    directory: windowed(await session(), { onCas: (dn, _from, to) => { if (/ing$/.test(to)) onClaim(dn, to); } }),
-    feed,
-    virsh,
-    qemuImg: new QemuImg(),
-    imageRoots: [w.imageRoot],
-    allowedRoots: [w.backupRoot, w.retainRoot],
-    logger: w.logger,
-    runDir: w.runDir,
-  });
+  return new NodeDaemon(w.nodeDaemonOptions(feed, windowed(await session(), { onCas: (dn, _from, to) => { if (/ing$/.test(to)) onClaim(dn, to); } })));
 }
 
 describe('a replicated directory', () => {
@@ -82,8 +54,8 @@ describe('a replicated directory', () => {
     const held: (() => void)[] = [];
     const gate = (_dn: string, _from: string, to: string) => (holdMerge && to === 'merge' ? new Promise<void>((release) => held.push(release)) : Promise.resolve());
     const claims = new Map<string, number>();
-    const nodeFeed = syncFeed({ node: w.nodeName }, 'node');
-    const controlFeed = syncFeed({}, 'control');
+    const nodeFeed = tappedSyncFeed(w, { node: w.nodeName }, 'node');
+    const controlFeed = tappedSyncFeed(w, {}, 'control');
     const node = await nodeDaemon(nodeFeed, (dn, to) => claims.set(`${dn}|${to}`, (claims.get(`${dn}|${to}`) ?? 0) + 1));
     const control = new ControlDaemon({
       directory: windowed(await session(), { gate }),
@@ -136,7 +108,7 @@ describe('a replicated directory', () => {
     const moving = (await w.addVm('replmove', { running: false, noDomain: true, node: NODE2 })).name;
     // Written to the first provider; the sessions may be on the second since the test above.
     for (const vm of [mine, moving]) await w.pair!.waitReplicated(`ou=backup,${vmDn(vm)}`);
-    const feed = syncFeed({ node: w.nodeName }, 'node-filter');
+    const feed = tappedSyncFeed(w, { node: w.nodeName }, 'node-filter');
     const claims: string[] = [];
     const node = await nodeDaemon(feed, (dn, to) => claims.push(`${dn}|${to}`));
     await node.start();

@@ -6,19 +6,15 @@
  * deliver.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import path from 'node:path';
 import { World } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches } from '../helpers/libvirt.js';
 import { virsh } from '../helpers/libvirt.js';
 import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import { ControlDaemon } from '../../src/control/ControlDaemon.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
-import { QemuImg } from '../../src/hypervisor/QemuImg.js';
-import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
 import { BackupModes } from '../../src/domain/modes.js';
 import type { LeafEntry } from '../../src/directory/types.js';
-import { TappedFeed, windowed } from '../helpers/daemonWindows.js';
-import type { LeafScope } from '../../src/directory/leafScan.js';
+import { tappedSyncFeed, windowed } from '../helpers/daemonWindows.js';
 
 const A = 0xab;
 let w: World;
@@ -32,23 +28,6 @@ afterAll(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function syncFeed(scope: LeafScope, name: string): TappedFeed {
-  return new TappedFeed(new SyncReplChangeFeed({
-    url: w.slapd.url,
-    bindDn: w.slapd.bindDn,
-    passwordFile: w.slapd.passwordFile,
-    baseDn: w.slapd.baseDn,
-    scope,
-    stateFile: path.join(w.root, 'run', `feed-${name}.json`),
-    logger: w.logger,
-    reconnectMinMs: 100,
-    reconnectMaxMs: 2_000,
-    heartbeatIntervalMs: 1_000,
-    heartbeatTimeoutMs: 3_000,
-    // The safety-net resync must not be what carries the backup in this test.
-    fullResyncIntervalMs: 0,
-  }));
-}
 
 describe('both daemons on the sync feed', () => {
   it('run a backup to finished: every step once and in protocol order, surviving slapd restarts between steps', async () => {
@@ -83,20 +62,10 @@ describe('both daemons on the sync feed', () => {
       return new Promise<void>((release) => held.push({ to, release }));
     };
 
-    const nodeFeed = syncFeed({ node: w.nodeName }, 'node');
-    const controlFeed = syncFeed({}, 'control');
+    const nodeFeed = tappedSyncFeed(w, { node: w.nodeName }, 'node');
+    const controlFeed = tappedSyncFeed(w, {}, 'control');
     controlFeed.onLeaf = onRead;
-    const node = new NodeDaemon({
-      nodeName: w.nodeName,
-      directory: windowed(w.directory, { onCas: (dn, _from, to) => { if (/ing$/.test(to)) claims.set(`${dn}|${to}`, (claims.get(`${dn}|${to}`) ?? 0) + 1); } }),
-      feed: nodeFeed,
-      virsh,
-      qemuImg: new QemuImg(),
-      imageRoots: [w.imageRoot],
-      allowedRoots: [w.backupRoot, w.retainRoot],
-      logger: w.logger,
-      runDir: w.runDir,
-    });
+    const node = new NodeDaemon(w.nodeDaemonOptions(nodeFeed, windowed(w.directory, { onCas: (dn, _from, to) => { if (/ing$/.test(to)) claims.set(`${dn}|${to}`, (claims.get(`${dn}|${to}`) ?? 0) + 1); } })));
     const control = new ControlDaemon({
       directory: windowed(w.directory, { onRead, gate }),
       feed: controlFeed,

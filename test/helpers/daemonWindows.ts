@@ -4,8 +4,12 @@
  * BackupDirectory that reports reads and compare-and-swaps (and may hold one).
  * Both pass everything through unchanged.
  */
+import path from 'node:path';
 import { leafFromAttributes } from '../../src/directory/entryMapping.js';
+import type { LeafScope } from '../../src/directory/leafScan.js';
+import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
 import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, SiteSnapshot } from '../../src/directory/types.js';
+import type { World } from './world.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -79,4 +83,20 @@ export function windowed(dir: BackupDirectory, hooks: {
       return fn.bind(target);
     },
   });
+}
+
+/** A daemon's sync feed in a world, recorded: quick reconnects and heartbeat, state in the world's run directory. */
+export function tappedSyncFeed(w: World, scope: LeafScope, name: string): TappedFeed<SyncReplChangeFeed> {
+  return new TappedFeed(new SyncReplChangeFeed({
+    ...w.connection,
+    scope,
+    stateFile: path.join(w.root, 'run', `feed-${name}.json`),
+    logger: w.logger,
+    reconnectMinMs: 100,
+    reconnectMaxMs: 2_000,
+    heartbeatIntervalMs: 1_000,
+    heartbeatTimeoutMs: 3_000,
+    // The safety-net resync must not be what carries the backup in these tests.
+    fullResyncIntervalMs: 0,
+  }));
 }

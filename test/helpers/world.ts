@@ -8,9 +8,9 @@ import { createTinyVm, macsOf, removeVm, requireLibvirt, virsh, LIBVIRT_URI, typ
 import { connectDirectory, type DirectoryConnectionOptions } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
-import { NodeDaemon } from '../../src/node/NodeDaemon.js';
+import { NodeDaemon, type NodeDaemonOptions } from '../../src/node/NodeDaemon.js';
 import { QemuImg } from '../../src/hypervisor/QemuImg.js';
-import type { LeafEntry } from '../../src/directory/types.js';
+import type { BackupDirectory, ChangeFeed, LeafEntry } from '../../src/directory/types.js';
 
 export const POOL = '0f83f084-8080-413e-b558-b678e504836e';
 /**
@@ -210,9 +210,17 @@ ${this.backupSettings(o.backupAttributes)}
 
   async startNodeDaemon(nodeName = this.nodeName): Promise<NodeDaemon> {
     const feed = new PollingChangeFeed(this.directory, { node: nodeName }, { intervalMs: 150, logger: this.logger });
-    const daemon = new NodeDaemon({
+    const daemon = new NodeDaemon(this.nodeDaemonOptions(feed, this.directory, nodeName));
+    await daemon.start();
+    this.daemons.push(daemon);
+    return daemon;
+  }
+
+  /** What a node daemon of this world runs with; a test may pass its own feed and directory (window). */
+  nodeDaemonOptions(feed: ChangeFeed, directory: BackupDirectory = this.directory, nodeName = this.nodeName): NodeDaemonOptions {
+    return {
       nodeName,
-      directory: this.directory,
+      directory,
       feed,
       virsh,
       qemuImg: new QemuImg(),
@@ -220,10 +228,7 @@ ${this.backupSettings(o.backupAttributes)}
       allowedRoots: [this.backupRoot, this.retainRoot, ...this.extraAllowedRoots],
       logger: this.logger,
       runDir: this.runDir,
-    });
-    await daemon.start();
-    this.daemons.push(daemon);
-    return daemon;
+    };
   }
 
   async stopNodeDaemons(): Promise<void> {

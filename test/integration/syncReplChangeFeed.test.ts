@@ -100,6 +100,17 @@ async function addVm(node = NODE): Promise<string> {
   return vm;
 }
 
+/** A node feed (NODE) and a control feed, started, each with its recorder. */
+async function startNodeAndControlFeeds(): Promise<{ node: Recorder; all: Recorder; nodeFeed: SyncReplChangeFeed; allFeed: SyncReplChangeFeed }> {
+  const node = new Recorder();
+  const all = new Recorder();
+  const nodeFeed = new SyncReplChangeFeed(feedOptions());
+  const allFeed = new SyncReplChangeFeed(feedOptions({ scope: {} }));
+  await nodeFeed.start(node.push);
+  await allFeed.start(all.push);
+  return { node, all, nodeFeed, allFeed };
+}
+
 async function readState(file: string): Promise<{ cookie: string | null; uuidToDn: Record<string, string> }> {
   return JSON.parse(await readFile(file, 'utf8')) as { cookie: string | null; uuidToDn: Record<string, string> };
 }
@@ -110,12 +121,7 @@ describe('SyncReplChangeFeed: what a daemon hears', () => {
   it('node scope: its leaves, VMs moving to or from it; control scope: all leaves and settings; resync at start', async () => {
     const mine = await addVm(NODE);
     const foreign = await addVm(OTHER_NODE);
-    const node = new Recorder();
-    const all = new Recorder();
-    const nodeFeed = new SyncReplChangeFeed(feedOptions());
-    const allFeed = new SyncReplChangeFeed(feedOptions({ scope: {} }));
-    await nodeFeed.start(node.push);
-    await allFeed.start(all.push);
+    const { node, all, nodeFeed, allFeed } = await startNodeAndControlFeeds();
     try {
       expect(node.events.map((e) => e.kind)).toEqual(['resync']);
       expect(all.events.map((e) => e.kind)).toEqual(['resync']);
@@ -180,12 +186,7 @@ describe('SyncReplChangeFeed: what a daemon hears', () => {
     const leaves = Array.from({ length: 10 }, (_, i) => `20240301T0000${String(i).padStart(2, '0')}Z`);
     for (const l of leaves) expect(await dir.createLeaf(foreign, l)).toBe(true);
     expect(await dir.createLeaf(mine, leaves[0]!)).toBe(true);
-    const node = new Recorder();
-    const all = new Recorder();
-    const nodeFeed = new SyncReplChangeFeed(feedOptions());
-    const allFeed = new SyncReplChangeFeed(feedOptions({ scope: {} }));
-    await nodeFeed.start(node.push);
-    await allFeed.start(all.push);
+    const { node, all, nodeFeed, allFeed } = await startNodeAndControlFeeds();
     // What the feed was sent: its map holds every entry the server delivered, wanted or not.
     const known = () => new Set([...nodeFeed.knownEntries.values()].map((d) => d.toLowerCase()));
     const foreignLeaves = () => [...known()].filter((d) => d.endsWith(`,ou=backup,${vmDn(foreign)}`.toLowerCase()));
