@@ -5,11 +5,14 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import pino from 'pino';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
 import { startSlapdPair, type SlapdPair } from '../helpers/slapdPair.js';
 import { connectDirectory } from '../../src/directory/connect.js';
 import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
 import type { ChangeEvent } from '../../src/directory/types.js';
+import { main } from '../../src/cli/runCli.js';
 
 const BASE = 'o=stepping-stone,c=ch';
 const VMS = `ou=virtual machines,ou=virtualization,ou=services,${BASE}`;
@@ -82,6 +85,19 @@ describe('a replicated directory (two providers, mirror mode)', () => {
     } finally {
       await dir.close();
     }
+  });
+
+  it('the CLI takes both URLs in STONEY_LDAP_URL and answers with the first provider down', async () => {
+    const vm = await addVm();
+    const config = path.join(pair.providers[0].dir, 'cli.env');
+    const p = pair.providers[0];
+    await writeFile(config, `STONEY_LDAP_URL="${pair.urls.join(' ')}"\nSTONEY_LDAP_BIND_DN=${p.bindDn}\nSTONEY_LDAP_PASSWORD_FILE=${p.passwordFile}\nSTONEY_LDAP_BASE_DN=${BASE}\n`);
+    await p.kill();
+    const out: string[] = [];
+    const err: string[] = [];
+    const code = await main(['list', vm, '--json', '--config', config], { out: (l) => out.push(l), err: (l) => err.push(l) });
+    expect({ code, err }).toEqual({ code: 0, err: [] });
+    expect(out.join('\n')).toContain(vm);
   });
 
   it('fails only when no provider answers, with a retryable directory error', async () => {
