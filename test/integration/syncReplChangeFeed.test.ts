@@ -219,6 +219,26 @@ describe('SyncReplChangeFeed: what a daemon hears', () => {
     }
   });
 
+  it('node scope beyond maxFilteredVms: the server sends every leaf, the feed still tells only of its own', async () => {
+    const mine = await addVm(NODE);
+    const foreign = await addVm(OTHER_NODE);
+    const leaf = '20240401T000000Z';
+    for (const vm of [mine, foreign]) expect(await dir.createLeaf(vm, leaf)).toBe(true);
+    const node = new Recorder();
+    const feed = new SyncReplChangeFeed(feedOptions({ maxFilteredVms: 0 }));
+    await feed.start(node.push);
+    try {
+      expect([...feed.knownEntries.values()].map((d) => d.toLowerCase())).toContain(leafDn(foreign, leaf).toLowerCase());
+      const mark = node.length;
+      expect(await dir.casMode(leafDn(foreign, leaf), 'initialize', 'snapshot')).toBe(true);
+      expect(await dir.casMode(leafDn(mine, leaf), 'initialize', 'snapshot')).toBe(true);
+      await node.waitFor(is('leaf', leafDn(mine, leaf)), 5_000, mark);
+      expect(node.dns('leaf', mark)).toEqual(new Set([leafDn(mine, leaf).toLowerCase()]));
+    } finally {
+      await feed.stop();
+    }
+  });
+
   it('slapd killed and restarted under a running feed: reconnects, re-binds, resyncs, and no change is lost', async () => {
     const vm = await addVm();
     const leaves = Array.from({ length: 20 }, (_, i) => `20240201T0000${String(i).padStart(2, '0')}Z`);
