@@ -90,6 +90,17 @@ function filterValue(v: string): string {
   return v.replace(/[*()\\\0]/g, (c) => `\\${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
+/** The provider URL a cookie origin names (see startRefresh). */
+function originUrl(origin: string | undefined): string | undefined {
+  if (origin === undefined) return undefined;
+  try {
+    const url = (JSON.parse(origin) as { url?: unknown }).url;
+    return typeof url === 'string' ? url : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** LDAP result codes of a sync search that no retry will fix: a configuration fault to report at start. */
 const configurationResultCodes = new Set([
   2, // protocolError
@@ -465,8 +476,8 @@ export class SyncReplChangeFeed implements ChangeFeed {
       // A bare "present" of an entry we know is no change.
       if (state !== 'present' || !this.uuidToDn.has(uuid)) this.upsert(uuid, e.dn, state === 'present' ? undefined : e.attributes);
     }
-    // In the persist phase; a refresh checks at its end.
-    if (!r && this.restartIfFilterStale()) return;
+    // A VM entry may change the node's VM set (persist phase; a refresh checks at its end).
+    if (!r && this.classify(e.dn) === 'vm' && this.restartIfFilterStale()) return;
     this.noteCookie(cookie);
   }
 
@@ -733,6 +744,9 @@ export class SyncReplChangeFeed implements ChangeFeed {
     }
     this.cookie = data.cookie;
     this.cookieOrigin = data.cookieOrigin;
+    // Start with the provider the cookie came from, so that a restart resumes instead of a full refresh.
+    const from = this.urls.indexOf(originUrl(data.cookieOrigin) ?? '');
+    if (from >= 0) this.current = from;
     for (const [uuid, dn] of data.uuidToDn) this.uuidToDn.set(uuid, dn);
     for (const [uuid, node] of data.vmNodes) {
       this.vmNodes.set(uuid, node);

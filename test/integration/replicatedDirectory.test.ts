@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import pino from 'pino';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
 import { startSlapdPair, type SlapdPair } from '../helpers/slapdPair.js';
@@ -109,6 +109,38 @@ describe('a replicated directory (two providers, mirror mode)', () => {
       // Back: the same session works again without being reopened.
       expect(Array.isArray(await dir.listVms())).toBe(true);
     } finally {
+      await dir.close();
+    }
+  });
+
+  it('a feed restarted after a failover resumes from its cookie on the provider the cookie came from', async () => {
+    const vm = await addVm();
+    const dir = await connectDirectory(connection());
+    expect(await dir.createLeaf(vm, '20260103T000000Z')).toBe(true);
+    await pair.waitReplicated(leafDn(vm, '20260103T000000Z'));
+    const stateFile = path.join(pair.providers[1].dir, `feed-${vm}.json`);
+    const options = { ...connection(), scope: { node: NODE }, stateFile, reconnectMinMs: 50, reconnectMaxMs: 500, logger: pino({ level: process.env.STONEY_TEST_LOG ?? 'silent' }) };
+    const events: ChangeEvent[] = [];
+    let feed = new SyncReplChangeFeed(options);
+    await feed.start((e) => events.push(e));
+    await pair.providers[0].kill();
+    const end = Date.now() + 15_000;
+    while (events.filter((e) => e.kind === 'resync').length < 2 && Date.now() < end) await sleep(50);
+    await feed.stop();
+    expect(JSON.parse(await readFile(stateFile, 'utf8')).cookieOrigin).toContain(pair.urls[1]);
+    // The first provider is back, but the cookie is the second's: resumed there, nothing to tell but the resync.
+    await pair.providers[0].start();
+    events.length = 0;
+    feed = new SyncReplChangeFeed(options);
+    await feed.start((e) => events.push(e));
+    try {
+      expect(events.map((e) => e.kind)).toEqual(['resync']);
+      expect(await dir.casMode(leafDn(vm, '20260103T000000Z'), 'initialize', 'snapshot')).toBe(true);
+      const until = Date.now() + 10_000;
+      while (!events.some((e) => e.kind === 'leaf') && Date.now() < until) await sleep(50);
+      expect(events.filter((e) => e.kind === 'leaf').map((e) => e.dn.toLowerCase())).toEqual([leafDn(vm, '20260103T000000Z').toLowerCase()]);
+    } finally {
+      await feed.stop();
       await dir.close();
     }
   });
