@@ -224,9 +224,12 @@ async function measureLatency(name: string, feed: ChangeFeed, set: NodeSetUp, co
     }
   };
   const started = performance.now();
-  await Promise.all(Array.from({ length: inFlight }, (_, w) => worker(w)));
+  try {
+    await Promise.all(Array.from({ length: inFlight }, (_, w) => worker(w)));
+  } finally {
+    await daemon.stop();
+  }
   const took = performance.now() - started;
-  await daemon.stop();
   process.stderr.write(`  ${name}: ${samples.length} rounds in ${(took / 1000).toFixed(1)} s${lost ? `, ${lost} without a complete observation` : ''}\n`);
   return { name, samples };
 }
@@ -312,7 +315,12 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
-  process.stderr.write(`benchmark failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exitCode = 1;
-});
+// Exit when done: a node daemon step still retrying its report against the closed sessions
+// (after a failed round) must not keep the benchmark alive.
+main().then(
+  () => process.exit(process.exitCode ?? 0),
+  (err: unknown) => {
+    process.stderr.write(`benchmark failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+    process.exit(1);
+  },
+);
