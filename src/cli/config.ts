@@ -6,6 +6,7 @@ import { defaultBatchPolicy, type BatchPolicy } from '../control/decideBatch.js'
 import { defaultLeaseTiming, leaseTimingProblem, type LeaseTiming } from '../control/leaseDecision.js';
 import { DEFAULT_ALLOWED_ROOTS } from '../domain/allowedRoots.js';
 import { plaintextRefusal } from '../directory/ldapTransport.js';
+import { parseUrlList } from '../directory/providerUrls.js';
 import { parseListenAddress, type ListenAddress } from '../metrics/MetricsServer.js';
 
 /**
@@ -43,7 +44,7 @@ export interface Config {
 }
 
 export const configKeys = {
-  STONEY_LDAP_URL: 'ldap:// or ldaps:// URL of the directory (required)',
+  STONEY_LDAP_URL: 'ldap:// or ldaps:// URL of the directory, or the URLs of replicating providers separated by spaces or commas, tried in order (required)',
   STONEY_LDAP_BIND_DN: 'DN the daemons and the CLI bind as (required)',
   STONEY_LDAP_PASSWORD_FILE: 'file holding the bind password (required)',
   STONEY_LDAP_BASE_DN: 'suffix of the site, e.g. o=stepping-stone,c=ch (required)',
@@ -113,8 +114,12 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
     if (v === undefined) throw new UsageError(`${k} is not set (${configKeys[k]}); set it in the environment or in --config`);
     return v;
   };
-  const url = required('STONEY_LDAP_URL');
-  if (!/^ldaps?:\/\//.test(url)) throw new UsageError(`STONEY_LDAP_URL: ${JSON.stringify(url)} is not an ldap:// or ldaps:// URL`);
+  const urls = parseUrlList(required('STONEY_LDAP_URL'));
+  for (const url of urls) {
+    if (!/^ldaps?:\/\//.test(url)) throw new UsageError(`STONEY_LDAP_URL: ${JSON.stringify(url)} is not an ldap:// or ldaps:// URL`);
+  }
+  if (urls.length === 0) throw new UsageError('STONEY_LDAP_URL names no URL');
+  if (new Set(urls).size !== urls.length) throw new UsageError(`STONEY_LDAP_URL: ${urls.join(' ')} names a provider twice`);
   const changeFeed = get('STONEY_CHANGE_FEED') ?? 'sync';
   if (changeFeed !== 'sync' && changeFeed !== 'poll') throw new UsageError(`STONEY_CHANGE_FEED: ${JSON.stringify(changeFeed)} is neither sync nor poll`);
   const feedStateDir = get('STONEY_FEED_STATE_DIR') ?? '/var/lib/stoney-backup';
@@ -123,7 +128,7 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
   if (ldapCaFile !== undefined && !path.isAbsolute(ldapCaFile)) throw new UsageError(`STONEY_LDAP_CA_FILE: ${ldapCaFile} is not an absolute path`);
   const startTls = (get('STONEY_LDAP_STARTTLS') ?? 'false').toLowerCase();
   if (startTls !== 'true' && startTls !== 'false') throw new UsageError(`STONEY_LDAP_STARTTLS: ${JSON.stringify(startTls)} is neither true nor false`);
-  if (startTls === 'true' && url.startsWith('ldaps://')) throw new UsageError('STONEY_LDAP_STARTTLS: an ldaps:// URL is TLS already; StartTLS is for ldap:// URLs');
+  if (startTls === 'true' && urls.some((u) => u.startsWith('ldaps://'))) throw new UsageError('STONEY_LDAP_STARTTLS: an ldaps:// URL is TLS already; StartTLS is for ldap:// URLs');
   const allowPlaintext = (get('STONEY_LDAP_ALLOW_PLAINTEXT') ?? 'false').toLowerCase();
   if (allowPlaintext !== 'true' && allowPlaintext !== 'false') throw new UsageError(`STONEY_LDAP_ALLOW_PLAINTEXT: ${JSON.stringify(allowPlaintext)} is neither true nor false`);
   const transport = {
@@ -131,8 +136,10 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
     ...(startTls === 'true' ? { startTls: true } : {}),
     ...(allowPlaintext === 'true' ? { allowPlaintext: true } : {}),
   };
-  const refusal = plaintextRefusal(url, transport);
-  if (refusal !== undefined) throw new UsageError(`STONEY_LDAP_URL: ${refusal}`);
+  for (const url of urls) {
+    const refusal = plaintextRefusal(url, transport);
+    if (refusal !== undefined) throw new UsageError(`STONEY_LDAP_URL: ${refusal}`);
+  }
   const imageRoots = (get('STONEY_IMAGE_ROOTS') ?? '/var/virtualization').split(':').filter(Boolean);
   for (const r of imageRoots) if (!path.isAbsolute(r)) throw new UsageError(`STONEY_IMAGE_ROOTS: ${r} is not an absolute path`);
   const allowedRoots = (get('STONEY_ALLOWED_ROOTS') ?? DEFAULT_ALLOWED_ROOTS.join(':')).split(':').filter(Boolean);
@@ -148,7 +155,8 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
   if (leaseProblem !== undefined) throw new UsageError(`STONEY_CONTROL_LEASE_S / STONEY_CONTROL_LEASE_RENEW_S: ${leaseProblem}`);
   return {
     ldap: {
-      url,
+      url: urls[0] as string,
+      ...(urls.length > 1 ? { urls } : {}),
       bindDn: required('STONEY_LDAP_BIND_DN'),
       passwordFile: required('STONEY_LDAP_PASSWORD_FILE'),
       baseDn: required('STONEY_LDAP_BASE_DN'),

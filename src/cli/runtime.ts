@@ -1,6 +1,7 @@
 import pino, { type Logger } from 'pino';
 import { UsageError, errorMessage } from '../domain/errors.js';
 import { connectDirectory } from '../directory/connect.js';
+import { providerUrls } from '../directory/providerUrls.js';
 import type { LdapBackupDirectory } from '../directory/LdapBackupDirectory.js';
 import { createChangeFeed } from '../directory/createChangeFeed.js';
 import type { LeafScope } from '../directory/leafScan.js';
@@ -60,7 +61,7 @@ export class Runtime {
     try {
       this.directory = await connectDirectory(this.config.ldap);
     } catch (err) {
-      throw new CliError(`cannot use the directory at ${this.config.ldap.url} as ${this.config.ldap.bindDn}: ${errorMessage(err)}`, ExitCode.directoryUnavailable);
+      throw new CliError(`cannot use the directory at ${providerUrls(this.config.ldap).join(' ')} as ${this.config.ldap.bindDn}: ${errorMessage(err)}`, ExitCode.directoryUnavailable);
     }
     const d = this.directory;
     this.onCleanup(() => d.close());

@@ -3,10 +3,9 @@ import { Client, ResultCodeError, type Change, type Entry, type SearchOptions } 
 import { DirectoryError } from './DirectoryError.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { assertTransportAllowed, readCaFile, tlsClientOptions, type LdapTransportOptions } from './ldapTransport.js';
+import { providerUrls, type ProviderUrlOptions } from './providerUrls.js';
 
-export interface LdapSessionOptions extends LdapTransportOptions {
-  /** ldap://host:port or ldaps://host:port */
-  url: string;
+export interface LdapSessionOptions extends LdapTransportOptions, ProviderUrlOptions {
   bindDn: string;
   /** File holding the bind password (trimmed); read again on every (re)bind, so rotation works. */
   passwordFile?: string;
@@ -28,6 +27,12 @@ export interface LdapSessionOptions extends LdapTransportOptions {
  * needed; `autoRebind` is on as a second line. Reads are retried once on a
  * connection failure; writes are not (the first attempt may have been
  * applied), they fail with a retryable DirectoryError.
+ *
+ * With several provider URLs (a replicated directory) a connection failure
+ * moves the session to the next provider: the bind tries each provider once
+ * before it gives up, and the read retried after a failure goes to the next
+ * one. A write is still not repeated, but the next operation (e.g. the
+ * caller's retry) goes to a provider that answers.
  */
 export class LdapSession {
   private client: Client;
@@ -45,23 +50,30 @@ export class LdapSession {
   /** the CA of caFile, read at the first bind */
   private ca: Buffer | undefined;
   private caRead = false;
-  private readonly secure: boolean;
+  /** the providers, and the one this session talks to now */
+  private readonly urls: string[];
+  private current = 0;
 
   constructor(private readonly options: LdapSessionOptions) {
+    this.urls = providerUrls(options);
     // Refused before any connection: the password must never leave in clear text by accident.
-    assertTransportAllowed(options.url, options);
-    this.secure = options.url.startsWith('ldaps://');
+    for (const url of this.urls) assertTransportAllowed(url, options);
     this.client = this.newClient();
   }
 
+  /** The provider the session uses now. */
   get url(): string {
-    return this.options.url;
+    return this.urls[this.current] as string;
+  }
+
+  private get secure(): boolean {
+    return this.url.startsWith('ldaps://');
   }
 
   private newClient(): Client {
-    const host = new URL(this.options.url).hostname;
+    const host = new URL(this.url).hostname;
     return new Client({
-      url: this.options.url,
+      url: this.url,
       // ldaps:// only: for StartTLS the connection starts plain (ldapts would otherwise speak TLS at once).
       ...(this.secure ? { tlsOptions: tlsClientOptions(host, this.ca) } : {}),
       timeout: this.options.timeoutMs ?? 30_000,
@@ -99,18 +111,15 @@ export class LdapSession {
           this.ca = await readCaFile(this.options.caFile);
           this.caRead = true;
         }
-        if (this.secure || this.options.startTls) {
-          // A fresh connection for every bind with TLS: StartTLS must come first on it, and
-          // ldapts cannot say whether a reconnected socket was upgraded.
-          this.discardClient(this.client);
-        }
-        const client = this.client;
-        try {
-          if (this.options.startTls) await client.startTLS(tlsClientOptions(new URL(this.options.url).hostname, this.ca));
-          await client.bind(this.options.bindDn, password);
-        } catch (err) {
-          if (!(err instanceof ResultCodeError)) this.discardClient(client);
-          throw this.describeTlsError(err) ?? DirectoryError.from(err, `bind as ${this.options.bindDn} to ${this.options.url}`, false);
+        // Each provider once, starting with the current one; a refusal (bad password, TLS) is not a lost connection.
+        for (let tried = 1; ; tried++) {
+          try {
+            await this.bindCurrent(password);
+            return;
+          } catch (err) {
+            if (err instanceof DirectoryError && !err.retryable) throw err;
+            if (tried >= this.urls.length) throw err;
+          }
         }
       })().finally(() => {
         this.binding = undefined;
@@ -119,12 +128,31 @@ export class LdapSession {
     await this.binding;
   }
 
+  private async bindCurrent(password: string): Promise<void> {
+    if (this.secure || this.options.startTls) {
+      // A fresh connection for every bind with TLS: StartTLS must come first on it, and
+      // ldapts cannot say whether a reconnected socket was upgraded.
+      this.discardClient(this.client);
+    }
+    const client = this.client;
+    const url = this.url;
+    try {
+      if (this.options.startTls) await client.startTLS(tlsClientOptions(new URL(url).hostname, this.ca));
+      await client.bind(this.options.bindDn, password);
+    } catch (err) {
+      const e = this.describeTlsError(err) ?? DirectoryError.from(err, `bind as ${this.options.bindDn} to ${url}`, false);
+      // Lost connection or a provider saying busy/unavailable: the next provider may answer.
+      if (e.retryable) this.failOver(client);
+      throw e;
+    }
+  }
+
   /** A certificate the CA file (or system CAs) or the host name does not match: a configuration fault, not retried. */
   private describeTlsError(err: unknown): DirectoryError | undefined {
     const code = (err as { code?: unknown } | undefined)?.code;
     if (typeof code !== 'string' || !/^(UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|CERT_|ERR_TLS_CERT_ALTNAME|HOSTNAME_MISMATCH|ERR_SSL_)/.test(code)) return undefined;
     return new DirectoryError(
-      `TLS to ${this.options.url}: the server certificate is not trusted (${code}: ${(err as Error).message}); it must be signed by ${
+      `TLS to ${this.url}: the server certificate is not trusted (${code}: ${(err as Error).message}); it must be signed by ${
         this.options.caFile ? `a CA in ${this.options.caFile}` : 'a system CA (set STONEY_LDAP_CA_FILE for a private CA)'
       } and name the host of the URL`,
       ReturnCode.cannotConnectToBackend,
@@ -133,11 +161,18 @@ export class LdapSession {
     );
   }
 
-  /** After a connection failure, start over with a fresh client (no half-dead socket state). */
+  /** Start over with a fresh client (no half-dead socket state). */
   private discardClient(client: Client): void {
     if (client !== this.client) return;
     this.client = this.newClient();
     client.unbind().catch(() => undefined);
+  }
+
+  /** After a connection failure: a fresh client, on the next provider when there are several. */
+  private failOver(client: Client): void {
+    if (client !== this.client) return;
+    this.current = (this.current + 1) % this.urls.length;
+    this.discardClient(client);
   }
 
   private async run<T>(what: string, write: boolean, op: (c: Client) => Promise<T>): Promise<T> {
@@ -151,7 +186,7 @@ export class LdapSession {
       } catch (err) {
         if (err instanceof ResultCodeError) throw err;
         lastError = err;
-        this.discardClient(client);
+        this.failOver(client);
       }
     }
     throw DirectoryError.from(lastError, what, write);

@@ -10,8 +10,9 @@ import { csnSid, parseSyncCookie, type SyncCookieInfo } from './syncCookie.js';
 import { SyncStateFile, SyncStateFileError } from './SyncStateFile.js';
 import type { ChangeEvent, ChangeFeed } from './types.js';
 import { backupSettingAttributes, cronAttributes, type Attributes } from '../domain/settings.js';
+import { providerUrls, type ProviderUrlOptions } from './providerUrls.js';
 
-export interface SyncReplChangeFeedOptions extends SyncReplConnectionOptions {
+export interface SyncReplChangeFeedOptions extends SyncReplConnectionOptions, ProviderUrlOptions {
   /** The site's suffix, e.g. o=stepping-stone,c=ch */
   baseDn: string;
   /** `{ node }`: a node daemon's view; `{}`: the control daemon's. */
@@ -39,6 +40,12 @@ export interface SyncReplChangeFeedOptions extends SyncReplConnectionOptions {
    * everything anyway, and thousands of single reads would only add load.
    */
   maxRefreshEvents?: number;
+  /**
+   * Node scope: name up to this many of the node's VMs in the search filter,
+   * so the server sends only their leaves (default 500); a node with more
+   * receives every leaf and keeps its own.
+   */
+  maxFilteredVms?: number;
 }
 
 type SyncedKind = 'leaf' | 'vm' | 'settings';
@@ -77,6 +84,22 @@ const LEAF_CLASS = 'sstProvisioning';
 const VM_CLASS = 'sstVirtualizationVirtualMachine';
 const BACKUP_SETTINGS_CLASS = 'sstVirtualizationBackupObjectClass';
 const CRON_CLASS = 'sstCronObjectClass';
+
+/** An assertion value in a search filter (RFC 4515): * ( ) \ and NUL escaped. */
+function filterValue(v: string): string {
+  return v.replace(/[*()\\\0]/g, (c) => `\\${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+/** The provider URL a cookie origin names (see startRefresh). */
+function originUrl(origin: string | undefined): string | undefined {
+  if (origin === undefined) return undefined;
+  try {
+    const url = (JSON.parse(origin) as { url?: unknown }).url;
+    return typeof url === 'string' ? url : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** LDAP result codes of a sync search that no retry will fix: a configuration fault to report at start. */
 const configurationResultCodes = new Set([
@@ -142,6 +165,18 @@ function deferred(): Deferred {
  * - `resync` after every completed refresh, i.e. after every (re)connect,
  *   and every `fullResyncIntervalMs`: the daemons then re-read everything.
  *
+ * A node's search names its VMs in the filter (every VM entry, but only the
+ * leaves below the node's VMs), so the server does not send it the other
+ * nodes' leaf changes; the client-side check stays as a guard. When the
+ * node's VM set changes the search starts over with the new filter (a full
+ * refresh: the old cookie speaks of another search), so a VM moved to the
+ * node is seen with all its leaves.
+ *
+ * With several provider URLs (a replicated directory) a lost connection
+ * moves the feed to the next provider. A cookie is kept only for the
+ * provider and filter it came from; elsewhere the feed does a full refresh,
+ * reconciled against its map as after any other reconnect.
+ *
  * Deletes are resolved through an entryUUID→DN map, kept with the cookie in
  * the state file and committed only at consistent points (end of a refresh,
  * then after each persisted change), so a restart resumes where it left off.
@@ -154,6 +189,12 @@ export class SyncReplChangeFeed implements ChangeFeed {
   private readonly search: Omit<SyncSearch, 'cookie'>;
   private readonly searchKey: string;
   private readonly state: SyncStateFile | undefined;
+  private readonly urls: string[];
+  /** index in `urls` of the provider the feed uses (or tries) now */
+  private current = 0;
+  /** provider and filter of the running search: a cookie is only valid for the search it came from */
+  private activeOrigin: string | undefined;
+  private activeFilter: string | undefined;
   private readonly logger: Logger | undefined;
 
   private onChange: ((e: ChangeEvent) => void) | undefined;
@@ -169,6 +210,8 @@ export class SyncReplChangeFeed implements ChangeFeed {
 
   // What the feed knows; committed together with `cookie`.
   private cookie: Buffer | undefined;
+  /** activeOrigin of the search that gave `cookie` */
+  private cookieOrigin: string | undefined;
   private readonly uuidToDn = new Map<string, string>();
   private readonly vmNodes = new Map<string, string>();
   /** lower-case VM name → lower-case sstNode, derived from uuidToDn + vmNodes */
@@ -188,12 +231,14 @@ export class SyncReplChangeFeed implements ChangeFeed {
     this.scope = options.scope ?? {};
     this.logger = options.logger?.child({ feed: 'syncrepl', scope: this.scope.node ?? 'all' });
     this.state = options.stateFile ? new SyncStateFile(options.stateFile) : undefined;
+    this.urls = providerUrls(options);
     const classes = this.scope.node === undefined ? [LEAF_CLASS, VM_CLASS, BACKUP_SETTINGS_CLASS, CRON_CLASS] : [LEAF_CLASS, VM_CLASS];
     this.search = {
       // Control scope starts higher to include the global and pool settings.
       baseDn: this.scope.node === undefined ? this.paths.serviceDn : this.paths.vmsDn,
       scope: 'sub',
       filter: `(|${classes.map((c) => `(objectClass=${c})`).join('')})`,
+      // The classes only; a node's search narrows the leaves to its VMs (searchFilter).
       // sstNode for the VM→node map; entryCSN to notice a full reload. A node's events are keys only;
       // the control daemon's carry what it keeps in memory, so it never reads an entry per change.
       attributes: this.scope.node === undefined ? controlScopeAttributes : ['sstNode', 'entryCSN'],
@@ -268,7 +313,7 @@ export class SyncReplChangeFeed implements ChangeFeed {
       let reason: Error | undefined;
       let conn: SyncReplConnection | undefined;
       try {
-        conn = await SyncReplConnection.open(this.options);
+        conn = await SyncReplConnection.open({ ...this.options, url: this.urls[this.current] as string });
         if (this.stopped) {
           await conn.close();
           break;
@@ -295,6 +340,12 @@ export class SyncReplChangeFeed implements ChangeFeed {
         continue;
       }
       if (reason === undefined) reason = new Error('connection closed');
+      if (this.urls.length > 1) {
+        // A replicated directory: the next provider may well answer (the cookie stays with the old one).
+        const from = this.urls[this.current];
+        this.current = (this.current + 1) % this.urls.length;
+        this.logger?.warn({ from, to: this.urls[this.current], err: reason.message }, 'sync change feed moves to the next directory provider');
+      }
       const configFault = reason instanceof DirectoryError && !reason.retryable;
       if (this.first && !this.first.settled && configFault) {
         this.first.reject(reason);
@@ -335,7 +386,54 @@ export class SyncReplChangeFeed implements ChangeFeed {
     });
   }
 
+  /** Node scope: the VM entries, and the leaves of the node's VMs only (up to maxFilteredVms of them). */
+  private searchFilter(): string {
+    if (this.scope.node === undefined) return this.search.filter;
+    const names = this.ownVmNames();
+    if (names.length > (this.options.maxFilteredVms ?? 500)) return this.search.filter;
+    const leaves = names.length === 0
+      ? ''
+      : `(&(objectClass=${LEAF_CLASS})(|${names.map((n) => `(sstVirtualMachine:dn:=${filterValue(n)})`).join('')}))`;
+    return `(|(objectClass=${VM_CLASS})${leaves})`;
+  }
+
+  /** The names (as spelled in their DNs) of the VMs on this feed's node, sorted: the filter must not depend on map order. */
+  private ownVmNames(): string[] {
+    const names = new Map<string, string>();
+    for (const [uuid, node] of this.vmNodes) {
+      if (!this.concerns(node)) continue;
+      const rdn = parseDn(this.uuidToDn.get(uuid) ?? '')[0]?.[0];
+      if (rdn && rdn.attribute.toLowerCase() === 'sstvirtualmachine') names.set(rdn.value.toLowerCase(), rdn.value);
+    }
+    return [...names.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, v]) => v);
+  }
+
+  /**
+   * The node's VM set changed (a VM moved to or from it): the running search
+   * names the wrong VMs. Start over at once with the new filter; the events
+   * of a refresh cut short are carried into the next one.
+   */
+  private restartIfFilterStale(): boolean {
+    const conn = this.conn;
+    if (this.scope.node === undefined || !conn || this.activeFilter === undefined) return false;
+    if (this.searchFilter() === this.activeFilter) return false;
+    this.logger?.info({ vms: this.ownVmNames().length }, "the node's VM set changed; restarting the sync search with the new filter");
+    this.retryNow = true;
+    conn.destroy(new DirectoryError(`${conn.url}: restarting the sync search for a new VM set`, ReturnCode.cannotConnectToBackend, undefined, { retryable: true }));
+    return true;
+  }
+
   private startRefresh(conn: SyncReplConnection): void {
+    const filter = this.searchFilter();
+    this.activeFilter = filter;
+    this.activeOrigin = JSON.stringify({ url: conn.url, filter });
+    if (this.cookie && this.cookieOrigin !== this.activeOrigin) {
+      // Another provider's cookie (in general not valid on this one), or one of another VM set's
+      // search (it would not bring the leaves of VMs new to the filter): a full refresh.
+      this.logger?.info({ provider: conn.url }, 'sync cookie belongs to another provider or search; doing a full refresh');
+      this.cookie = undefined;
+      this.cookieOrigin = undefined;
+    }
     const resumedFrom = parseSyncCookie(this.cookie);
     if (this.cookie && !resumedFrom) {
       // OpenLDAP answers a cookie it cannot parse like none at all, but ends with refreshDelete,
@@ -358,7 +456,7 @@ export class SyncReplChangeFeed implements ChangeFeed {
       deleted: 0,
     };
     this.carried = undefined;
-    conn.startSync({ ...this.search, cookie: resumedFrom ? this.cookie : undefined }, {
+    conn.startSync({ ...this.search, filter, cookie: resumedFrom ? this.cookie : undefined }, {
       entry: (e) => this.onEntry(e),
       info: (i) => this.onInfo(i),
       done: (r, d) => this.onDone(conn, r, d),
@@ -378,6 +476,8 @@ export class SyncReplChangeFeed implements ChangeFeed {
       // A bare "present" of an entry we know is no change.
       if (state !== 'present' || !this.uuidToDn.has(uuid)) this.upsert(uuid, e.dn, state === 'present' ? undefined : e.attributes);
     }
+    // A VM entry may change the node's VM set (persist phase; a refresh checks at its end).
+    if (!r && this.classify(e.dn) === 'vm' && this.restartIfFilterStale()) return;
     this.noteCookie(cookie);
   }
 
@@ -401,6 +501,7 @@ export class SyncReplChangeFeed implements ChangeFeed {
       case 'syncIdSet':
         if (i.refreshDeletes) for (const uuid of i.uuids) this.remove(uuid, undefined);
         else for (const uuid of i.uuids) r?.seen.add(uuid);
+        if (!r && this.restartIfFilterStale()) return;
         this.noteCookie(i.cookie);
         return;
       case 'refreshPresent':
@@ -457,6 +558,7 @@ export class SyncReplChangeFeed implements ChangeFeed {
       return;
     }
     this.cookie = cookie;
+    this.cookieOrigin = this.activeOrigin;
     this.markDirty();
   }
 
@@ -476,7 +578,12 @@ export class SyncReplChangeFeed implements ChangeFeed {
     const r = this.refresh;
     if (!r) return;
     if (r.fullReload) this.prune();
-    if (r.pendingCookie) this.cookie = r.pendingCookie;
+    // The refresh taught the node VMs its filter did not name (e.g. at the first start): go again.
+    if (this.restartIfFilterStale()) return;
+    if (r.pendingCookie) {
+      this.cookie = r.pendingCookie;
+      this.cookieOrigin = this.activeOrigin;
+    }
     this.refresh = undefined;
     this.consistent = true;
     if (!this.inSync) this.options.onConnectionChange?.(true);
@@ -614,6 +721,7 @@ export class SyncReplChangeFeed implements ChangeFeed {
 
   private async loadState(): Promise<void> {
     this.cookie = undefined;
+    this.cookieOrigin = undefined;
     this.uuidToDn.clear();
     this.vmNodes.clear();
     this.nodeByVm.clear();
@@ -635,6 +743,10 @@ export class SyncReplChangeFeed implements ChangeFeed {
       return;
     }
     this.cookie = data.cookie;
+    this.cookieOrigin = data.cookieOrigin;
+    // Start with the provider the cookie came from, so that a restart resumes instead of a full refresh.
+    const from = this.urls.indexOf(originUrl(data.cookieOrigin) ?? '');
+    if (from >= 0) this.current = from;
     for (const [uuid, dn] of data.uuidToDn) this.uuidToDn.set(uuid, dn);
     for (const [uuid, node] of data.vmNodes) {
       this.vmNodes.set(uuid, node);
@@ -663,6 +775,7 @@ export class SyncReplChangeFeed implements ChangeFeed {
     const snapshot = {
       searchKey: this.searchKey,
       cookie: this.cookie,
+      ...(this.cookieOrigin !== undefined ? { cookieOrigin: this.cookieOrigin } : {}),
       uuidToDn: new Map(this.uuidToDn),
       vmNodes: new Map(this.vmNodes),
     };

@@ -12,6 +12,8 @@ export interface SyncStateData {
   /** Which search this state belongs to; a state of another search is ignored. */
   searchKey: string;
   cookie: Buffer | undefined;
+  /** provider and filter of the search the cookie came from (absent in older files: the cookie is not used) */
+  cookieOrigin?: string;
   /** entryUUID → DN of every entry in scope */
   uuidToDn: Map<string, string>;
   /** entryUUID of a VM entry → its sstNode (decides which leaves a node daemon hears about) */
@@ -24,6 +26,7 @@ interface StateFileJson {
   savedAt: string;
   /** base64: cookies are opaque bytes (OpenLDAP's happen to be ASCII) */
   cookie: string | null;
+  cookieOrigin?: string;
   uuidToDn: Record<string, string>;
   vmNodes: Record<string, string>;
 }
@@ -65,6 +68,7 @@ export class SyncStateFile {
       searchKey: state.searchKey,
       savedAt: new Date().toISOString(),
       cookie: state.cookie && state.cookie.length > 0 ? state.cookie.toString('base64') : null,
+      ...(state.cookieOrigin !== undefined ? { cookieOrigin: state.cookieOrigin } : {}),
       uuidToDn: Object.fromEntries(state.uuidToDn),
       vmNodes: Object.fromEntries(state.vmNodes),
     };
@@ -108,10 +112,12 @@ function fromJson(json: unknown, file: string): SyncStateData {
   if (o.cookie !== null && typeof o.cookie !== 'string') throw bad('cookie is neither a string nor null');
   if (!isStringRecord(o.uuidToDn)) throw bad('uuidToDn is not a map of strings');
   if (!isStringRecord(o.vmNodes)) throw bad('vmNodes is not a map of strings');
+  if (o.cookieOrigin !== undefined && typeof o.cookieOrigin !== 'string') throw bad('cookieOrigin is not a string');
   const cookie = typeof o.cookie === 'string' && o.cookie !== '' ? Buffer.from(o.cookie, 'base64') : undefined;
   return {
     searchKey: o.searchKey,
     cookie: cookie && cookie.length > 0 ? cookie : undefined,
+    ...(typeof o.cookieOrigin === 'string' ? { cookieOrigin: o.cookieOrigin } : {}),
     uuidToDn: new Map(Object.entries(o.uuidToDn)),
     vmNodes: new Map(Object.entries(o.vmNodes)),
   };

@@ -1,11 +1,13 @@
 import { LdapBackupDirectory } from './LdapBackupDirectory.js';
 import { LdapSession } from './LdapSession.js';
 import type { LdapTransportOptions } from './ldapTransport.js';
+import type { ProviderUrlOptions } from './providerUrls.js';
 
-/** How to reach the directory: what the daemons' and the CLI's configuration holds (TLS: see ldapTransport.ts). */
-export interface DirectoryConnectionOptions extends LdapTransportOptions {
-  /** ldap://host:port or ldaps://host:port */
-  url: string;
+/**
+ * How to reach the directory: what the daemons' and the CLI's configuration
+ * holds (TLS: see ldapTransport.ts; several providers: see providerUrls.ts).
+ */
+export interface DirectoryConnectionOptions extends LdapTransportOptions, ProviderUrlOptions {
   bindDn: string;
   /** File holding the bind password; surrounding whitespace is trimmed. */
   passwordFile: string;

@@ -4,6 +4,7 @@ import type { DirectoryConnectionOptions } from './connect.js';
 import type { LeafScanner, LeafScope } from './leafScan.js';
 import { PollingChangeFeed } from './PollingChangeFeed.js';
 import { assertTransportAllowed } from './ldapTransport.js';
+import { providerUrls } from './providerUrls.js';
 import { SyncReplChangeFeed, type SyncReplChangeFeedOptions } from './SyncReplChangeFeed.js';
 import type { ChangeFeed } from './types.js';
 
@@ -39,7 +40,7 @@ export function changeFeedStateFile(stateDir: string, scope: LeafScope): string 
  */
 export function createChangeFeed(kind: ChangeFeedKind, opts: CreateChangeFeedOptions, directory: LeafScanner): ChangeFeed {
   // The same transport policy as the directory session: no bind password in clear text.
-  assertTransportAllowed(opts.url, opts);
+  for (const url of providerUrls(opts)) assertTransportAllowed(url, opts);
   if (kind === 'poll') {
     return new PollingChangeFeed(directory, opts.scope, {
       ...(opts.pollIntervalMs !== undefined ? { intervalMs: opts.pollIntervalMs } : {}),
@@ -50,6 +51,7 @@ export function createChangeFeed(kind: ChangeFeedKind, opts: CreateChangeFeedOpt
   const stateFile = opts.stateFile ?? (opts.stateDir !== undefined ? changeFeedStateFile(opts.stateDir, opts.scope) : undefined);
   return new SyncReplChangeFeed({
     url: opts.url,
+    ...(opts.urls !== undefined ? { urls: opts.urls } : {}),
     bindDn: opts.bindDn,
     passwordFile: opts.passwordFile,
     baseDn: opts.baseDn,

@@ -6,19 +6,15 @@
  * deliver.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import path from 'node:path';
 import { World } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches } from '../helpers/libvirt.js';
 import { virsh } from '../helpers/libvirt.js';
 import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import { ControlDaemon } from '../../src/control/ControlDaemon.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
-import { QemuImg } from '../../src/hypervisor/QemuImg.js';
-import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
 import { BackupModes } from '../../src/domain/modes.js';
-import type { BackupDirectory, ChangeEvent, ChangeFeed, LeafEntry, SiteSnapshot } from '../../src/directory/types.js';
-import { leafFromAttributes } from '../../src/directory/entryMapping.js';
-import type { LeafScope } from '../../src/directory/leafScan.js';
+import type { LeafEntry } from '../../src/directory/types.js';
+import { tappedSyncFeed, windowed } from '../helpers/daemonWindows.js';
 
 const A = 0xab;
 let w: World;
@@ -32,95 +28,6 @@ afterAll(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/**
- * A feed that also tells the test what it delivered (resyncs after a
- * restart) and, through `onLeaf`, every leaf state it hands over with an
- * event (the control scope's events carry the entry: that is what the
- * control daemon sees of a leaf).
- */
-class TappedFeed implements ChangeFeed {
-  readonly events: ChangeEvent[] = [];
-  onLeaf: ((l: LeafEntry) => void) | undefined;
-  constructor(readonly inner: SyncReplChangeFeed) {}
-  start(onChange: (e: ChangeEvent) => void): Promise<void> {
-    return this.inner.start((e) => {
-      this.events.push(e);
-      if (e.kind === 'leaf' && e.attributes) this.onLeaf?.(leafFromAttributes(e.dn, e.attributes));
-      onChange(e);
-    });
-  }
-  stop(): Promise<void> {
-    return this.inner.stop();
-  }
-  async resyncAfter(mark: number, timeoutMs = 30_000): Promise<void> {
-    const end = Date.now() + timeoutMs;
-    while (!this.events.slice(mark).some((e) => e.kind === 'resync')) {
-      if (Date.now() > end) throw new Error(`no resync within ${timeoutMs} ms after the restart`);
-      await sleep(50);
-    }
-  }
-}
-
-function syncFeed(scope: LeafScope, name: string): TappedFeed {
-  return new TappedFeed(new SyncReplChangeFeed({
-    url: w.slapd.url,
-    bindDn: w.slapd.bindDn,
-    passwordFile: w.slapd.passwordFile,
-    baseDn: w.slapd.baseDn,
-    scope,
-    stateFile: path.join(w.root, 'run', `feed-${name}.json`),
-    logger: w.logger,
-    reconnectMinMs: 100,
-    reconnectMaxMs: 2_000,
-    heartbeatIntervalMs: 1_000,
-    heartbeatTimeoutMs: 3_000,
-    // The safety-net resync must not be what carries the backup in this test.
-    fullResyncIntervalMs: 0,
-  }));
-}
-
-/**
- * The BackupDirectory, seen through a window: `onRead` gets every leaf a
- * daemon reads, `gate` may hold a compare-and-swap before it is sent, and
- * `onCas` hears each successful one (a change of the world, not a call count).
- */
-function windowed(dir: BackupDirectory, hooks: {
-  onRead?: (l: LeafEntry) => void;
-  gate?: (dn: string, from: string, to: string) => Promise<void>;
-  onCas?: (dn: string, from: string, to: string) => void;
-}): BackupDirectory {
-  return new Proxy(dir, {
-    get(target, prop, receiver) {
-      const value: unknown = Reflect.get(target, prop, receiver);
-      if (typeof value !== 'function') return value;
-      const fn = value as (...args: unknown[]) => unknown;
-      if (prop === 'casMode') {
-        return async (dn: string, from: string, to: string, ...rest: unknown[]) => {
-          await hooks.gate?.(dn, from, to);
-          const ok = (await fn.apply(target, [dn, from, to, ...rest])) as boolean;
-          if (ok) hooks.onCas?.(dn, from, to);
-          return ok;
-        };
-      }
-      if (prop === 'loadSite') {
-        // The control daemon's full read (start, resync): its leaves are what it sees then.
-        return async (...args: unknown[]) => {
-          const site = (await fn.apply(target, args)) as SiteSnapshot;
-          for (const e of site.leaves) hooks.onRead?.(leafFromAttributes(e.dn, e.attributes));
-          return site;
-        };
-      }
-      if (prop === 'getLeaf' || prop === 'listLeaves' || prop === 'listLeavesOfVms') {
-        return async (...args: unknown[]) => {
-          const r = (await fn.apply(target, args)) as LeafEntry | LeafEntry[] | undefined;
-          for (const l of Array.isArray(r) ? r : r ? [r] : []) hooks.onRead?.(l);
-          return r;
-        };
-      }
-      return fn.bind(target);
-    },
-  });
-}
 
 describe('both daemons on the sync feed', () => {
   it('run a backup to finished: every step once and in protocol order, surviving slapd restarts between steps', async () => {
@@ -155,20 +62,10 @@ describe('both daemons on the sync feed', () => {
       return new Promise<void>((release) => held.push({ to, release }));
     };
 
-    const nodeFeed = syncFeed({ node: w.nodeName }, 'node');
-    const controlFeed = syncFeed({}, 'control');
+    const nodeFeed = tappedSyncFeed(w, { node: w.nodeName }, 'node');
+    const controlFeed = tappedSyncFeed(w, {}, 'control');
     controlFeed.onLeaf = onRead;
-    const node = new NodeDaemon({
-      nodeName: w.nodeName,
-      directory: windowed(w.directory, { onCas: (dn, _from, to) => { if (/ing$/.test(to)) claims.set(`${dn}|${to}`, (claims.get(`${dn}|${to}`) ?? 0) + 1); } }),
-      feed: nodeFeed,
-      virsh,
-      qemuImg: new QemuImg(),
-      imageRoots: [w.imageRoot],
-      allowedRoots: [w.backupRoot, w.retainRoot],
-      logger: w.logger,
-      runDir: w.runDir,
-    });
+    const node = new NodeDaemon(w.nodeDaemonOptions(nodeFeed, windowed(w.directory, { onCas: (dn, _from, to) => { if (/ing$/.test(to)) claims.set(`${dn}|${to}`, (claims.get(`${dn}|${to}`) ?? 0) + 1); } })));
     const control = new ControlDaemon({
       directory: windowed(w.directory, { onRead, gate }),
       feed: controlFeed,

@@ -37,6 +37,16 @@ export interface StartSlapdOptions {
    * original schema. ldapAddConfig loads the extension into it later.
    */
   withoutExtension?: boolean;
+  /** No entry at all, not even the suffix: a replica that syncrepl fills from its peer. */
+  emptyDatabase?: boolean;
+  /** Listen on this loopback port (default: a free one); a replicating pair must know both in advance. */
+  port?: number;
+  /** The rootdn password (default: random); replicating peers bind to each other with it. */
+  password?: string;
+  /** Changes the rendered cn=config before slapadd (e.g. serverID and syncrepl, see slapdPair.ts). */
+  editConfig?: (ldif: string) => string;
+  /** serverID of this slapd: the entryCSNs slapadd writes carry it (replication). */
+  serverId?: number;
 }
 
 /** The line of ldif/config.ldif that includes the project's extension. */
@@ -64,6 +74,8 @@ export interface PrivateSlapd {
   restart(): Promise<void>;
   /** Stop slapd only (the data stays); start() brings it back on the same port. */
   halt(): Promise<void>;
+  /** SIGKILL slapd (a crash: no goodbye to its clients; the data stays); start() brings it back. */
+  kill(): Promise<void>;
   start(): Promise<void>;
 }
 
@@ -115,7 +127,7 @@ export async function startSlapd(opts: StartSlapdOptions = {}): Promise<PrivateS
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const baseDn = SAMPLE_BASE_DN;
   const bindDn = `cn=admin,${baseDn}`;
-  const password = randomBytes(12).toString('hex');
+  const password = opts.password ?? randomBytes(12).toString('hex');
   const passwordFile = path.join(dir, 'rootpw');
   await writeFile(passwordFile, password, { mode: 0o600 });
 
@@ -134,11 +146,13 @@ export async function startSlapd(opts: StartSlapdOptions = {}): Promise<PrivateS
       LDIFDIR: LDIF_DIR,
     });
     const configFile = path.join(dir, 'config.ldif');
-    await writeFile(configFile, config, { mode: 0o600 });
+    await writeFile(configFile, opts.editConfig ? opts.editConfig(config) : config, { mode: 0o600 });
     await slapadd(['-n0', '-F', confDir, '-l', configFile]);
 
     const dataFiles: string[] = [];
-    if (opts.sampleTree ?? true) {
+    if (opts.emptyDatabase) {
+      // nothing: the entries come by replication
+    } else if (opts.sampleTree ?? true) {
       dataFiles.push(path.join(LDIF_DIR, 'sample-tree.ldif'));
     } else {
       const suffixFile = path.join(dir, 'suffix.ldif');
@@ -146,13 +160,14 @@ export async function startSlapd(opts: StartSlapdOptions = {}): Promise<PrivateS
       dataFiles.push(suffixFile);
     }
     dataFiles.push(...(opts.ldifFiles ?? []));
-    for (const f of dataFiles) await slapadd(['-F', confDir, '-b', baseDn, '-l', f]);
+    const sid = opts.serverId !== undefined ? ['-S', String(opts.serverId)] : [];
+    for (const f of dataFiles) await slapadd(['-F', confDir, ...sid, '-b', baseDn, '-l', f]);
   } catch (err) {
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
 
-  let port = await freePort();
+  let port = opts.port ?? (await freePort());
   let url = `ldap://127.0.0.1:${port}/`;
   let child: ResultPromise | undefined;
   let stderr = '';
@@ -209,7 +224,7 @@ export async function startSlapd(opts: StartSlapdOptions = {}): Promise<PrivateS
         await launch();
         break;
       } catch (err) {
-        if (attempt >= 3 || !/Address already in use/.test(stderr)) throw err;
+        if (attempt >= 3 || opts.port !== undefined || !/Address already in use/.test(stderr)) throw err;
         port = await freePort();
         url = `ldap://127.0.0.1:${port}/`;
       }
@@ -246,6 +261,14 @@ export async function startSlapd(opts: StartSlapdOptions = {}): Promise<PrivateS
       await launch();
     },
     halt,
+    async kill() {
+      const c = child;
+      if (!c) return;
+      child = undefined;
+      c.kill('SIGKILL');
+      await c;
+      running.delete(c);
+    },
     async start() {
       if (!child) await launch();
     },

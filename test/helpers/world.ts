@@ -3,16 +3,17 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { startSlapd, ldapAdd, type PrivateSlapd } from './slapd.js';
+import { startSlapdPair, type SlapdPair } from './slapdPair.js';
 import { createTinyVm, macsOf, removeVm, requireLibvirt, virsh, LIBVIRT_URI, type TinyVm } from './libvirt.js';
-import { connectDirectory } from '../../src/directory/connect.js';
+import { connectDirectory, type DirectoryConnectionOptions } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
-import { NodeDaemon } from '../../src/node/NodeDaemon.js';
+import { NodeDaemon, type NodeDaemonOptions } from '../../src/node/NodeDaemon.js';
 import { QemuImg } from '../../src/hypervisor/QemuImg.js';
-import type { LeafEntry } from '../../src/directory/types.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { devicesEntryLines, diskEntryLines, interfaceEntryLines, ldifText, vmEntryLines } from './directoryEntries.js';
+import type { BackupDirectory, ChangeFeed, LeafEntry } from '../../src/directory/types.js';
 
 export const POOL = '0f83f084-8080-413e-b558-b678e504836e';
 /**
@@ -27,6 +28,16 @@ export const vmDn = (vm: string) => `sstVirtualMachine=${vm},ou=virtual machines
 function cronLines(cron: string): string {
   const [minute, hour, day, month, dow] = cron.split(/\s+/);
   return `sstCronMinute: ${minute}\nsstCronHour: ${hour}\nsstCronDay: ${day}\nsstCronMonth: ${month}\nsstCronDayOfWeek: ${dow}\nsstCronActive: TRUE\n`;
+}
+
+function connectionOf(slapd: PrivateSlapd, pair: SlapdPair | undefined): DirectoryConnectionOptions {
+  return {
+    url: slapd.url,
+    ...(pair ? { urls: pair.urls } : {}),
+    bindDn: slapd.bindDn,
+    passwordFile: slapd.passwordFile,
+    baseDn: slapd.baseDn,
+  };
 }
 
 export interface WorldVmOptions {
@@ -64,22 +75,32 @@ export class World {
   private daemons: NodeDaemon[] = [];
   readonly logger: Logger;
   private constructor(
+    /** the directory (with `replicated`: its first provider, where the test's own writes go) */
     readonly slapd: PrivateSlapd,
     readonly directory: LdapBackupDirectory,
     readonly root: string,
     readonly prefix: string,
+    /** with `replicated`: both providers */
+    readonly pair: SlapdPair | undefined,
   ) {
     this.logger = pino({ level: process.env.STONEY_TEST_LOG ?? 'warn' });
   }
 
-  static async start(): Promise<World> {
+  /** `replicated`: the directory is a mirror-mode pair of providers (test/helpers/slapdPair.ts), used through both URLs. */
+  static async start(opts: { replicated?: boolean } = {}): Promise<World> {
     await requireLibvirt();
-    const slapd = await startSlapd();
+    const pair = opts.replicated ? await startSlapdPair() : undefined;
+    const slapd = pair ? pair.providers[0] : await startSlapd();
     const root = await mkdtemp(path.join('/var/tmp', 'stoney-e2e-'));
     for (const d of ['images', 'retain', 'backup', 'run']) await mkdir(path.join(root, d), { recursive: true });
-    const directory = await connectDirectory({ url: slapd.url, bindDn: slapd.bindDn, passwordFile: slapd.passwordFile, baseDn: slapd.baseDn });
+    const directory = await connectDirectory(connectionOf(slapd, pair));
     const prefix = `sbt${process.pid.toString(36)}${Math.floor(Math.random() * 1e4).toString(36)}`;
-    return new World(slapd, directory, root, prefix);
+    return new World(slapd, directory, root, prefix, pair);
+  }
+
+  /** How a daemon of this world reaches the directory (both providers' URLs when replicated). */
+  get connection(): DirectoryConnectionOptions {
+    return connectionOf(this.slapd, this.pair);
   }
 
   get imageRoot(): string {
@@ -160,9 +181,17 @@ ${this.backupSettings(o.backupAttributes)}
 
   async startNodeDaemon(nodeName = this.nodeName): Promise<NodeDaemon> {
     const feed = new PollingChangeFeed(this.directory, { node: nodeName }, { intervalMs: 150, logger: this.logger });
-    const daemon = new NodeDaemon({
+    const daemon = new NodeDaemon(this.nodeDaemonOptions(feed, this.directory, nodeName));
+    await daemon.start();
+    this.daemons.push(daemon);
+    return daemon;
+  }
+
+  /** What a node daemon of this world runs with; a test may pass its own feed and directory (window). */
+  nodeDaemonOptions(feed: ChangeFeed, directory: BackupDirectory = this.directory, nodeName = this.nodeName): NodeDaemonOptions {
+    return {
       nodeName,
-      directory: this.directory,
+      directory,
       feed,
       virsh,
       qemuImg: new QemuImg(),
@@ -170,10 +199,7 @@ ${this.backupSettings(o.backupAttributes)}
       allowedRoots: [this.backupRoot, this.retainRoot, ...this.extraAllowedRoots],
       logger: this.logger,
       runDir: this.runDir,
-    });
-    await daemon.start();
-    this.daemons.push(daemon);
-    return daemon;
+    };
   }
 
   async stopNodeDaemons(): Promise<void> {
@@ -233,7 +259,8 @@ ${this.backupSettings(o.backupAttributes)}
     await this.stopNodeDaemons();
     for (const vm of this.vms) await removeVm(vm);
     await this.directory.close();
-    await this.slapd.stop();
+    if (this.pair) await this.pair.stop();
+    else await this.slapd.stop();
     await rm(this.root, { recursive: true, force: true });
   }
 

@@ -92,6 +92,17 @@ async function addVm(node = NODE): Promise<string> {
   return vm;
 }
 
+/** A node feed (NODE) and a control feed, started, each with its recorder. */
+async function startNodeAndControlFeeds(): Promise<{ node: Recorder; all: Recorder; nodeFeed: SyncReplChangeFeed; allFeed: SyncReplChangeFeed }> {
+  const node = new Recorder();
+  const all = new Recorder();
+  const nodeFeed = new SyncReplChangeFeed(feedOptions());
+  const allFeed = new SyncReplChangeFeed(feedOptions({ scope: {} }));
+  await nodeFeed.start(node.push);
+  await allFeed.start(all.push);
+  return { node, all, nodeFeed, allFeed };
+}
+
 async function readState(file: string): Promise<{ cookie: string | null; uuidToDn: Record<string, string> }> {
   return JSON.parse(await readFile(file, 'utf8')) as { cookie: string | null; uuidToDn: Record<string, string> };
 }
@@ -102,12 +113,7 @@ describe('SyncReplChangeFeed: what a daemon hears', () => {
   it('node scope: its leaves, VMs moving to or from it; control scope: all leaves and settings; resync at start', async () => {
     const mine = await addVm(NODE);
     const foreign = await addVm(OTHER_NODE);
-    const node = new Recorder();
-    const all = new Recorder();
-    const nodeFeed = new SyncReplChangeFeed(feedOptions());
-    const allFeed = new SyncReplChangeFeed(feedOptions({ scope: {} }));
-    await nodeFeed.start(node.push);
-    await allFeed.start(all.push);
+    const { node, all, nodeFeed, allFeed } = await startNodeAndControlFeeds();
     try {
       expect(node.events.map((e) => e.kind)).toEqual(['resync']);
       expect(all.events.map((e) => e.kind)).toEqual(['resync']);
@@ -140,7 +146,9 @@ describe('SyncReplChangeFeed: what a daemon hears', () => {
       expect(await dir.casMode(leafDn(foreign, leaf), 'snapshot', 'snapshotting')).toBe(true);
       await all.waitFor(is('leaf', leafDn(foreign, leaf)), 5_000);
       await sleep(200);
-      expect(node.dns('leaf', mark).size).toBe(0);
+      // (The feed restarted its search for the smaller VM set: the refresh may name the node's own leaves again.)
+      expect(node.dns('leaf', mark).has(leafDn(foreign, leaf).toLowerCase())).toBe(false);
+      expect([...nodeFeed.knownEntries.values()].map((d) => d.toLowerCase())).not.toContain(leafDn(foreign, leaf).toLowerCase());
 
       // settings: VM level (created by setExcluded) and global
       await dir.setExcluded(mine, true);
@@ -162,6 +170,65 @@ describe('SyncReplChangeFeed: what a daemon hears', () => {
     expect(await dir.createLeaf(mine, '20240101T000100Z')).toBe(true);
     await sleep(300);
     expect(node.length).toBe(before);
+  });
+
+  it("node scope: the server sends only the leaves of the node's VMs; a VM moved to the node brings its leaves", async () => {
+    const mine = await addVm(NODE);
+    const foreign = await addVm(OTHER_NODE);
+    const leaves = Array.from({ length: 10 }, (_, i) => `20240301T0000${String(i).padStart(2, '0')}Z`);
+    for (const l of leaves) expect(await dir.createLeaf(foreign, l)).toBe(true);
+    expect(await dir.createLeaf(mine, leaves[0]!)).toBe(true);
+    const { node, all, nodeFeed, allFeed } = await startNodeAndControlFeeds();
+    // What the feed was sent: its map holds every entry the server delivered, wanted or not.
+    const known = () => new Set([...nodeFeed.knownEntries.values()].map((d) => d.toLowerCase()));
+    const foreignLeaves = () => [...known()].filter((d) => d.endsWith(`,ou=backup,${vmDn(foreign)}`.toLowerCase()));
+    try {
+      expect(known().has(leafDn(mine, leaves[0]!).toLowerCase())).toBe(true);
+      expect(known().has(vmDn(foreign).toLowerCase())).toBe(true); // every VM entry: moves must be seen
+      expect(foreignLeaves()).toEqual([]);
+
+      // 20 changes of the other node's leaves: the control feed hears all, this node's feed none, not even on the wire.
+      const mark = node.length;
+      for (const l of leaves) expect(await dir.casMode(leafDn(foreign, l), 'initialize', 'snapshot')).toBe(true);
+      for (const l of leaves) expect(await dir.casMode(leafDn(foreign, l), 'snapshot', 'snapshotting')).toBe(true);
+      expect(await dir.casMode(leafDn(mine, leaves[0]!), 'initialize', 'snapshot')).toBe(true);
+      await node.waitFor(is('leaf', leafDn(mine, leaves[0]!)), 5_000, mark);
+      for (const l of leaves) await all.waitFor((e) => e.kind === 'leaf' && e.dn.toLowerCase() === leafDn(foreign, l).toLowerCase() && e.attributes?.['sstprovisioningmode']?.[0] === 'snapshotting');
+      expect(node.events.slice(mark).map((e) => [e.kind, e.dn.toLowerCase()])).toEqual([['leaf', leafDn(mine, leaves[0]!).toLowerCase()]]);
+      expect(foreignLeaves()).toEqual([]);
+
+      // The VM moves here: the search starts over with it in the filter, its leaves arrive, then their changes.
+      const moved = node.length;
+      await ldapModify(slapd, `dn: ${vmDn(foreign)}\nchangetype: modify\nreplace: sstNode\nsstNode: ${NODE}\n`);
+      await node.waitFor(is('resync'), 5_000, moved);
+      expect(foreignLeaves().length).toBe(leaves.length);
+      const after = node.length;
+      expect(await dir.casMode(leafDn(foreign, leaves[0]!), 'snapshotting', 'snapshotted')).toBe(true);
+      await node.waitFor(is('leaf', leafDn(foreign, leaves[0]!)), 5_000, after);
+    } finally {
+      await nodeFeed.stop();
+      await allFeed.stop();
+    }
+  });
+
+  it('node scope beyond maxFilteredVms: the server sends every leaf, the feed still tells only of its own', async () => {
+    const mine = await addVm(NODE);
+    const foreign = await addVm(OTHER_NODE);
+    const leaf = '20240401T000000Z';
+    for (const vm of [mine, foreign]) expect(await dir.createLeaf(vm, leaf)).toBe(true);
+    const node = new Recorder();
+    const feed = new SyncReplChangeFeed(feedOptions({ maxFilteredVms: 0 }));
+    await feed.start(node.push);
+    try {
+      expect([...feed.knownEntries.values()].map((d) => d.toLowerCase())).toContain(leafDn(foreign, leaf).toLowerCase());
+      const mark = node.length;
+      expect(await dir.casMode(leafDn(foreign, leaf), 'initialize', 'snapshot')).toBe(true);
+      expect(await dir.casMode(leafDn(mine, leaf), 'initialize', 'snapshot')).toBe(true);
+      await node.waitFor(is('leaf', leafDn(mine, leaf)), 5_000, mark);
+      expect(node.dns('leaf', mark)).toEqual(new Set([leafDn(mine, leaf).toLowerCase()]));
+    } finally {
+      await feed.stop();
+    }
   });
 
   it('slapd killed and restarted under a running feed: reconnects, re-binds, resyncs, and no change is lost', async () => {

@@ -144,10 +144,41 @@ describe('loadConfig', () => {
     expect(err.message).toContain(`cannot read the configuration file ${missing}`);
   });
 
-  it.each(['http://ldap.example.com', 'ldap.example.com', 'ldapi:///var/run/slapd/ldapi', ' ldap://x', 'LDAP://x'])('refuses the LDAP URL %j', async (url) => {
+  it.each(['http://ldap.example.com', 'ldap.example.com', 'ldapi:///var/run/slapd/ldapi', 'ldaps://a ldapx://b', 'LDAP://x'])('refuses the LDAP URL %j', async (url) => {
     const err = await usageErrorOf(loadConfig(undefined, { ...requiredEnv, STONEY_LDAP_URL: url }));
     expect(err.message).toContain('STONEY_LDAP_URL');
     expect(err.message).toContain('is not an ldap:// or ldaps:// URL');
+  });
+
+  it.each([
+    ['ldaps://ldap1.example.com ldaps://ldap2.example.com', ['ldaps://ldap1.example.com', 'ldaps://ldap2.example.com']],
+    ['ldaps://ldap1.example.com,ldaps://ldap2.example.com', ['ldaps://ldap1.example.com', 'ldaps://ldap2.example.com']],
+    [' ldap://127.0.0.1:3389/ ,  ldap://127.0.0.1:3390/ ', ['ldap://127.0.0.1:3389/', 'ldap://127.0.0.1:3390/']],
+  ])('reads the providers of a replicated directory from %j, in order', async (value, urls) => {
+    const config = await loadConfig(undefined, { ...requiredEnv, STONEY_LDAP_URL: value });
+    expect(config.ldap.url).toBe(urls[0]);
+    expect(config.ldap.urls).toEqual(urls);
+  });
+
+  it('reads the shipped deploy/stoney-backup.env.example, with its two providers', async () => {
+    const config = await loadConfig(path.resolve('deploy/stoney-backup.env.example'), {});
+    expect(config.ldap.urls).toEqual(['ldaps://ldapm.example.com', 'ldaps://ldaps.example.com']);
+  });
+
+  it('keeps a single URL as it was (no provider list)', async () => {
+    const config = await loadConfig(undefined, { ...requiredEnv, STONEY_LDAP_URL: ' ldap://127.0.0.1:3389/ ' });
+    expect(config.ldap.url).toBe('ldap://127.0.0.1:3389/');
+    expect(config.ldap.urls).toBeUndefined();
+  });
+
+  it.each([
+    ['ldaps://a.example.com ldaps://a.example.com', /names a provider twice/],
+    ['ldaps://a.example.com ldap://b.example.com', /ldap:\/\/b\.example\.com would send the bind password in clear text/],
+    [' , ', /names no URL|is not set/],
+  ])('refuses the provider list %j', async (value, message) => {
+    const err = await usageErrorOf(loadConfig(undefined, { ...requiredEnv, STONEY_LDAP_URL: value }));
+    expect(err.message).toMatch(/^STONEY_LDAP_URL/);
+    expect(err.message).toMatch(message);
   });
 
   it.each(['var/virtualization', '/var/virtualization:images', './images'])('refuses the relative image root in %j', async (roots) => {

@@ -1,6 +1,7 @@
 import { SiteModel } from '../../control/SiteModel.js';
 import { CheckState, evaluateBackupCheck, type CheckedVm } from '../../control/evaluateBackupCheck.js';
 import { errorMessage } from '../../domain/errors.js';
+import { providerUrls } from '../../directory/providerUrls.js';
 import { formatDuration, parseDuration } from '../../domain/duration.js';
 import type { Command } from '../command.js';
 import { Runtime, type Io } from '../runtime.js';
@@ -42,7 +43,7 @@ planned instant (the leaf name). DURATION: 26h, 90m, 1d12h or seconds.
       try {
         vms = await readVms(rt, positionals);
       } catch (err) {
-        return unknown(`cannot read the directory at ${rt.config.ldap.url}: ${errorMessage(err)}`);
+        return unknown(`cannot read the directory at ${providerUrls(rt.config.ldap).join(' ')}: ${errorMessage(err)}`);
       }
       const result = evaluateBackupCheck(vms, new Date(), { maxAgeMs, maxRuntimeMs: rt.config.policy.stepTimeoutMs });
       if (values['json'] === true) io.out(JSON.stringify({ state: result.state, maxAge: formatDuration(maxAgeMs), vms: result.vms }, null, 2));
