@@ -8,6 +8,7 @@ import pino from 'pino';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
+import { ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
 import { startSlapdPair, type SlapdPair } from '../helpers/slapdPair.js';
 import { connectDirectory } from '../../src/directory/connect.js';
 import { SyncReplChangeFeed } from '../../src/directory/SyncReplChangeFeed.js';
@@ -48,11 +49,8 @@ const connection = () => ({
 /** A fresh VM with an ou=backup on `NODE`, written to the first provider and replicated to the second. */
 async function addVm(): Promise<string> {
   const vm = `repl-${process.pid}-${++seq}`;
-  await ldapAdd(pair.providers[0], [
-    `dn: ${vmDn(vm)}`, 'objectClass: sstVirtualizationVirtualMachine', `sstVirtualMachine: ${vm}`, `sstNode: ${NODE}`,
-    `sstVirtualMachinePool: ${POOL}`, 'sstVirtualMachineType: persistent', 'sstType: kvm', '',
-    `dn: ou=backup,${vmDn(vm)}`, 'objectClass: organizationalUnit', 'ou: backup', '',
-  ].join('\n'));
+  // A VM entry the original schema accepts (its MUST attributes), and its ou=backup.
+  await ldapAdd(pair.providers[0], ldifText(vmEntryLines(vmDn(vm), { name: vm, node: NODE, pool: POOL }), [`dn: ou=backup,${vmDn(vm)}`, 'objectClass: organizationalUnit', 'ou: backup']));
   await pair.waitReplicated(`ou=backup,${vmDn(vm)}`);
   return vm;
 }
