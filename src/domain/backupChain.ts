@@ -28,6 +28,8 @@ export interface IterationImage {
   size: number;
   /** guest-visible size in bytes; absent in manifests written before incremental backups */
   virtualSize?: number;
+  /** the format the file is stored in (an incremental image can only build on a qcow2 one) */
+  format?: string;
   backing?: ChainLink;
   /** on disk with the size the manifest records (checked by the caller) */
   intact: boolean;
@@ -75,6 +77,7 @@ export function planImageBase(input: ImagePlanInput): ImageBasePlan {
   const prevName = iterationFileName(input.imageFileName, previous.leaf);
   const prev = previous.images.find((f) => f.name === prevName);
   if (prev === undefined) return { kind: 'full', reason: `the disk is not in the previous backup ${previous.leaf}` };
+  if (prev.format !== undefined && prev.format !== 'qcow2') return { kind: 'full', reason: `the previous backup ${previous.leaf} stored the disk as ${prev.format}` };
   if (prev.virtualSize === undefined) return { kind: 'full', reason: `the previous backup ${previous.leaf} records no disk size (written before incremental backups)` };
   if (prev.virtualSize !== source.virtualSize) {
     return { kind: 'full', reason: `the disk was resized since ${previous.leaf} (${prev.virtualSize} → ${source.virtualSize} bytes)` };

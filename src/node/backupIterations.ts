@@ -120,7 +120,7 @@ export async function finishedIterations(dirs: readonly IterationDir[]): Promise
     const images = [];
     for (const f of d.manifest.files.filter((x) => x.format !== undefined || x.backing !== undefined)) {
       const st = await lstat(path.join(d.dir, f.name)).catch(() => undefined);
-      images.push({ name: f.name, size: f.size, ...(f.virtualSize !== undefined ? { virtualSize: f.virtualSize } : {}), ...(f.backing ? { backing: f.backing } : {}), intact: st !== undefined && st.isFile() && st.size === f.size });
+      images.push({ name: f.name, size: f.size, ...(f.format !== undefined ? { format: f.format } : {}), ...(f.virtualSize !== undefined ? { virtualSize: f.virtualSize } : {}), ...(f.backing ? { backing: f.backing } : {}), intact: st !== undefined && st.isFile() && st.size === f.size });
     }
     out.push({ leaf: d.leaf, images });
   }

@@ -40,6 +40,8 @@ describe('planImageBase', () => {
     expect(plan([full(L1)], { source: { ...source, format: 'raw' } }).kind).toBe('full');
     expect(plan([full(L1)], { source: { ...source, hasBacking: true } })).toMatchObject({ kind: 'full', reason: expect.stringMatching(/linked clone/) });
     expect(plan([full(L1)], { imageFileName: 'other.qcow2' })).toMatchObject({ kind: 'full', reason: `the disk is not in the previous backup ${L1}` });
+    expect(plan([full(L1, { format: 'raw' })])).toMatchObject({ kind: 'full', reason: `the previous backup ${L1} stored the disk as raw` });
+    expect(plan([full(L1, { format: 'qcow2' })])).toMatchObject({ kind: 'incremental' });
     expect(plan([full(L1, { virtualSize: undefined })])).toMatchObject({ kind: 'full', reason: expect.stringMatching(/records no disk size/) });
     expect(plan([full(L1, { virtualSize: GiB })])).toMatchObject({ kind: 'full', reason: expect.stringMatching(/resized since .*1073741824 → 2147483648/) });
     expect(plan([full(L1, { intact: false }), inc(L2, L1)])).toMatchObject({ kind: 'full', reason: expect.stringMatching(/chain is broken: .*missing or not the size/) });
