@@ -239,9 +239,10 @@ export class SyncReplChangeFeed implements ChangeFeed {
       scope: 'sub',
       filter: `(|${classes.map((c) => `(objectClass=${c})`).join('')})`,
       // The classes only; a node's search narrows the leaves to its VMs (searchFilter).
-      // sstNode for the VM→node map; entryCSN to notice a full reload. A node's events are keys only;
-      // the control daemon's carry what it keeps in memory, so it never reads an entry per change.
-      attributes: this.scope.node === undefined ? controlScopeAttributes : ['sstNode', 'entryCSN'],
+      // sstNode for the VM→node map; entryCSN to notice a full reload. A node's leaf events carry the
+      // mode only (it claims on it before reading anything); the control daemon's carry what it keeps
+      // in memory, so it never reads an entry per change.
+      attributes: this.scope.node === undefined ? controlScopeAttributes : ['sstNode', 'entryCSN', 'sstProvisioningMode'],
       mode: 'refreshAndPersist',
     };
     this.searchKey = JSON.stringify({ base: normalizeDn(this.search.baseDn), filter: this.search.filter, node: this.scope.node?.toLowerCase() ?? null });
@@ -660,7 +661,8 @@ export class SyncReplChangeFeed implements ChangeFeed {
     }
     if (kind === 'leaf') {
       if (renamed) this.leafChanged(oldDn, undefined, true);
-      this.leafChanged(dn, carried);
+      const mode = this.scope.node !== undefined ? attributes?.get('sstprovisioningmode') : undefined;
+      this.leafChanged(dn, carried ?? (mode ? { sstprovisioningmode: mode } : undefined));
       return;
     }
     this.queue({ kind: 'settings', dn, ...(carried ? { attributes: carried } : {}) });

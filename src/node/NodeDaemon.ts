@@ -81,6 +81,8 @@ export class NodeDaemon {
   private readonly queue: KeyedWorkQueue;
   private readonly log: Logger;
   private readonly lock: NodeLock;
+  /** the mode a leaf's latest change event carried: a command is claimed on it before anything is read */
+  private readonly modeHints = new Map<string, string>();
 
   constructor(private readonly o: NodeDaemonOptions) {
     this.log = o.logger.child({ node: o.nodeName });
@@ -115,7 +117,11 @@ export class NodeDaemon {
   }
 
   private onChange(e: ChangeEvent): void {
-    if (e.kind === 'leaf') this.queue.add(e.dn, vmOfLeafDn(e.dn));
+    if (e.kind === 'leaf') {
+      const mode = e.attributes?.['sstprovisioningmode']?.[0];
+      if (mode !== undefined && !e.deleted) this.modeHints.set(e.dn, mode);
+      this.queue.add(e.dn, vmOfLeafDn(e.dn));
+    }
     else if (e.kind === 'resync' || e.kind === 'vm') void this.resync().catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'resync failed'));
   }
 
@@ -143,6 +149,9 @@ export class NodeDaemon {
   }
 
   private async reconcileLeaf(dn: string): Promise<void> {
+    const hinted = this.modeHints.get(dn);
+    this.modeHints.delete(dn);
+    if (hinted !== undefined && (await this.claimFirst(dn, hinted))) return;
     const leaf = await this.o.directory.getLeaf(dn);
     if (!leaf) return;
     if (!isSafeName(leaf.vm)) {
@@ -175,6 +184,31 @@ export class NodeDaemon {
       return;
     }
     await this.finishStep({ ...leaf, mode: working }, step, vm, steps[step], log.child({ step }));
+  }
+
+  /**
+   * Claim a command on the mode its change event carried, before reading
+   * anything (the feed sends a node only leaves of VMs it places on that
+   * node), then read what the step needs. If the VM turns out not to be this
+   * node's after all (moved a moment ago), the claim is handed back. Returns
+   * false when there was nothing to claim this way (the caller then reads
+   * the leaf and decides as usual).
+   */
+  private async claimFirst(dn: string, mode: string): Promise<boolean> {
+    const name = vmOfLeafDn(dn);
+    const step = isLeafMode(mode) ? stepOfCommand(mode) : undefined;
+    if (!step || claimOf(mode) === undefined || name === undefined || !isSafeName(name)) return false;
+    const working = NodeStepModes[step].working;
+    if (!(await this.o.directory.casMode(dn, mode, working))) return false; // changed since: read and decide
+    const [leaf, vm] = await Promise.all([this.o.directory.getLeaf(dn), this.o.directory.getVm(name)]);
+    if (!leaf || !vm || vm.node !== this.o.nodeName) {
+      this.log.warn({ leafDn: dn, vm: name, node: vm?.node }, 'claimed a command of a VM that is not on this node (moved?); handing it back');
+      await this.o.directory.casMode(dn, working, mode);
+      return true;
+    }
+    const log = this.log.child({ vm: vm.name, leaf: leaf.leaf });
+    await this.finishStep({ ...leaf, mode: working }, step, vm, steps[step], log.child({ step }));
+    return true;
   }
 
   /** Run a claimed step and report its end: done mode, time, return value. */
