@@ -1,4 +1,4 @@
-import { lstat, readFile, readdir } from 'node:fs/promises';
+import { lstat, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { parseChainLink, type ChainLink, type Iteration } from '../domain/backupChain.js';
 import { isLeafName } from '../domain/leafName.js';
@@ -45,31 +45,35 @@ export function parseManifest(text: string, leaf: string): BackupManifest {
   const o = JSON.parse(text) as Record<string, unknown>;
   if (o['format'] !== 'stoney-backup/1') throw new Error(`unknown manifest format ${JSON.stringify(o['format'])}`);
   if (!Array.isArray(o['files'])) throw new Error('manifest without a file list');
-  const files = (o['files'] as unknown[]).map((raw, i): ManifestFile => {
-    const f = raw as Record<string, unknown>;
-    const { name, size, sha256 } = f;
-    if (typeof name !== 'string' || !isSafeName(name) || !name.endsWith(`.${leaf}`)) throw new Error(`manifest file ${i}: ${JSON.stringify(name)} is not a file name of backup ${leaf}`);
-    if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw new Error(`manifest file ${name}: bad size`);
-    if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`manifest file ${name}: bad sha256`);
-    const out: ManifestFile = { name, size, sha256 };
-    if (f['format'] !== undefined) {
-      if (typeof f['format'] !== 'string' || !isImageFormat(f['format'])) throw new Error(`manifest file ${name}: bad format`);
-      out.format = f['format'];
-    }
-    if (f['virtualSize'] !== undefined) {
-      if (typeof f['virtualSize'] !== 'number' || !Number.isSafeInteger(f['virtualSize'])) throw new Error(`manifest file ${name}: bad virtualSize`);
-      out.virtualSize = f['virtualSize'];
-    }
-    if (f['backing'] !== undefined) {
-      const link = parseChainLink(f['backing']);
-      if (link === undefined || !(link.leaf < leaf)) throw new Error(`manifest file ${name}: bad backing ${JSON.stringify(f['backing'])}`);
-      out.backing = link;
-    }
-    if (typeof f['fullReason'] === 'string') out.fullReason = f['fullReason'];
-    return out;
-  });
+  const files = (o['files'] as unknown[]).map((raw, i) => parseManifestEntry(raw, leaf, i));
   const str = (k: string) => (typeof o[k] === 'string' ? (o[k] as string) : '');
   return { format: 'stoney-backup/1', vm: str('vm'), leaf: str('leaf'), vmType: str('vmType'), pool: str('pool'), createdAt: str('createdAt'), files };
+}
+
+/** One file entry of a manifest (or of a kept record in retain), checked the same way. */
+export function parseManifestEntry(raw: unknown, leaf: string, i = 0): ManifestFile {
+  if (typeof raw !== 'object' || raw === null) throw new Error(`manifest file ${i} is not an object`);
+  const f = raw as Record<string, unknown>;
+  const { name, size, sha256 } = f;
+  if (typeof name !== 'string' || !isSafeName(name) || !name.endsWith(`.${leaf}`)) throw new Error(`manifest file ${i}: ${JSON.stringify(name)} is not a file name of backup ${leaf}`);
+  if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw new Error(`manifest file ${name}: bad size`);
+  if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`manifest file ${name}: bad sha256`);
+  const out: ManifestFile = { name, size, sha256 };
+  if (f['format'] !== undefined) {
+    if (typeof f['format'] !== 'string' || !isImageFormat(f['format'])) throw new Error(`manifest file ${name}: bad format`);
+    out.format = f['format'];
+  }
+  if (f['virtualSize'] !== undefined) {
+    if (typeof f['virtualSize'] !== 'number' || !Number.isSafeInteger(f['virtualSize'])) throw new Error(`manifest file ${name}: bad virtualSize`);
+    out.virtualSize = f['virtualSize'];
+  }
+  if (f['backing'] !== undefined) {
+    const link = parseChainLink(f['backing']);
+    if (link === undefined || !(link.leaf < leaf)) throw new Error(`manifest file ${name}: bad backing ${JSON.stringify(f['backing'])}`);
+    out.backing = link;
+  }
+  if (typeof f['fullReason'] === 'string') out.fullReason = f['fullReason'];
+  return out;
 }
 
 /** Read a manifest without following a symlink or reading an endless file. */
@@ -112,11 +116,15 @@ export async function listIterationDirs(rootDirectory: string, vmBackupDir: stri
   return out.sort((a, b) => (a.leaf < b.leaf ? -1 : 1));
 }
 
-/** The finished iterations a new backup may build on, with each image checked for presence and size. */
-export async function finishedIterations(dirs: readonly IterationDir[]): Promise<Iteration[]> {
+/**
+ * The finished iterations a new backup may build on, with each image checked
+ * for presence and size. `includeBeingRemoved`: those a rotation is removing
+ * too (a fold must see every link).
+ */
+export async function finishedIterations(dirs: readonly IterationDir[], opts: { includeBeingRemoved?: boolean } = {}): Promise<Iteration[]> {
   const out: Iteration[] = [];
   for (const d of dirs) {
-    if (d.beingRemoved || d.manifest === undefined) continue;
+    if ((d.beingRemoved && !opts.includeBeingRemoved) || d.manifest === undefined) continue;
     const images = [];
     for (const f of d.manifest.files.filter((x) => x.format !== undefined || x.backing !== undefined)) {
       const st = await lstat(path.join(d.dir, f.name)).catch(() => undefined);
@@ -125,11 +133,4 @@ export async function finishedIterations(dirs: readonly IterationDir[]): Promise
     out.push({ leaf: d.leaf, images });
   }
   return out;
-}
-
-export async function readTextIfPresent(file: string): Promise<string | undefined> {
-  return readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
-    throw err;
-  });
 }

@@ -7,7 +7,12 @@ import { sparseCopy } from './sparseCopy.js';
 
 /** fsync a directory so a rename in it survives a crash. */
 export async function syncDir(dir: string): Promise<void> {
-  const h = await open(dir, 'r');
+  await syncFile(dir);
+}
+
+/** fsync what another process (qemu-img) wrote into a file, before it is renamed or recorded. */
+export async function syncFile(file: string): Promise<void> {
+  const h = await open(file, 'r');
   try {
     await h.sync();
   } finally {

@@ -15,7 +15,7 @@ import { assertNoSymlinkBelow, chmodNoFollow, listRegularFiles, mkdirBelow } fro
 import { backupFileMode } from '../domain/settings.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { sparseCopy } from './sparseCopy.js';
-import { parseManifest, readManifestFile, type BackupManifest, type ManifestFile } from './backupIterations.js';
+import { parseManifestEntry, readManifestFile, type BackupManifest, type ManifestFile } from './backupIterations.js';
 import { storeDiskImage } from './storeDiskImage.js';
 import { finishInterruptedRotation, removeIteration } from './rotateChains.js';
 import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
@@ -137,7 +137,7 @@ async function readKeptRecords(layout: BackupLayout, recordNames: string[]): Pro
     const expected = layout.backupPath(r.slice(0, -KEPT_RECORD_SUFFIX.length));
     try {
       // Checked like a manifest entry: retain is group-writable too.
-      kept = parseManifest(JSON.stringify({ format: 'stoney-backup/1', files: [JSON.parse(await readFile(layout.retainPath(r), 'utf8'))] }), layout.leaf).files[0] as ManifestFile;
+      kept = parseManifestEntry(JSON.parse(await readFile(layout.retainPath(r), 'utf8')), layout.leaf);
     } catch (err) {
       throw new BackupError(`cannot read ${r} in ${layout.retainDir}: ${errorMessage(err)}`, ReturnCode.missingNecessaryFiles, { cause: err });
     }

@@ -1,13 +1,13 @@
 import { lstat, open, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { foldsForRemoval, parseChainLink, relativeBackingPath, type ChainLink, type Fold, type Iteration } from '../domain/backupChain.js';
+import { foldsForRemoval, parseChainLink, relativeBackingPath, type ChainLink, type Fold } from '../domain/backupChain.js';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { FOLD_JOURNAL, MANIFEST_NAME, ROTATION_MARKER } from '../domain/layout.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { backupFileMode } from '../domain/settings.js';
 import { chownByName } from '../hypervisor/ownership.js';
-import { listIterationDirs, readManifestFile, type IterationDir } from './backupIterations.js';
-import { exists, syncDir, writeFileDurably } from './durableFs.js';
+import { finishedIterations, listIterationDirs, readManifestFile } from './backupIterations.js';
+import { exists, syncDir, syncFile, writeFileDurably } from './durableFs.js';
 import { faultPoint } from './faultPoint.js';
 import { fileSha256 } from './sparseCopy.js';
 import { chmodNoFollow } from './safeFs.js';
@@ -40,13 +40,6 @@ interface FoldJournal {
   parentBacking?: ChainLink;
 }
 
-/** Iterations with a manifest, those being removed included: a fold must see every link. */
-function withManifests(dirs: readonly IterationDir[]): Iteration[] {
-  return dirs
-    .filter((d) => d.manifest !== undefined)
-    .map((d) => ({ leaf: d.leaf, images: (d.manifest?.files ?? []).map((f) => ({ name: f.name, size: f.size, ...(f.backing ? { backing: f.backing } : {}), intact: true })) }));
-}
-
 /**
  * Remove iteration `leaf` of the VM, folding first what kept iterations
  * still need of it. `keepDirectory`: only make it independent (the delete
@@ -58,7 +51,7 @@ export async function removeIteration(ctx: ChainContext, leaf: string, opts: { k
   const dirs = await listIterationDirs(settings.rootDirectory, layout.vmBackupDir);
   const target = dirs.find((d) => d.leaf === leaf);
   if (target === undefined) return true;
-  const { folds, blocked } = foldsForRemoval(withManifests(dirs), leaf);
+  const { folds, blocked } = foldsForRemoval(await finishedIterations(dirs, { includeBeingRemoved: true }), leaf);
   if (blocked.length > 0) {
     logger.warn({ vm: layout.vm, leaf, blocked }, 'two kept backups build on an image of this backup; it is kept until one of them goes');
     return false;
@@ -140,12 +133,7 @@ async function completeFold(ctx: ChainContext, j: FoldJournal): Promise<void> {
     } catch (err) {
       throw new BackupError(`cannot fold ${j.child.leaf} into ${j.parent.leaf}: ${errorMessage(err)}`, ReturnCode.cannotMergeDiskImages, { cause: err });
     }
-    const h = await open(parentPath, 'r');
-    try {
-      await h.sync();
-    } finally {
-      await h.close();
-    }
+    await syncFile(parentPath);
     faultPoint('fold:after-commit');
     await rename(parentPath, childPath);
     await syncDir(childDir);

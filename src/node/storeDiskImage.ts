@@ -1,4 +1,5 @@
-import { open, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
+import { syncFile } from './durableFs.js';
 import path from 'node:path';
 import { planImageBase, relativeBackingPath, type ImageBasePlan } from '../domain/backupChain.js';
 import { errorMessage } from '../domain/errors.js';
@@ -83,12 +84,7 @@ async function writeIncremental(
   await qemuImg.rebaseComparing(a.partial, rel, 'qcow2', ctx.signal);
   const header = await qemuImg.info(a.partial, { format: 'qcow2' });
   if (header.backingName !== rel) throw new Error(`the incremental image names ${JSON.stringify(header.backingName)} as backing, not ${rel}`);
-  const h = await open(a.partial, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
+  await syncFile(a.partial);
   const r = await fileSha256(a.partial);
   // What was written, for the progress and the bytes-copied metric (qemu-img reports none on the way).
   ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message: `stored ${a.imageFileName} (changes only)`, done: 0, total: r.size });
