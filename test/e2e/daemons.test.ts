@@ -3,8 +3,8 @@ import { mkdir, readdir, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { DateTime } from 'luxon';
 import { execa } from 'execa';
-import { World, vmDn, SERVICE, STORAGE_POOL } from '../helpers/world.js';
-import { ldapAdd, ldapModify, ldapSearch } from '../helpers/slapd.js';
+import { World, vmDn, STORAGE_POOL } from '../helpers/world.js';
+import { ldapAdd, ldapSearch } from '../helpers/slapd.js';
 import { backingFileOf, guestReadMatches, imageMatches, virsh } from '../helpers/libvirt.js';
 import { ControlDaemon } from '../../src/control/ControlDaemon.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
@@ -168,8 +168,7 @@ describe('control daemon', () => {
     const ex = (await w.addVm('cronEx', { running: true, cron: '0 3 * * *' })).name;
     const broken = (await w.addVm('cronBad', { running: true, cron: '0 25 * * *' })).name;
     await w.directory.setExcluded(ex, true);
-    // Only these VMs' own schedules count here: switch the inherited global one off.
-    await ldapModify(w.slapd, `dn: ou=backup,ou=configuration,${SERVICE}\nchangetype: modify\nreplace: sstCronActive\nsstCronActive: FALSE\n`);
+    // Only these VMs' own schedules count here: the World switched the inherited global one off.
     const feed = new PollingChangeFeed(w.directory, {}, { intervalMs: 150, logger: w.logger });
     const control = new ControlDaemon({ directory: w.directory, feed, logger: w.logger, policy: { ...defaultBatchPolicy, claimTimeoutMs: 60_000 }, zone: 'Europe/Zurich', cronTick: false, sweepMs: 500 });
     await control.start();

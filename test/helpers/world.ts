@@ -2,7 +2,7 @@ import { BackupLayout } from '../../src/domain/layout.js';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
-import { startSlapd, ldapAdd, type PrivateSlapd } from './slapd.js';
+import { startSlapd, ldapAdd, ldapModify, type PrivateSlapd } from './slapd.js';
 import { startSlapdPair, type SlapdPair } from './slapdPair.js';
 import { createTinyVm, macsOf, removeVm, requireLibvirt, virsh, LIBVIRT_URI, type TinyVm } from './libvirt.js';
 import { connectDirectory, type DirectoryConnectionOptions } from '../../src/directory/connect.js';
@@ -93,6 +93,10 @@ export class World {
     const slapd = pair ? pair.providers[0] : await startSlapd();
     const root = await mkdtemp(path.join('/var/tmp', 'stoney-e2e-'));
     for (const d of ['images', 'retain', 'backup', 'run']) await mkdir(path.join(root, d), { recursive: true });
+    // The sample tree schedules every VM at 03:00 UTC through the global ou=backup: a control daemon of a
+    // test running across that minute would back up every VM of the world (the sample's and the test's own).
+    // Schedules in e2e worlds are explicit: only a VM's own `cron` counts.
+    await ldapModify(slapd, `dn: ou=backup,ou=configuration,${SERVICE}\nchangetype: modify\nreplace: sstCronActive\nsstCronActive: FALSE\n`);
     const directory = await connectDirectory(connectionOf(slapd, pair));
     const prefix = `sbt${process.pid.toString(36)}${Math.floor(Math.random() * 1e4).toString(36)}`;
     return new World(slapd, directory, root, prefix, pair);
