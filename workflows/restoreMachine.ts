@@ -7,7 +7,8 @@ import { nodeStepStates } from './nodeStepStates.js';
  * `unretainedSmallFiles` (the user-interaction phase: conflicts are decided
  * there) the control side may abort back to `finished`; a failed large-file
  * copy touched nothing live and may be aborted too. After the restore has
- * started there is no way back.
+ * started there is no way back; a failed one waits at `restored` until it is
+ * acknowledged (abort) back to `finished`.
  */
 export interface RestoreContext {
   returnValue: number;
@@ -41,8 +42,10 @@ export const restoreMachine = setup({
   },
 });
 
-// The interaction phase and a failed large copy may go back to `finished`.
-const abortable: Record<string, 'any' | 'failed'> = { unretainedSmallFiles: 'any', unretainedLargeFiles: 'failed' };
+// The interaction phase and a failed large copy may go back to `finished`; so
+// may a failed restore, once a human has looked at it (the VM was rolled back
+// or the code says what is left to do): the backup itself is still good.
+const abortable: Record<string, 'any' | 'failed'> = { unretainedSmallFiles: 'any', unretainedLargeFiles: 'failed', restored: 'failed' };
 
 export function isRestoreMode(mode: string): boolean {
   return Object.prototype.hasOwnProperty.call(restoreMachine.config.states, mode) && mode !== 'finished';

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { UsageError } from '../domain/errors.js';
 import type { DirectoryConnectionOptions } from '../directory/connect.js';
 import { defaultBatchPolicy, type BatchPolicy } from '../control/decideBatch.js';
+import { DEFAULT_RESTORE_DECISION_TIMEOUT_MS } from '../control/decideRestores.js';
 import { defaultLeaseTiming, leaseTimingProblem, type LeaseTiming } from '../control/leaseDecision.js';
 import { DEFAULT_ALLOWED_ROOTS } from '../domain/allowedRoots.js';
 import { plaintextRefusal } from '../directory/ldapTransport.js';
@@ -61,6 +62,7 @@ export const configKeys = {
   STONEY_LDAP_ALLOW_PLAINTEXT: 'true: accept a plain ldap:// URL to a host other than loopback, sending the password in clear text (default false)',
   STONEY_CLAIM_TIMEOUT_S: 'fail a command no node claimed within this many seconds (default 300)',
   STONEY_STEP_TIMEOUT_S: 'fail a step without report within this many seconds (default 21600)',
+  STONEY_RESTORE_DECISION_TIMEOUT_S: 'control daemon: give up a restore whose conflicts nobody decided within this many seconds; the leaf goes back to finished (default 86400)',
   STONEY_CONTROL_LEASE_S: 'control daemons: a standby takes over when the active one has not renewed the lease for this many seconds, judged by the directory server clock (default 15)',
   STONEY_CONTROL_LEASE_RENEW_S: 'control daemons: the active one renews the lease, and a standby looks at it, every this many seconds; at most a third of STONEY_CONTROL_LEASE_S (default 3)',
   STONEY_MERGE_CONCURRENCY: 'VMs of one batch merged/retained at once on each node (default 1)',
@@ -176,6 +178,7 @@ export async function loadConfig(configFile: string | undefined, env: NodeJS.Pro
       mergeConcurrency: positiveInt('STONEY_MERGE_CONCURRENCY', get('STONEY_MERGE_CONCURRENCY'), defaultBatchPolicy.mergeConcurrency),
       claimTimeoutMs: positiveInt('STONEY_CLAIM_TIMEOUT_S', get('STONEY_CLAIM_TIMEOUT_S'), defaultBatchPolicy.claimTimeoutMs / 1000) * 1000,
       stepTimeoutMs: positiveInt('STONEY_STEP_TIMEOUT_S', get('STONEY_STEP_TIMEOUT_S'), defaultBatchPolicy.stepTimeoutMs / 1000) * 1000,
+      restoreDecisionTimeoutMs: positiveInt('STONEY_RESTORE_DECISION_TIMEOUT_S', get('STONEY_RESTORE_DECISION_TIMEOUT_S'), DEFAULT_RESTORE_DECISION_TIMEOUT_MS / 1000) * 1000,
     },
     controlLease,
     timeZone: get('STONEY_TIMEZONE'),

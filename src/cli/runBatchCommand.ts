@@ -17,13 +17,18 @@ export async function runBatchAndReport(
   json: ((leaves: LeafEntry[]) => unknown) | undefined,
 ): Promise<number> {
   rt.io.err(`backing up ${vms.map((v) => v.name).join(', ')} as ${leaf}`);
-  const stopped = rt.untilSignal();
-  const leaves = await Promise.race([
-    runBackupBatch({ directory, vms, leaf, policy: rt.config.policy, logger: rt.logger, signal: rt.abort.signal, onLeafChange: (l) => rt.io.err(leafChangeLine(l)) }),
-    stopped.then(() => undefined),
-  ]);
+  const leaves = await driveBatch(rt, directory, vms, leaf);
   if (!leaves) return ExitCode.interrupted;
   if (json) rt.io.out(JSON.stringify(json(leaves), null, 2));
   else resultLines(leaves).forEach((l) => rt.io.out(l));
   return summarize(leaves).failed.length ? ExitCode.backupFailed : ExitCode.ok;
+}
+
+/** Drive one batch (new or left in the middle) with its mode changes on stderr; undefined when SIGINT/SIGTERM stopped it. */
+export async function driveBatch(rt: Runtime, directory: BackupDirectory, vms: VmEntry[], leaf: string): Promise<LeafEntry[] | undefined> {
+  const stopped = rt.untilSignal();
+  return Promise.race([
+    runBackupBatch({ directory, vms, leaf, policy: rt.config.policy, logger: rt.logger, signal: rt.abort.signal, onLeafChange: (l) => rt.io.err(leafChangeLine(l)) }),
+    stopped.then(() => undefined),
+  ]);
 }

@@ -9,6 +9,7 @@ import type { BackupDirectory, ChangeEvent, ChangeFeed, ModeChangeExtras } from 
 import { KeyedWorkQueue } from '../node/KeyedWorkQueue.js';
 import { applyModeWrites } from './applyModeWrites.js';
 import { batchDone, decideBatch, vmsBusyElsewhere, type BatchPolicy, type ModeWrite } from './decideBatch.js';
+import { decideRestores, restoreAwaitsControl } from './decideRestores.js';
 import { forEachLimited } from './forEachLimited.js';
 import { pruneKnownLeaves } from './pruneLeaves.js';
 import type { BackupMetrics } from '../metrics/BackupMetrics.js';
@@ -328,7 +329,8 @@ export class ControlDaemon {
   private sweep(): void {
     if (this.stopped) return;
     for (const name of this.model.batchNames()) {
-      if (!batchDone(this.model.batch(name))) this.queue.add(name, name);
+      const batch = this.model.batch(name);
+      if (!batchDone(batch) || batch.some(restoreAwaitsControl)) this.queue.add(name, name);
     }
   }
 
@@ -340,7 +342,12 @@ export class ControlDaemon {
     if (batch.length === 0) return;
     // One workflow per VM: the other leaves of this batch's VMs, from memory.
     const others = this.model.otherLeavesOfVms(batch, leafName);
-    const writes = decideBatch(batch, this.o.policy, new Date(), vmsBusyElsewhere(others, leafName), (vm) => this.model.nodeOf(vm));
+    const now = new Date();
+    const writes = [
+      ...decideBatch(batch, this.o.policy, now, vmsBusyElsewhere(others, leafName), (vm) => this.model.nodeOf(vm)),
+      // A restore runs on the leaf of the backup it restores, whichever client started it.
+      ...decideRestores(batch, this.o.policy, now),
+    ];
     if (writes.length > 0) {
       await applyModeWrites(this.o.directory, writes, this.log.child({ leaf: leafName }), {
         concurrency: this.o.writeConcurrency ?? 16,

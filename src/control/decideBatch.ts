@@ -2,6 +2,7 @@ import { controlDecision as machineDecision, timeoutTarget } from '../../workflo
 import { isRestoreMode } from '../../workflows/restoreMachine.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import type { LeafEntry } from '../directory/types.js';
+import { restoreFailed } from './decideRestores.js';
 
 export interface BatchPolicy {
   /**
@@ -14,6 +15,8 @@ export interface BatchPolicy {
   claimTimeoutMs: number;
   /** a working mode without a report for this long is failed */
   stepTimeoutMs: number;
+  /** a restore waiting for the user's decision this long is given up (default 24 h, decideRestores) */
+  restoreDecisionTimeoutMs?: number;
 }
 
 export const defaultBatchPolicy: BatchPolicy = {
@@ -135,11 +138,13 @@ export function vmsBusyElsewhere(allLeaves: LeafEntry[], leaf: string): Set<stri
 
 /**
  * Whether a leaf's workflow — backup or restore — is still running (or, for a
- * restore, waiting for a human). One answer for every "is this VM busy?"
+ * restore, waiting for the user's decision). A failed restore is not: it
+ * waits for a human to acknowledge it, while the VM's backups go on. One answer for every "is this VM busy?"
  * question: scheduling, restore preconditions, status, pruning.
  */
 export function leafActive(l: LeafEntry): boolean {
-  if (isRestoreMode(l.mode)) return true;
+  // A failed restore waits for a human, but the VM runs (rolled back): its backups go on.
+  if (isRestoreMode(l.mode)) return !restoreFailed(l);
   const d = controlDecision(l.mode, l.returnValue ?? 0);
   return d !== undefined && d.kind !== 'done';
 }

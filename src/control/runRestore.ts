@@ -5,6 +5,7 @@ import { ReturnCode } from '../domain/returnCodes.js';
 import { parseLeafName, protocolTimestamp } from '../domain/leafName.js';
 import type { BackupDirectory, LeafEntry, RestoreRequest, VmEntry } from '../directory/types.js';
 import { nextRestoreMode } from '../../workflows/restoreMachine.js';
+import { RestoreModes } from '../domain/modes.js';
 import { leafActive, type BatchPolicy } from './decideBatch.js';
 
 export type RestoreDecisions = NonNullable<RestoreRequest['decisions']>;
@@ -65,6 +66,7 @@ export async function runRestore(o: RestoreOptions): Promise<RestoreOutcome> {
   }
   await command(o, 'finished', 'unretainSmallFiles');
   let now = await waitForNode(o, 'unretainSmallFiles', 'unretainedSmallFiles');
+  if (now.mode === 'finished') return { outcome: 'aborted', leaf: now, conflicts: [] };
   if (now.returnValue) return { outcome: 'failed', failedAt: failure(now), leaf: await abort(o, now), conflicts: [] };
 
   const conflicts = (await directory.getRestoreRequest(leaf.dn))?.conflicts ?? [];
@@ -75,12 +77,17 @@ export async function runRestore(o: RestoreOptions): Promise<RestoreOutcome> {
 
   await command(o, 'unretainedSmallFiles', 'unretainLargeFiles');
   now = await waitForNode(o, 'unretainLargeFiles', 'unretainedLargeFiles');
-  if (now.returnValue) return { outcome: 'failed', failedAt: failure(now), leaf: await abort(o, now), conflicts, decisions: decision };
+  if (now.mode === 'finished') return { outcome: 'aborted', leaf: now, conflicts, decisions: decision };
+  if (now.mode === 'unretainedLargeFiles' && now.returnValue) {
+    return { outcome: 'failed', failedAt: failure(now), leaf: await abort(o, now), conflicts, decisions: decision };
+  }
 
-  await command(o, 'unretainedLargeFiles', 'restore');
+  // From here on a control daemon drives the same steps (decideRestores): whichever writes first wins.
+  await command(o, 'unretainedLargeFiles', 'restore', ['restore', 'restoring', 'restored', 'finished']);
   now = await waitForNode(o, 'restore', 'restored');
-  if (now.returnValue) return { outcome: 'failed', failedAt: failure(now), leaf: now, conflicts, decisions: decision };
-  await command(o, 'restored', 'finished');
+  // A failed restore stays at `restored`: `finished` means the control daemon ended a good one.
+  if (now.mode === 'restored' && now.returnValue) return { outcome: 'failed', failedAt: failure(now), leaf: now, conflicts, decisions: decision };
+  await command(o, 'restored', 'finished', ['finished']);
   return { outcome: 'restored', leaf: (await directory.getLeaf(leaf.dn)) ?? now, conflicts, decisions: decision };
 }
 
@@ -88,13 +95,19 @@ export async function runRestore(o: RestoreOptions): Promise<RestoreOutcome> {
 export async function abortRestore(directory: BackupDirectory, leaf: LeafEntry, logger: Logger): Promise<LeafEntry> {
   const next = nextRestoreMode(leaf.mode, leaf.returnValue ?? 0, { type: 'control.abort' });
   if (next === undefined) {
-    throw new BackupError(`the restore on ${leaf.leaf} is at ${leaf.mode}: it can only be aborted while waiting for decisions (unretainedSmallFiles) or after a failed copy`, ReturnCode.wrongStateInformation);
+    throw new BackupError(`the restore on ${leaf.leaf} is at ${leaf.mode}: it can only be aborted while waiting for decisions (unretainedSmallFiles), after a failed copy or after a failed restore (restored with a code)`, ReturnCode.wrongStateInformation);
   }
   if (!(await directory.casMode(leaf.dn, leaf.mode, next, { state: protocolTimestamp(), returnValue: 0 }))) {
     throw new BackupError(`the leaf ${leaf.leaf} changed while aborting; look again`, ReturnCode.wrongStateInformation);
   }
   logger.info({ vm: leaf.vm, leaf: leaf.leaf, from: leaf.mode }, 'restore aborted');
   return (await directory.getLeaf(leaf.dn)) ?? leaf;
+}
+
+/** Whether `mode` comes after `than` in the restore protocol (a control daemon moved on already). */
+function pastInRestore(mode: string, than: string): boolean {
+  const order: readonly string[] = RestoreModes;
+  return order.indexOf(mode) > order.indexOf(than) && order.indexOf(than) >= 0;
 }
 
 function failure(l: LeafEntry): { mode: string; returnValue: number } {
@@ -107,12 +120,18 @@ async function abort(o: RestoreOptions, now: LeafEntry): Promise<LeafEntry> {
   return after;
 }
 
-async function command(o: RestoreOptions, from: string, to: string): Promise<void> {
+/**
+ * Write one step of the restore. `doneByControl`: the modes the leaf may be
+ * at already because a control daemon wrote this step first — then there is
+ * nothing to write.
+ */
+async function command(o: RestoreOptions, from: string, to: string, doneByControl: readonly string[] = []): Promise<void> {
   const state = ['finished'].includes(to) ? protocolTimestamp() : '0';
-  if (!(await o.directory.casMode(o.leaf.dn, from, to, { state }))) {
+  const written = await o.directory.casMode(o.leaf.dn, from, to, { state });
+  const l = await o.directory.getLeaf(o.leaf.dn);
+  if (!written && !(l && doneByControl.includes(l.mode))) {
     throw new BackupError(`the leaf ${o.leaf.leaf} was not at ${from} any more; another process is working on it`, ReturnCode.wrongStateInformation);
   }
-  const l = await o.directory.getLeaf(o.leaf.dn);
   if (l) o.onLeafChange?.(l);
 }
 
@@ -126,7 +145,8 @@ async function waitForNode(o: RestoreOptions, commandMode: string, doneMode: str
       last = `${l.mode}/${l.returnValue}`;
       o.onLeafChange?.(l);
     }
-    if (l.mode === doneMode) return l;
+    // `finished`: given up (or, after the restore, ended) by someone else — the caller tells which.
+    if (l.mode === doneMode || l.mode === 'finished' || pastInRestore(l.mode, doneMode)) return l;
     const working = nextRestoreMode(commandMode, 0, { type: 'node.claim' });
     if (l.mode !== commandMode && l.mode !== working) {
       throw new BackupError(`the leaf ${l.leaf} went to ${l.mode} while waiting for ${doneMode}; someone else changed it`, ReturnCode.wrongStateInformation);

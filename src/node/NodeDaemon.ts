@@ -20,6 +20,7 @@ import { unretainSmallFilesStep } from './unretainSmallFilesStep.js';
 import { unretainLargeFilesStep } from './unretainLargeFilesStep.js';
 import { restoreStep } from './restoreStep.js';
 import { deleteStep } from './deleteStep.js';
+import { faultPoint } from './faultPoint.js';
 import { workLayout } from './restoreWork.js';
 import { restoreNodeClaim } from '../../workflows/restoreMachine.js';
 import { deleteNodeClaim } from '../../workflows/deleteMachine.js';
@@ -237,6 +238,8 @@ export class NodeDaemon {
       ...(isBackupStep ? { executionTime } : {}),
     }, log);
     log.info({ mode: done, returnValue, durationMs: Math.round(performance.now() - t0), executionTime, reported }, `${step} reported`);
+    // A driver killed between two steps (kvmbackup runs this daemon in its own process).
+    faultPoint(`after-report:${step}`);
   }
 
   /**

@@ -273,6 +273,24 @@ describe('kvmbackup (the CLI, as cron runs it)', () => {
     expect(await imageMatches(path.join(w.imageDir, `${vms[1]}-vda.qcow2`), A, '0', '1M')).toBe(true);
   });
 
+  it('a run killed between two steps leaves its backup at a control-side mode; the next run drives it to its end first', async () => {
+    const killed = await execa('node', [CLI, 'kvmbackup', '--include', vms[0]!], { env: { ...env(), STONEY_TEST_FAULT: 'after-report:snapshot' }, reject: false });
+    expect(killed.signal).toBe('SIGKILL');
+    const [left] = (await w.directory.listLeaves(vms[0]!)).filter((l) => l.mode !== 'finished');
+    expect({ mode: left?.mode, rv: left?.returnValue }).toEqual({ mode: 'snapshotted', rv: 0 });
+    // Nothing else drives it: without the resume every later run skipped the VM for good.
+    const r = await execa('node', [CLI, 'kvmbackup', '--include', vms[0]!], { env: { ...env(), STONEY_CLAIM_TIMEOUT_S: '1' }, reject: false });
+    expect({ code: r.exitCode, out: r.stdout }).toMatchObject({ code: 0 });
+    expect(r.stderr).toContain(`resuming the interrupted backup ${left!.leaf} of ${vms[0]} (${vms[0]}: snapshotted)`);
+    expect(r.stderr).toContain(`resumed ${vms[0]} ${left!.leaf}: finished`);
+    const resumed = await w.leaf(vms[0]!, left!.leaf).catch(() => undefined);
+    // Finished (it may since have been rotated away by tonight's backup: one iteration is kept).
+    if (resumed) expect({ mode: resumed.mode, rv: resumed.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    expect((await w.directory.listLeaves(vms[0]!)).every((l) => l.mode === 'finished' && l.returnValue === 0)).toBe(true);
+    expect(r.stdout).toContain(`${vms[0]}: backed up`);
+    expect(await backingFileOf(path.join(w.imageDir, `${vms[0]}-vda.qcow2`))).toBeUndefined();
+  });
+
   it('exits 6 when it skipped a VM whose last backup failed (cron notices), still backing up the others; --force exits 0', async () => {
     const failed = '20261101T000000Z';
     await ldapAdd(w.slapd, `dn: ou=${failed},ou=backup,${vmDn(vms[1]!)}

@@ -228,8 +228,9 @@ describe('loadConfig', () => {
   });
 
   it('turns the timeouts from seconds into milliseconds', async () => {
-    const config = await loadConfig(undefined, { ...requiredEnv, STONEY_CLAIM_TIMEOUT_S: '1', STONEY_STEP_TIMEOUT_S: '86400' });
-    expect(config.policy).toEqual({ mergeConcurrency: 1, claimTimeoutMs: 1000, stepTimeoutMs: 86_400_000 });
+    const config = await loadConfig(undefined, { ...requiredEnv, STONEY_CLAIM_TIMEOUT_S: '1', STONEY_STEP_TIMEOUT_S: '86400', STONEY_RESTORE_DECISION_TIMEOUT_S: '600' });
+    expect(config.policy).toEqual({ mergeConcurrency: 1, claimTimeoutMs: 1000, stepTimeoutMs: 86_400_000, restoreDecisionTimeoutMs: 600_000 });
+    expect((await loadConfig(undefined, requiredEnv)).policy.restoreDecisionTimeoutMs).toBe(86_400_000);
   });
 
   it('reads the control lease in seconds (default 15 s, renewed every 3 s) and refuses a renewal above a third of it', async () => {

@@ -3,16 +3,18 @@ import { describeReturnCode } from '../../domain/returnCodes.js';
 import { errorMessage } from '../../domain/errors.js';
 import type { BackupLayout } from '../../domain/layout.js';
 import { locateLayout } from '../../node/backupLocation.js';
-import type { BackupDirectory, VmEntry } from '../../directory/types.js';
+import type { BackupDirectory, LeafEntry, VmEntry } from '../../directory/types.js';
 import type { Virsh } from '../../hypervisor/Virsh.js';
 import { listOption, type Command } from '../command.js';
 import { requireNodeName } from '../config.js';
 import { ExitCode, exitCodeHelp } from '../exitCodes.js';
 import { CliError, Runtime } from '../runtime.js';
-import { progressPrinter } from '../report.js';
-import { runBatchAndReport } from '../runBatchCommand.js';
+import { progressPrinter, summarize } from '../report.js';
+import { driveBatch, runBatchAndReport } from '../runBatchCommand.js';
 import { startLocalNode } from '../localNode.js';
 import { leafActive } from '../../control/decideBatch.js';
+import { interruptedBackups } from '../../control/interruptedBackups.js';
+
 
 export interface PlannedVm {
   vm: string;
@@ -110,6 +112,8 @@ those whose last backup did not finish (saying which and why), then backs the
 rest up as one batch: snapshot all, then merge and retain each, writing every
 transition to the directory, and finally 'finished'. The node steps run in
 this process; no daemon is needed. Meant for cron (deploy/stoney-backup.cron).
+A backup an interrupted run left in the middle (no change for
+STONEY_CLAIM_TIMEOUT_S) is driven to its end first.
 
 Options:
   --include a,b   only these VMs
@@ -138,6 +142,10 @@ ${exitCodeHelp}`,
       // Take the node lock and recover interrupted steps before deciding anything
       // (a dry run only reads, and takes no lock).
       if (values['dry-run'] !== true) await startLocalNode(rt, directory, nodeName, progressPrinter(io));
+      // Backups an interrupted run left in the middle are driven to their end first: nothing else would.
+      const resumed = values['dry-run'] === true ? [] : await resumeInterruptedBackups(rt, directory, nodeName);
+      if (resumed === undefined) return ExitCode.interrupted;
+      const resumedFailed = summarize(resumed).failed.length > 0;
       const plan = await planKvmBackup(directory, virsh, nodeName, leaf, {
         include: listOption(values['include']),
         exclude: listOption(values['exclude']),
@@ -160,13 +168,14 @@ ${exitCodeHelp}`,
       // either: cron's monitoring must see that, even when the rest succeeded.
       const skippedAfterFailure = plan.filter((p) => p.lastBackupFailed).map((p) => p.vm);
       const unlessSkipped = (code: number): number => {
+        if (code === ExitCode.ok && resumedFailed) return ExitCode.backupFailed;
         if (code !== ExitCode.ok || skippedAfterFailure.length === 0) return code;
         io.err(`not backed up because their last backup failed: ${skippedAfterFailure.join(', ')} (exit ${ExitCode.skippedAfterFailure})`);
         return ExitCode.skippedAfterFailure;
       };
       if (chosen.length === 0) {
         io.err(`nothing to back up on ${nodeName}`);
-        if (values['json'] === true) io.out(JSON.stringify({ node: nodeName, leaf, plan, leaves: [] }, null, 2));
+        if (values['json'] === true) io.out(JSON.stringify({ node: nodeName, leaf, plan, leaves: [], resumed }, null, 2));
         return unlessSkipped(ExitCode.ok);
       }
       // Replace failed leaves being retried (--force) by today's.
@@ -179,9 +188,30 @@ ${exitCodeHelp}`,
         const vm = await directory.getVm(p.vm);
         if (vm) vms.push(vm);
       }
-      return unlessSkipped(await runBatchAndReport(rt, directory, vms, leaf, values['json'] === true ? (leaves) => ({ node: nodeName, leaf, plan, leaves }) : undefined));
+      return unlessSkipped(await runBatchAndReport(rt, directory, vms, leaf, values['json'] === true ? (leaves) => ({ node: nodeName, leaf, plan, leaves, resumed }) : undefined));
     } finally {
       await rt.close();
     }
   },
 };
+
+/**
+ * Drive on the backups of this node's VMs that an interrupted run (kvmbackup
+ * killed, a control daemon gone) left at a control-side mode, once they have
+ * been idle for the claim timeout. Returns their leaves as they ended
+ * (undefined when a signal stopped it).
+ */
+async function resumeInterruptedBackups(rt: Runtime, directory: BackupDirectory, nodeName: string): Promise<LeafEntry[] | undefined> {
+  const vms = await directory.listVms({ node: nodeName });
+  const stuck = interruptedBackups(await directory.listLeavesOfVms(vms.map((v) => v.name)), new Date(), rt.config.policy.claimTimeoutMs);
+  const ended: LeafEntry[] = [];
+  for (const [leaf, leaves] of stuck) {
+    const names = new Set(leaves.map((l) => l.vm));
+    rt.io.err(`resuming the interrupted backup ${leaf} of ${[...names].join(', ')} (${leaves.map((l) => `${l.vm}: ${l.mode}`).join(', ')})`);
+    const result = await driveBatch(rt, directory, vms.filter((v) => names.has(v.name)), leaf);
+    if (!result) return undefined;
+    for (const l of result) rt.io.err(`resumed ${l.vm} ${l.leaf}: ${l.mode}${l.returnValue ? ` (return value ${l.returnValue}: ${describeReturnCode(l.returnValue)})` : ''}`);
+    ended.push(...result);
+  }
+  return ended;
+}

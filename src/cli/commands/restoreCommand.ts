@@ -75,7 +75,8 @@ Options:
   --take ID=SIDE      per-conflict choice (repeatable); wins over --prefer
   --yes               do not ask; conflicts take the backup's value unless --prefer/--take say otherwise
   --dry-run           show what would happen; change nothing
-  --abort             abort the restore of LEAF that waits for decisions
+  --abort             abort the restore of LEAF that waits for decisions, or acknowledge
+                      a failed one (restored with a code) so the leaf is finished again
   --local             run the node steps in this process (this host must be the VM's node)
   --json              print the outcome as JSON on stdout
 

@@ -1,0 +1,124 @@
+/**
+ * Issue 9 item 1: a restore started by any directory client — the original
+ * web UI writes `unretainSmallFiles` on a finished leaf and, once the user
+ * confirmed, `unretainLargeFiles` itself — is driven to its end by the
+ * control daemon (seed steps 09 and 12), with no `stoney-backup restore`
+ * process. A CLI restore with a control daemon beside it finishes too
+ * (whichever writes a step first wins). A failed restore waits at `restored`
+ * for a human without blocking the VM's backups, and `restore --abort`
+ * acknowledges it. Real slapd, node daemon, control daemon and libvirt/QEMU.
+ */
+import { describe, expect, it } from 'vitest';
+import { execa } from 'execa';
+import path from 'node:path';
+import { rm } from 'node:fs/promises';
+import { STORAGE_POOL, type World } from '../helpers/world.js';
+import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
+import { ldapModify } from '../helpers/slapd.js';
+import { guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
+import { ControlDaemon } from '../../src/control/ControlDaemon.js';
+import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
+import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
+import { runRestore } from '../../src/control/runRestore.js';
+
+const A = 0xab;
+const B = 0xcd;
+const CLI = path.resolve('bin/stoney-backup.js');
+
+let w: World;
+useWorldWithNodeDaemon((x) => (w = x));
+
+/** What the original web UI sends: a plain modify of mode and state (no compare-and-swap). */
+async function webUiWrites(leafDn: string, mode: string): Promise<void> {
+  await ldapModify(w.slapd, `dn: ${leafDn}\nchangetype: modify\nreplace: sstProvisioningMode\nsstProvisioningMode: ${mode}\n-\nreplace: sstProvisioningState\nsstProvisioningState: 0\n`);
+}
+
+async function withControlDaemon<T>(work: () => Promise<T>): Promise<T> {
+  const feed = new PollingChangeFeed(w.directory, {}, { intervalMs: 150, logger: w.logger });
+  const control = new ControlDaemon({ directory: w.directory, feed, logger: w.logger.child({ role: 'control' }), policy: { ...defaultBatchPolicy, claimTimeoutMs: 60_000 }, zone: 'UTC', cronTick: false, sweepMs: 500 });
+  await control.start();
+  try {
+    return await work();
+  } finally {
+    await control.stop();
+  }
+}
+
+/** Files of the VM's retain directory (restores and backups put their work there). */
+async function retainFiles(vm: string): Promise<string[]> {
+  const dir = path.join(w.retainRoot, 'vm-persistent', STORAGE_POOL, vm);
+  return (await execa('find', [dir, '-type', 'f'], { reject: false })).stdout.split('\n').filter(Boolean);
+}
+
+describe('a restore started by another directory client (the original web UI)', () => {
+  it('is driven to finished by the control daemon: restore handed over after the large files, finished after restored', async () => {
+    const tiny = await w.addVm('webui', { running: true, pattern: A });
+    const leaf = '20261122T060000Z';
+    const backedUp = await w.backupOk(tiny.name, leaf);
+    await guestWrite(tiny.name, 'vda', B, '0', '1M');
+    await withControlDaemon(async () => {
+      await webUiWrites(backedUp.dn, 'unretainSmallFiles');
+      const small = await w.waitForMode(tiny.name, leaf, ['unretainedSmallFiles'], 60_000);
+      expect(small.returnValue).toBe(0);
+      // The interaction phase is the user's: the daemon does not move on by itself.
+      await new Promise((r) => setTimeout(r, 1500));
+      expect((await w.leaf(tiny.name, leaf)).mode).toBe('unretainedSmallFiles');
+      await webUiWrites(backedUp.dn, 'unretainLargeFiles');
+      const done = await w.waitForMode(tiny.name, leaf, ['finished'], 120_000);
+      expect({ mode: done.mode, rv: done.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+      // Step 12 writes the time of the end into sstProvisioningState.
+      expect(done.state).toMatch(/^\d{8}T\d{6}Z$/);
+    });
+    expect(await virsh.domStateReason(tiny.name)).toBe('running (restored)');
+    expect(await guestReadMatches(tiny.name, 'vda', A, '0', '1M')).toBe(true);
+    await w.waitFor(async () => (await w.directory.getRestoreRequest(backedUp.dn)) === undefined);
+    expect(await retainFiles(tiny.name)).toEqual([]);
+  });
+
+  it('a CLI restore beside a control daemon ends restored, whichever of the two writes the control steps', async () => {
+    const tiny = await w.addVm('beside', { running: true, pattern: A });
+    const leaf = '20261122T060100Z';
+    const backedUp = await w.backupOk(tiny.name, leaf);
+    await guestWrite(tiny.name, 'vda', B, '0', '1M');
+    const r = await withControlDaemon(async () =>
+      runRestore({ directory: w.directory, vm: (await w.directory.getVm(tiny.name))!, leaf: backedUp, policy: { ...defaultBatchPolicy, claimTimeoutMs: 60_000 }, logger: w.logger, pollMs: 100, decide: async () => ({ prefer: 'backup', overrides: {} }) }),
+    );
+    expect({ outcome: r.outcome, mode: r.leaf.mode, rv: r.leaf.returnValue }).toEqual({ outcome: 'restored', mode: 'finished', rv: 0 });
+    expect(await guestReadMatches(tiny.name, 'vda', A, '0', '1M')).toBe(true);
+  });
+
+  it('a failed restore waits at restored for a human, the VM is still backed up, and restore --abort acknowledges it', async () => {
+    const tiny = await w.addVm('failrst', { running: true, pattern: A });
+    const leaf = '20261122T060200Z';
+    const backedUp = await w.backupOk(tiny.name, leaf);
+    await guestWrite(tiny.name, 'vda', B, '0', '1M');
+    // Up to the large files without a control daemon, then the retained image disappears: the restore
+    // step fails before it touches the live VM.
+    await webUiWrites(backedUp.dn, 'unretainSmallFiles');
+    await w.waitForMode(tiny.name, leaf, ['unretainedSmallFiles']);
+    await webUiWrites(backedUp.dn, 'unretainLargeFiles');
+    expect((await w.waitForMode(tiny.name, leaf, ['unretainedLargeFiles'])).returnValue).toBe(0);
+    const image = path.basename(tiny.disks[0]!.path);
+    const retained = (await retainFiles(tiny.name)).filter((f) => [image, `${image}.${leaf}`].includes(path.basename(f)));
+    expect(retained).toHaveLength(1);
+    await rm(retained[0]!);
+    await withControlDaemon(async () => {
+      const failed = await w.waitForMode(tiny.name, leaf, ['restored'], 60_000);
+      expect(failed.returnValue).not.toBe(0);
+      // Left for a human: several sweeps later it is still there.
+      await new Promise((r) => setTimeout(r, 1500));
+      expect((await w.leaf(tiny.name, leaf)).mode).toBe('restored');
+      // The VM was not touched and its next backup is not held up by the failed restore.
+      expect(await guestReadMatches(tiny.name, 'vda', B, '0', '1M')).toBe(true);
+      await w.backupOk(tiny.name, '20261122T060300Z');
+    });
+    const ack = await execa('node', [CLI, 'restore', tiny.name, leaf, '--abort'], { env: { ...process.env, ...w.cliEnv() }, reject: false });
+    expect({ exitCode: ack.exitCode, stderr: ack.stderr }).toMatchObject({ exitCode: 0 });
+    expect(ack.stdout).toContain('finished');
+    const after = await w.leaf(tiny.name, leaf);
+    expect({ mode: after.mode, rv: after.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    // The node cleans up what the failed restore unretained.
+    await w.waitFor(async () => (await w.directory.getRestoreRequest(backedUp.dn)) === undefined);
+    expect(await retainFiles(tiny.name)).toEqual([]);
+  });
+});
