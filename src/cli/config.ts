@@ -61,7 +61,7 @@ export const configKeys = {
   STONEY_LDAP_STARTTLS: 'true: StartTLS before the bind on the ldap:// URL, for every directory connection (default false)',
   STONEY_LDAP_ALLOW_PLAINTEXT: 'true: accept a plain ldap:// URL to a host other than loopback, sending the password in clear text (default false)',
   STONEY_CLAIM_TIMEOUT_S: 'fail a command no node claimed within this many seconds (default 300)',
-  STONEY_STEP_TIMEOUT_S: 'fail a step without report within this many seconds (default 21600)',
+  STONEY_STEP_TIMEOUT_S: 'fail a step that showed no sign of life (report or progress heartbeat) within this many seconds (default 21600)',
   STONEY_RESTORE_DECISION_TIMEOUT_S: 'control daemon: give up a restore whose conflicts nobody decided within this many seconds; the leaf goes back to finished (default 86400)',
   STONEY_CONTROL_LEASE_S: 'control daemons: a standby takes over when the active one has not renewed the lease for this many seconds, judged by the directory server clock (default 15)',
   STONEY_CONTROL_LEASE_RENEW_S: 'control daemons: the active one renews the lease, and a standby looks at it, every this many seconds; at most a third of STONEY_CONTROL_LEASE_S (default 3)',

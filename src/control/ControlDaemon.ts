@@ -14,6 +14,9 @@ import { forEachLimited } from './forEachLimited.js';
 import { pruneKnownLeaves } from './pruneLeaves.js';
 import type { BackupMetrics } from '../metrics/BackupMetrics.js';
 import { SiteModel } from './SiteModel.js';
+import { ServerClock } from './ServerClock.js';
+import { parseGeneralizedTime } from '../directory/entryMapping.js';
+import type { Attributes } from '../domain/settings.js';
 
 export interface ControlDaemonOptions {
   directory: BackupDirectory;
@@ -41,6 +44,10 @@ export interface ControlDaemonOptions {
    * not created twice), so a minute it did not get to is not lost.
    */
   catchUpFrom?: Date;
+  /** this host's clock (tests: a host clock off the server's); default Date.now */
+  localNowMs?: () => number;
+  /** the server's clock minus this host's, measured at start (the lease look); refined from the feed (ServerClock) */
+  serverOffsetMs?: number;
 }
 
 /** How far back a take-over plans missed backups at most: a lease lasts seconds, not hours. */
@@ -62,6 +69,7 @@ export class ControlDaemon {
   private readonly log: Logger;
   private readonly queue: KeyedWorkQueue;
   private readonly model: SiteModel;
+  private readonly clock: ServerClock;
   private task: ReturnType<typeof cron.schedule> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private lastTick: DateTime;
@@ -85,6 +93,7 @@ export class ControlDaemon {
   constructor(private readonly o: ControlDaemonOptions) {
     this.log = o.logger.child({ role: 'control' });
     this.model = new SiteModel(o.directory.baseDn);
+    this.clock = new ServerClock(o.localNowMs, o.serverOffsetMs);
     o.metrics?.watchSite(this.model, { maxRuntimeMs: o.policy.stepTimeoutMs });
     this.queue = new KeyedWorkQueue((leaf) => this.reconcileBatch(leaf), 4, (leaf, err) =>
       this.log.error({ leaf, err: errorMessage(err) }, 'batch reconcile failed'),
@@ -167,7 +176,10 @@ export class ControlDaemon {
   private apply(e: ChangeEvent): void {
     if (e.kind === 'leaf') {
       if (e.deleted || e.attributes === undefined) this.model.removeLeaf(e.dn);
-      else this.model.putLeaf({ dn: e.dn, attributes: e.attributes });
+      else {
+        this.model.putLeaf({ dn: e.dn, attributes: e.attributes });
+        this.learnServerTime(e.dn, e.attributes);
+      }
       const leaf = /^ou=([^,]+),/i.exec(e.dn)?.[1];
       if (leaf) this.queue.add(leaf, leaf);
     } else if (e.kind === 'vm') {
@@ -298,7 +310,9 @@ export class ControlDaemon {
     await forEachLimited(due, this.o.writeConcurrency ?? 16, this.stopping.signal, async (d) => {
       try {
         if (await this.o.directory.createLeaf(d.vm, d.leaf)) {
-          this.model.noteCreated(`ou=${d.leaf},ou=backup,${d.dn}`, d.vm, d.leaf, new Date());
+          const dn = `ou=${d.leaf},ou=backup,${d.dn}`;
+          this.model.noteCreated(dn, d.vm, d.leaf, this.clock.now());
+          this.clock.wrote(dn, 'initialize');
           this.log.info({ vm: d.vm, leaf: d.leaf, schedule: d.schedule, zone: this.zone }, 'backup planned');
           created.push(`${d.vm}/${d.leaf}`);
         }
@@ -342,7 +356,7 @@ export class ControlDaemon {
     if (batch.length === 0) return;
     // One workflow per VM: the other leaves of this batch's VMs, from memory.
     const others = this.model.otherLeavesOfVms(batch, leafName);
-    const now = new Date();
+    const now = this.clock.now();
     const writes = [
       ...decideBatch(batch, this.o.policy, now, vmsBusyElsewhere(others, leafName), (vm) => this.model.nodeOf(vm)),
       // A restore runs on the leaf of the backup it restores, whichever client started it.
@@ -352,7 +366,10 @@ export class ControlDaemon {
       await applyModeWrites(this.o.directory, writes, this.log.child({ leaf: leafName }), {
         concurrency: this.o.writeConcurrency ?? 16,
         signal: this.stopping.signal,
-        onApplied: (w: ModeWrite, extras: ModeChangeExtras) => this.model.noteWritten(w.dn, w.expected, w.next, extras, new Date()),
+        onApplied: (w: ModeWrite, extras: ModeChangeExtras) => {
+          this.model.noteWritten(w.dn, w.expected, w.next, extras, this.clock.now());
+          this.clock.wrote(w.dn, w.next);
+        },
       });
       this.queue.add(leafName, leafName); // look again at the new state
       return;
@@ -381,6 +398,16 @@ export class ControlDaemon {
         if (gone) this.model.removeLeaf(gone.dn);
       }
     }
+  }
+
+  /** A leaf as the feed delivered it: if it is the echo of this daemon's own write, a sample of the server's clock. */
+  private learnServerTime(dn: string, attributes: Attributes): void {
+    const mode = attributes['sstprovisioningmode']?.[0];
+    if (mode === undefined) return;
+    const offset = this.clock.observed(dn, mode, parseGeneralizedTime(attributes['modifytimestamp']?.[0]));
+    if (offset === undefined) return;
+    const level = Math.abs(offset) >= 5_000 ? 'warn' : 'debug';
+    this.log[level]({ offsetMs: offset }, 'the directory server clock differs from this host\'s; ages are judged by the server\'s');
   }
 
   private warnOnce(key: string, obj: object, msg: string): void {

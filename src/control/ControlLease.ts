@@ -23,6 +23,8 @@ export interface LeaseTerm {
   previousWriteAt: Date | undefined;
   /** settles with the reason when the lease is lost (taken over, or not renewed in time) */
   lost: Promise<string>;
+  /** the directory server's clock minus this host's, as the lease look saw it (ms; undefined when unknown) */
+  serverOffsetMs: number | undefined;
 }
 
 /**
@@ -71,6 +73,7 @@ export class ControlLease {
           this.onLook?.(false);
           throw err;
         });
+        const lookedAt = Date.now();
         this.onLook?.(true);
         const step = decideStandby(view, this.timing, this.id);
         if (step.kind === 'wait') {
@@ -88,7 +91,7 @@ export class ControlLease {
             });
             this.hold(next, sentAt);
             this.log.info({ how: step.kind, ...(step.kind === 'take-over' ? { previous: tokenHolder(step.expected) } : {}) }, 'control lease acquired: this daemon is active');
-            return { previousWriteAt: view.exists ? view.writtenAt : undefined, lost };
+            return { previousWriteAt: view.exists ? view.writtenAt : undefined, lost, serverOffsetMs: view.serverNow ? view.serverNow.getTime() - lookedAt : undefined };
           }
           if (won) await this.release();
         }

@@ -21,6 +21,7 @@ import { unretainLargeFilesStep } from './unretainLargeFilesStep.js';
 import { restoreStep } from './restoreStep.js';
 import { deleteStep } from './deleteStep.js';
 import { faultPoint } from './faultPoint.js';
+import { StepHeartbeat } from './StepHeartbeat.js';
 import { workLayout } from './restoreWork.js';
 import { restoreNodeClaim } from '../../workflows/restoreMachine.js';
 import { deleteNodeClaim } from '../../workflows/deleteMachine.js';
@@ -48,6 +49,8 @@ export interface NodeDaemonOptions {
   onProgress?: (p: StepProgress) => void;
   /** counts and times every step that ends (STONEY_METRICS_LISTEN) */
   metrics?: BackupMetrics;
+  /** while a step reports progress, its leaf is touched at most this often (StepHeartbeat; default 60 s) */
+  heartbeatMs?: number;
 }
 
 const steps: Record<NodeStep, (ctx: StepContext) => Promise<StepResult>> = {
@@ -218,14 +221,19 @@ export class NodeDaemon {
     let returnValue: number = ReturnCode.success;
     let executionTime: Record<string, number> = {};
     const progress = meterProgress(step, this.o.onProgress, this.o.metrics);
+    const heartbeat = new StepHeartbeat(this.o.directory, leaf.dn, leaf.mode, this.o.heartbeatMs ?? 60_000, log).start();
     try {
-      const ctx = await this.context(vm, leaf, log, progress.onProgress);
+      const ctx = await this.context(vm, leaf, log, (p) => {
+        heartbeat.noteProgress();
+        progress.onProgress(p);
+      });
       ({ executionTime } = await run(ctx));
     } catch (err) {
       returnValue = errorCode(err);
       log.error({ code: returnValue, err: errorMessage(err), retryable: err instanceof BackupError && err.retryable }, `${step} failed`);
     } finally {
       progress.end();
+      await heartbeat.stop();
     }
     this.o.metrics?.stepEnded(step, returnValue === ReturnCode.success, (performance.now() - t0) / 1000, executionTime);
     const done = NodeStepModes[step].done;

@@ -16,7 +16,10 @@ import { STORAGE_POOL, type World } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { ldapModify } from '../helpers/slapd.js';
 import { guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
-import { ControlDaemon } from '../../src/control/ControlDaemon.js';
+import { ControlDaemon, type ControlDaemonOptions } from '../../src/control/ControlDaemon.js';
+import { ControlLease } from '../../src/control/ControlLease.js';
+import { LdapLeaseStore } from '../../src/directory/LdapLeaseStore.js';
+import { openLdapSession } from '../../src/directory/connect.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { runRestore } from '../../src/control/runRestore.js';
@@ -33,9 +36,9 @@ async function webUiWrites(leafDn: string, mode: string): Promise<void> {
   await ldapModify(w.slapd, `dn: ${leafDn}\nchangetype: modify\nreplace: sstProvisioningMode\nsstProvisioningMode: ${mode}\n-\nreplace: sstProvisioningState\nsstProvisioningState: 0\n`);
 }
 
-async function withControlDaemon<T>(work: () => Promise<T>): Promise<T> {
+async function withControlDaemon<T>(work: () => Promise<T>, extra: Partial<ControlDaemonOptions> = {}): Promise<T> {
   const feed = new PollingChangeFeed(w.directory, {}, { intervalMs: 150, logger: w.logger });
-  const control = new ControlDaemon({ directory: w.directory, feed, logger: w.logger.child({ role: 'control' }), policy: { ...defaultBatchPolicy, claimTimeoutMs: 60_000 }, zone: 'UTC', cronTick: false, sweepMs: 500 });
+  const control = new ControlDaemon({ directory: w.directory, feed, logger: w.logger.child({ role: 'control' }), policy: { ...defaultBatchPolicy, claimTimeoutMs: 60_000 }, zone: 'UTC', cronTick: false, sweepMs: 500, ...extra });
   await control.start();
   try {
     return await work();
@@ -120,5 +123,30 @@ describe('a restore started by another directory client (the original web UI)', 
     // The node cleans up what the failed restore unretained.
     await w.waitFor(async () => (await w.directory.getRestoreRequest(backedUp.dn)) === undefined);
     expect(await retainFiles(tiny.name)).toEqual([]);
+  });
+
+  it('judges ages by the directory server clock: a host clock two hours ahead gives up nothing early', async () => {
+    const tiny = await w.addVm('skew', { running: false, pattern: A });
+    const leaf = '20261122T060400Z';
+    const backedUp = await w.backupOk(tiny.name, leaf);
+    await webUiWrites(backedUp.dn, 'unretainSmallFiles');
+    await w.waitForMode(tiny.name, leaf, ['unretainedSmallFiles']);
+    // The start-up measurement of a real control daemon: the lease look reads the server's time.
+    const session = await openLdapSession({ url: w.slapd.url, bindDn: w.slapd.bindDn, passwordFile: w.slapd.passwordFile });
+    const lease = new ControlLease(new LdapLeaseStore(session, w.slapd.baseDn), { durationMs: 15_000, renewMs: 3_000 }, w.logger);
+    const term = (await lease.acquire(new AbortController().signal))!;
+    await lease.release();
+    await session.close();
+    expect(Math.abs(term.serverOffsetMs!)).toBeLessThan(2_000); // slapd runs on this host
+    const ahead = 2 * 3600_000;
+    await withControlDaemon(async () => {
+      // Four sweeps: an undecided restore is given up after one hour — by the server's clock, not yet.
+      await new Promise((r) => setTimeout(r, 2_000));
+      expect((await w.leaf(tiny.name, leaf)).mode).toBe('unretainedSmallFiles');
+    }, { localNowMs: () => Date.now() + ahead, serverOffsetMs: term.serverOffsetMs! - ahead, policy: { ...defaultBatchPolicy, restoreDecisionTimeoutMs: 3600_000 } });
+    // Without the measurement the same daemon gives it up at once (its host clock says two hours passed).
+    await withControlDaemon(async () => {
+      await w.waitForMode(tiny.name, leaf, ['finished'], 10_000);
+    }, { localNowMs: () => Date.now() + ahead, policy: { ...defaultBatchPolicy, restoreDecisionTimeoutMs: 3600_000 } });
   });
 });

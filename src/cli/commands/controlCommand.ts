@@ -75,6 +75,7 @@ async function driveWhileActive(
     ...(rt.config.timeZone ? { zone: rt.config.timeZone } : {}),
     ...(metrics ? { metrics } : {}),
     ...(term.previousWriteAt ? { catchUpFrom: term.previousWriteAt } : {}),
+    ...(term.serverOffsetMs !== undefined ? { serverOffsetMs: term.serverOffsetMs } : {}),
   });
   try {
     await daemon.start();
