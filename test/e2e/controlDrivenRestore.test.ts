@@ -115,6 +115,10 @@ describe('a restore started by another directory client (the original web UI)', 
       expect(await guestReadMatches(tiny.name, 'vda', B, '0', '1M')).toBe(true);
       await w.backupOk(tiny.name, '20261122T060300Z');
     });
+    // `status` says what the leaf waits for and how to end it.
+    const status = await execa('node', [CLI, 'status', '--json'], { env: { ...process.env, ...w.cliEnv() }, reject: false });
+    const row = (JSON.parse(status.stdout) as { workflows: { vm: string; leaf: string; waitsFor: string }[] }).workflows.find((r) => r.vm === tiny.name && r.leaf === leaf);
+    expect(row?.waitsFor).toMatch(new RegExp(`^the restore failed \\(\\d+\\): .*\`stoney-backup restore ${tiny.name} ${leaf} --abort\` acknowledges it$`));
     const ack = await execa('node', [CLI, 'restore', tiny.name, leaf, '--abort'], { env: { ...process.env, ...w.cliEnv() }, reject: false });
     expect({ exitCode: ack.exitCode, stderr: ack.stderr }).toMatchObject({ exitCode: 0 });
     expect(ack.stdout).toContain('finished');

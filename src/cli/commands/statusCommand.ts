@@ -1,5 +1,6 @@
 import { describeReturnCode } from '../../domain/returnCodes.js';
 import { leafActive } from '../../control/decideBatch.js';
+import { explainWorkflow } from '../../control/explainWorkflow.js';
 import type { Command } from '../command.js';
 import { ExitCode, exitCodeHelp } from '../exitCodes.js';
 import { Runtime } from '../runtime.js';
@@ -10,7 +11,8 @@ export const statusCommand: Command = {
   usage: 'stoney-backup status [--json] [--config FILE]',
   help: `Lists every leaf whose workflow has not finished: in progress (with its
 current mode and when it last changed) or stopped by a failure (with the
-return value and its meaning).
+return value and its meaning), and under each what it waits for and what a
+human can do about it (→ line; "waitsFor" in --json).
 
 ${exitCodeHelp}`,
   options: { json: { type: 'boolean' } },
@@ -29,10 +31,16 @@ ${exitCodeHelp}`,
         returnValue: l.returnValue ?? null,
         returnText: l.returnValue ? describeReturnCode(l.returnValue) : null,
         modifiedAt: l.modifiedAt?.toISOString() ?? null,
+        waitsFor: explainWorkflow(l, leaves.filter((o) => o.vm === l.vm), vms.find((v) => v.name === l.vm)?.node),
       }));
       if (values['json'] === true) io.out(JSON.stringify({ workflows: rows }, null, 2));
       else if (rows.length === 0) io.out('no backup workflows in progress or failed');
-      else for (const r of rows) io.out(`${r.vm.padEnd(24)} ${r.leaf}  ${r.mode.padEnd(14)} ${r.state}${r.returnValue ? `  (${r.returnValue}: ${r.returnText})` : ''}  on ${r.node ?? '?'}  since ${r.modifiedAt ?? '?'}`);
+      else {
+        for (const r of rows) {
+          io.out(`${r.vm.padEnd(24)} ${r.leaf}  ${r.mode.padEnd(14)} ${r.state}${r.returnValue ? `  (${r.returnValue}: ${r.returnText})` : ''}  on ${r.node ?? '?'}  since ${r.modifiedAt ?? '?'}`);
+          io.out(`${''.padEnd(24)} → ${r.waitsFor}`);
+        }
+      }
       return ExitCode.ok;
     } finally {
       await rt.close();
