@@ -183,9 +183,10 @@ ${this.backupSettings(o.backupAttributes)}
   /** Roots the node daemons allow besides backup and retain (e.g. a RAM disk), as STONEY_ALLOWED_ROOTS would. */
   readonly extraAllowedRoots: string[] = [];
 
-  async startNodeDaemon(nodeName = this.nodeName): Promise<NodeDaemon> {
-    const feed = new PollingChangeFeed(this.directory, { node: nodeName }, { intervalMs: 150, logger: this.logger });
-    const daemon = new NodeDaemon(this.nodeDaemonOptions(feed, this.directory, nodeName));
+  /** `directory`: the node daemon's own session (e.g. bound as its node identity under the shipped ACL). */
+  async startNodeDaemon(nodeName = this.nodeName, directory: LdapBackupDirectory = this.directory): Promise<NodeDaemon> {
+    const feed = new PollingChangeFeed(directory, { node: nodeName }, { intervalMs: 150, logger: this.logger });
+    const daemon = new NodeDaemon(this.nodeDaemonOptions(feed, directory, nodeName));
     await daemon.start();
     this.daemons.push(daemon);
     return daemon;

@@ -1,19 +1,16 @@
-import path from 'node:path';
-import { readFile, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Attribute, Change, Client, InsufficientAccessError, NoSuchObjectError } from 'ldapts';
-import { startSlapd, ldapAdd, ldapModifyConfig, LDIF_DIR, type PrivateSlapd } from '../helpers/slapd.js';
-import { connectDirectory, openLdapSession } from '../../src/directory/connect.js';
+import { startSlapd, ldapAdd, ldapModifyConfig, type PrivateSlapd } from '../helpers/slapd.js';
+import { openLdapSession } from '../../src/directory/connect.js';
 import { LdapLeaseStore } from '../../src/directory/LdapLeaseStore.js';
 import { ControlLease } from '../../src/control/ControlLease.js';
 import pino from 'pino';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { ldifText, vmEntryLines } from '../helpers/directoryEntries.js';
+import { BASE, CONTROL_DN, bindAs, loadShippedAcl, nodeAccountDn, passwordFileOf } from '../helpers/serviceAccounts.js';
 
-const BASE = 'o=stepping-stone,c=ch';
 const VMS = `ou=virtual machines,ou=virtualization,ou=services,${BASE}`;
-const CONTROL_DN = `cn=stoney-backup-control,ou=service accounts,${BASE}`;
-const NODE_DN = `cn=node-01.example.com,ou=service accounts,${BASE}`;
+const NODE_DN = nodeAccountDn('node-01.example.com');
 const OTHER_DN = `cn=monitoring,ou=service accounts,${BASE}`;
 const NODE2_DN = `cn=node-02.example.com,ou=service accounts,${BASE}`;
 /** Named like node-01 but not in the nodes group. */
@@ -26,28 +23,21 @@ let other: LdapBackupDirectory;
 let node2: LdapBackupDirectory;
 let impostor: LdapBackupDirectory;
 
-async function as(dn: string, password: string): Promise<LdapBackupDirectory> {
-  const file = path.join(slapd.dir, `${dn.replace(/[^A-Za-z0-9.-]/g, '_')}.pw`);
-  await writeFile(file, `${password}\n`, { mode: 0o600 });
-  return connectDirectory({ url: slapd.url, bindDn: dn, passwordFile: file, baseDn: slapd.baseDn });
-}
+const as = (dn: string, password: string): Promise<LdapBackupDirectory> => bindAs(slapd, dn, password);
 
 beforeAll(async () => {
   slapd = await startSlapd();
-  await ldapModifyConfig(slapd, await readFile(path.join(LDIF_DIR, 'acl-example.ldif'), 'utf8'));
-  const account = (dn: string, cn: string, pw: string) =>
-    [`dn: ${dn}`, 'objectClass: organizationalRole', 'objectClass: simpleSecurityObject', `cn: ${cn}`, `userPassword: ${pw}`, ''].join('\n');
-  await ldapAdd(slapd, [
-    `dn: ou=service accounts,${BASE}\nobjectClass: organizationalUnit\nou: service accounts\n`,
-    `dn: ou=groups,${BASE}\nobjectClass: organizationalUnit\nou: groups\n`,
-    account(CONTROL_DN, 'stoney-backup-control', 'control-secret'),
-    account(NODE_DN, 'node-01.example.com', 'node-secret'),
-    account(OTHER_DN, 'monitoring', 'monitoring-secret'),
-    account(NODE2_DN, 'node-02.example.com', 'node2-secret'),
-    `dn: ou=people,${BASE}\nobjectClass: organizationalUnit\nou: people\n`,
-    account(IMPOSTOR_DN, 'node-01.example.com', 'impostor-secret'),
-    `dn: cn=stoney-backup-nodes,ou=groups,${BASE}\nobjectClass: groupOfNames\ncn: stoney-backup-nodes\nmember: ${NODE_DN}\nmember: ${NODE2_DN}\n`,
-  ].join('\n'));
+  await loadShippedAcl(
+    slapd,
+    [
+      { dn: CONTROL_DN, cn: 'stoney-backup-control', password: 'control-secret' },
+      { dn: NODE_DN, cn: 'node-01.example.com', password: 'node-secret' },
+      { dn: OTHER_DN, cn: 'monitoring', password: 'monitoring-secret' },
+      { dn: NODE2_DN, cn: 'node-02.example.com', password: 'node2-secret' },
+    ],
+    [NODE_DN, NODE2_DN],
+    [`dn: ou=people,${BASE}\nobjectClass: organizationalUnit\nou: people\n`, `dn: ${IMPOSTOR_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\ncn: node-01.example.com\nuserPassword: impostor-secret\n`],
+  );
   control = await as(CONTROL_DN, 'control-secret');
   node = await as(NODE_DN, 'node-secret');
   other = await as(OTHER_DN, 'monitoring-secret');
@@ -176,7 +166,7 @@ describe('ldif/acl-example.ldif', () => {
 
   it('lets the control identity hold the control lease; a node may only read who holds it', async () => {
     const leaseAs = async (dn: string) => {
-      const session = await openLdapSession({ url: slapd.url, bindDn: dn, passwordFile: path.join(slapd.dir, `${dn.replace(/[^A-Za-z0-9.-]/g, '_')}.pw`) });
+      const session = await openLdapSession({ url: slapd.url, bindDn: dn, passwordFile: passwordFileOf(slapd, dn) });
       return { session, store: new LdapLeaseStore(session, slapd.baseDn) };
     };
     const c = await leaseAs(CONTROL_DN);
