@@ -106,3 +106,13 @@ export function controlDecision(mode: string, returnValue: number): ControlDecis
 export function timeoutTarget(mode: string, returnValue: number): string | undefined {
   return nextBackupMode(mode, 0, { type: 'control.timeout', returnValue });
 }
+
+/**
+ * The one definition of "this backup succeeded": its leaf is `finished` with
+ * return value 0 (a missing return value counts as 0, as the original's
+ * leaves always carry one). What restore, retention, list, kvmbackup and the
+ * reports all ask.
+ */
+export function backupSucceeded(l: { mode: string; returnValue?: number | undefined }): boolean {
+  return l.mode === 'finished' && (l.returnValue ?? 0) === 0;
+}

@@ -1,3 +1,4 @@
+import { backupSucceeded } from '../../workflows/backupMachine.js';
 import type { LeafEntry } from '../directory/types.js';
 import { describeReturnCode } from '../domain/returnCodes.js';
 import type { StepProgress } from '../node/StepContext.js';
@@ -42,13 +43,13 @@ function copyFigures(p: StepProgress): string {
 }
 
 export function summarize(leaves: LeafEntry[]): { ok: LeafEntry[]; failed: LeafEntry[] } {
-  const ok = leaves.filter((l) => l.mode === 'finished' && (l.returnValue ?? 0) === 0);
+  const ok = leaves.filter(backupSucceeded);
   return { ok, failed: leaves.filter((l) => !ok.includes(l)) };
 }
 
 export function resultLines(leaves: LeafEntry[]): string[] {
   return leaves.map((l) =>
-    l.mode === 'finished' && !l.returnValue
+    backupSucceeded(l)
       ? `${l.vm}: backed up (${l.leaf}; snapshot ${l.executionTime['snapshot'] ?? '?'} s, downtime ${l.executionTime['downtime'] ?? '?'} s, merge ${l.executionTime['merge'] ?? '?'} s, retain ${l.executionTime['retain'] ?? '?'} s)`
       : `${l.vm}: FAILED at ${l.mode} with return value ${l.returnValue ?? '?'} (${describeReturnCode(l.returnValue ?? 1)})`,
   );

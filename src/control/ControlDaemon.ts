@@ -1,3 +1,4 @@
+import { backupSucceeded } from '../../workflows/backupMachine.js';
 import type { Logger } from 'pino';
 import cron from 'node-cron';
 import { DateTime } from 'luxon';
@@ -381,7 +382,7 @@ export class ControlDaemon {
   private async pruneFinished(batch: { dn: string; vm: string; mode: string; returnValue: number | undefined }[]): Promise<void> {
     for (const l of batch) {
       if (this.stopped) return;
-      if (l.mode !== 'finished' || l.returnValue !== 0) continue;
+      if (!backupSucceeded(l)) continue;
       const vm = this.model.vm(l.vm);
       if (!vm || this.pruned.has(l.dn)) continue;
       let keep: number;

@@ -1,6 +1,7 @@
 import { controlDecision as machineDecision, timeoutTarget } from '../../workflows/backupMachine.js';
 import { isRestoreMode } from '../../workflows/restoreMachine.js';
 import { ReturnCode } from '../domain/returnCodes.js';
+import { BackupCommandModes, NodeStepModes } from '../domain/modes.js';
 import type { LeafEntry } from '../directory/types.js';
 import { restoreFailed } from './decideRestores.js';
 
@@ -55,10 +56,12 @@ function controlDecision(mode: string, returnValue: number): ReturnType<typeof m
 /** The seed's order (localeCompare's), with one collator instead of one per comparison: batches hold thousands. */
 const vmOrder = new Intl.Collator();
 
-const snapshotPhase = new Set(['initialize', 'initialized', 'snapshot', 'snapshotting']);
-const mergeRetainInFlight = new Set(['merge', 'merging', 'merged', 'retain', 'retaining']);
-const commands = new Set(['snapshot', 'merge', 'retain']);
-const working = new Set(['snapshotting', 'merging', 'retaining']);
+// Sets of modes, from the one table of node steps (NodeStepModes), for the hot loop.
+const { snapshot, merge, retain } = NodeStepModes;
+const snapshotPhase = new Set<string>(['initialize', 'initialized', snapshot.command, snapshot.working]);
+const mergeRetainInFlight = new Set<string>([merge.command, merge.working, merge.done, retain.command, retain.working]);
+const commands = new Set<string>(BackupCommandModes);
+const working = new Set<string>(BackupCommandModes.map((c) => NodeStepModes[c].working));
 
 /**
  * The control side's decisions for one batch: the leaves of VMs planned for

@@ -1,3 +1,4 @@
+import { backupSucceeded } from '../../workflows/backupMachine.js';
 import type { Logger } from 'pino';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage } from '../domain/errors.js';
@@ -45,7 +46,7 @@ export async function runBackupBatch(o: BatchOptions): Promise<LeafEntry[]> {
     if (batchDone(leaves)) {
       for (const vm of o.vms) {
         const l = leaves.find((x) => x.vm === vm.name);
-        if (l?.mode === 'finished' && l.returnValue === 0) {
+        if (l && backupSucceeded(l)) {
           await pruneLeaves(o.directory, vm, o.logger).catch((err: unknown) => o.logger.error({ vm: vm.name, err: errorMessage(err) }, 'pruning leaves failed'));
         }
       }

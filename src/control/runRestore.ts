@@ -1,3 +1,4 @@
+import { backupSucceeded } from '../../workflows/backupMachine.js';
 import type { Logger } from 'pino';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BackupError } from '../domain/errors.js';
@@ -43,7 +44,7 @@ export interface RestoreOutcome {
  */
 export async function runRestore(o: RestoreOptions): Promise<RestoreOutcome> {
   const { directory, leaf } = o;
-  if (leaf.mode !== 'finished' || (leaf.returnValue ?? 0) !== 0) {
+  if (!backupSucceeded(leaf)) {
     throw new BackupError(`backup ${leaf.leaf} of ${leaf.vm} is not restorable (mode ${leaf.mode}, return value ${leaf.returnValue ?? '?'})`, ReturnCode.wrongStateInformation);
   }
   const others = (await directory.listLeaves(o.vm.name)).filter((l) => l.dn !== leaf.dn && leafActive(l));

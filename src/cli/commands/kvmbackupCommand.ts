@@ -1,3 +1,4 @@
+import { backupSucceeded } from '../../../workflows/backupMachine.js';
 import { formatLeafName } from '../../domain/leafName.js';
 import { describeReturnCode } from '../../domain/returnCodes.js';
 import { errorMessage } from '../../domain/errors.js';
@@ -72,7 +73,7 @@ export async function planKvmBackup(
       plan.push({ vm: vm.name, backup: false, reason: `a workflow is in progress on ${busy.leaf} (mode ${busy.mode}); not even --force replaces it` });
       continue;
     }
-    const lastFailed = last !== undefined && !(last.mode === 'finished' && (last.returnValue ?? 0) === 0);
+    const lastFailed = last !== undefined && !backupSucceeded(last);
     if (lastFailed && !opts.force) {
       plan.push({
         vm: vm.name,

@@ -1,3 +1,4 @@
+import { backupSucceeded } from '../../../workflows/backupMachine.js';
 import { stat } from 'node:fs/promises';
 import { locateLayout } from '../../node/backupLocation.js';
 import { describeReturnCode } from '../../domain/returnCodes.js';
@@ -54,7 +55,7 @@ ${exitCodeHelp}`,
           backupDir: layout?.backupDir ?? null,
           /** found under the VM-pool path an earlier stoney-backup version used */
           vmPoolPath: located?.legacy ?? false,
-          restorable: l.mode === 'finished' && (l.returnValue ?? 0) === 0 && (manifest !== undefined || original),
+          restorable: backupSucceeded(l) && (manifest !== undefined || original),
           executionTime: l.executionTime,
         });
       }

@@ -1,3 +1,4 @@
+import { backupSucceeded } from '../../../workflows/backupMachine.js';
 import { createInterface } from 'node:readline/promises';
 import { findVmAndLeaf } from '../findVmAndLeaf.js';
 import { formatConflicts, type ConflictItem } from '../../domain/restore/restoreConflicts.js';
@@ -113,7 +114,7 @@ ${exitCodeHelp}`,
         const { layout } = await locateLayout(vm, leafName, settings, rt.config.imageRoots);
         const manifest = await readManifest(layout.manifestPath).catch(() => undefined);
         const plan = {
-          vm: name, leaf: leafName, leafMode: leaf.mode, restorable: leaf.mode === 'finished' && !leaf.returnValue,
+          vm: name, leaf: leafName, leafMode: leaf.mode, restorable: backupSucceeded(leaf),
           target: target ?? name, asNew: target !== undefined, backupDir: layout.backupDir,
           files: manifest?.files.map((f) => ({ name: f.name, size: f.size })) ?? '(manifest not readable on this host)',
           steps: ['unretainSmallFiles', 'decide conflicts', 'unretainLargeFiles', 'restore', 'finished'],

@@ -1,3 +1,4 @@
+import { backupSucceeded } from '../../../workflows/backupMachine.js';
 import { describeReturnCode } from '../../domain/returnCodes.js';
 import { leafActive } from '../../control/decideBatch.js';
 import { explainWorkflow } from '../../control/explainWorkflow.js';
@@ -21,7 +22,7 @@ ${exitCodeHelp}`,
     try {
       const directory = await rt.connect();
       const vms = await directory.listVms();
-      const leaves = (await directory.listLeavesOfVms(vms.map((v) => v.name))).filter((l) => l.mode !== 'finished' || (l.returnValue ?? 0) !== 0);
+      const leaves = (await directory.listLeavesOfVms(vms.map((v) => v.name))).filter((l) => !backupSucceeded(l));
       const rows = leaves.map((l) => ({
         vm: l.vm,
         node: vms.find((v) => v.name === l.vm)?.node ?? null,
