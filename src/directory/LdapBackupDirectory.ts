@@ -3,6 +3,7 @@ import {
   NoSuchObjectError, OrFilter, type Entry, type Filter,
 } from 'ldapts';
 import { assertSafeName } from '../domain/names.js';
+import { parseRestoreRequest } from '../domain/restore/restoreRequest.js';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { formatLeafName } from '../domain/leafName.js';
@@ -378,11 +379,7 @@ export class LdapBackupDirectory implements BackupDirectory, LeafScanner {
     const e = await this.readEntry(this.restoreDn(leafDn), ['description']);
     const json = e ? toAttributes(e)['description']?.[0] : undefined;
     if (json === undefined) return undefined;
-    try {
-      return JSON.parse(json) as RestoreRequest;
-    } catch (err) {
-      throw new BackupError(`${this.restoreDn(leafDn)}: the restore request is not JSON`, ReturnCode.wrongStateInformation, { cause: err });
-    }
+    return parseRestoreRequest(json, this.restoreDn(leafDn));
   }
 
   async createRestoreRequest(leafDn: string, request: RestoreRequest): Promise<boolean> {

@@ -11,7 +11,7 @@ import {
   checkConsistency,
   computeConflicts,
   formatConflicts,
-  parseDecisions,
+  decisionsFrom,
   randomMac,
   renameForRestoreAs,
   type RestoreDecisions,
@@ -459,10 +459,10 @@ describe('applyDecisions', () => {
   });
 });
 
-describe('parseDecisions', () => {
+describe('decisionsFrom (the decisions of a restore request)', () => {
   it('reads prefer and overrides', () => {
-    expect(parseDecisions('{"prefer":"live"}')).toEqual({ prefer: 'live', overrides: {} });
-    expect(parseDecisions('{"prefer":"backup","overrides":{"memory":"live","ldap::description":"backup"}}')).toEqual({
+    expect(decisionsFrom(JSON.parse('{"prefer":"live"}'))).toEqual({ prefer: 'live', overrides: {} });
+    expect(decisionsFrom(JSON.parse('{"prefer":"backup","overrides":{"memory":"live","ldap::description":"backup"}}'))).toEqual({
       prefer: 'backup',
       overrides: { memory: 'live', 'ldap::description': 'backup' },
     });
@@ -470,7 +470,6 @@ describe('parseDecisions', () => {
 
   it('refuses anything else with 39', () => {
     for (const [json, msg] of [
-      ['nope', /not valid JSON/],
       ['[]', /expected an object/],
       ['{}', /"prefer" must be "backup" or "live", got undefined/],
       ['{"prefer":"both"}', /"prefer" must be/],
@@ -478,7 +477,7 @@ describe('parseDecisions', () => {
       ['{"prefer":"live","overrides":{"memory":"new"}}', /override "memory" must be "backup" or "live", got "new"/],
       ['{"prefer":"live","yes":true}', /unknown field\(s\) yes/],
     ] as const) {
-      const err = thrown(() => parseDecisions(json));
+      const err = thrown(() => decisionsFrom(JSON.parse(json)));
       expect(err.code, json).toBe(39);
       expect(err.message, json).toMatch(msg);
     }

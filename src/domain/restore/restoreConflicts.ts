@@ -572,14 +572,8 @@ export function computeConflicts(inputs: RestoreInputs): ConflictItem[] {
   return analyse(inputs).items;
 }
 
-/** Decisions from JSON: `{"prefer": "backup"|"live", "overrides": {"<id>": "backup"|"live"}}`. */
-export function parseDecisions(json: string): RestoreDecisions {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(json);
-  } catch (err) {
-    throw new BackupError(`restore decisions are not valid JSON: ${(err as Error).message}`, ReturnCode.unsupportedConfigurationParameter, { cause: err });
-  }
+/** Decisions `{"prefer": "backup"|"live", "overrides": {"<id>": "backup"|"live"}}` from a parsed value (the `decisions` of a restore request), checked field by field. */
+export function decisionsFrom(raw: unknown): RestoreDecisions {
   const bad = (what: string): BackupError => new BackupError(`restore decisions: ${what}`, ReturnCode.unsupportedConfigurationParameter);
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw bad('expected an object');
   const obj = raw as Record<string, unknown>;
