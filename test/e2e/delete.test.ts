@@ -64,6 +64,28 @@ describe('delete written on a finished leaf (as the original web UI does)', () =
     expect((await w.leaf(vm, old)).mode).toBe('deleted');
   });
 
+  it('a node daemon that died in deleting runs the delete again when it starts, and finishes it', async () => {
+    const vm = (await w.addVm('delrerun', { running: false, pattern: A, backupAttributes: ['sstBackupNumberOfIterations: 3'] })).name;
+    const [old, kept] = ['20261123T050000Z', '20261123T060000Z'];
+    await backup(vm, old);
+    await backup(vm, kept);
+    const oldLayout = await layoutOf(vm, old);
+    // The daemon claimed the delete, removed the manifest and one file, then died.
+    await w.stopNodeDaemons();
+    try {
+      await writeDelete(vm, old);
+      expect(await w.directory.casMode((await w.leaf(vm, old)).dn, 'delete', 'deleting')).toBe(true);
+      const files = (await readdir(oldLayout.backupDir)).filter((n) => n !== 'manifest.json');
+      await execa('rm', [oldLayout.manifestPath, path.join(oldLayout.backupDir, files[0]!)]);
+    } finally {
+      await w.startNodeDaemon();
+    }
+    const done = await w.waitForMode(vm, old, ['deleted']);
+    expect(done.returnValue).toBe(0);
+    expect(await readdir(oldLayout.vmBackupDir)).toEqual([kept]);
+    await expectIntact(await layoutOf(vm, kept));
+  });
+
   it('refuses with 57 while another workflow of the VM is in progress, touching nothing; a later delete succeeds', async () => {
     const vm = (await w.addVm('delbusy', { running: false, pattern: A, backupAttributes: ['sstBackupNumberOfIterations: 3'] })).name;
     const leaf = '20261123T030000Z';
