@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/cli/config.js';
 import { run } from '../../src/hypervisor/exec.js';
+import { serviceDirectives } from '../helpers/systemdUnit.js';
 
 /**
  * The shipped units keep their sandbox: every directive that confines a
@@ -15,27 +16,6 @@ import { run } from '../../src/hypervisor/exec.js';
  */
 const NODE_UNIT = path.resolve('deploy/stoney-backup-node.service');
 const CONTROL_UNIT = path.resolve('deploy/stoney-backup-control.service');
-
-/** Each key of [Service] with the values of all its lines, in order (an empty assignment resets, as in systemd). */
-export function serviceDirectives(unitText: string): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  let section = '';
-  for (const raw of unitText.split('\n')) {
-    const line = raw.trim();
-    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
-    const header = /^\[(.+)\]$/.exec(line);
-    if (header) {
-      section = header[1] ?? '';
-      continue;
-    }
-    const eq = line.indexOf('=');
-    if (section !== 'Service' || eq < 0) continue;
-    const key = line.slice(0, eq).trim();
-    const value = line.slice(eq + 1).trim();
-    out.set(key, value === '' ? [''] : [...(out.get(key) ?? []).filter((v) => v !== ''), value]);
-  }
-  return out;
-}
 
 const words = (values: string[] | undefined): string[] => (values ?? []).flatMap((v) => v.split(/\s+/)).filter(Boolean).sort();
 
