@@ -1,68 +1,30 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFile, mkdir, readFile, readlink, stat } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import { World } from '../helpers/world.js';
 import { guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
 import { runRestore } from '../../src/control/runRestore.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { run } from '../../src/hypervisor/exec.js';
 import { serviceDirectives } from '../helpers/systemdUnit.js';
+import { capMask, spawnSandboxed, statusMask } from '../helpers/sandbox.js';
 
 /**
- * The node daemon does a backup and a restore of a running VM inside the
- * confinement deploy/stoney-backup-node.service gives it, rebuilt here without
- * systemd (this machine has no systemd as PID 1): a private mount namespace in
- * which every mount is read-only (ProtectSystem=strict) except the world's
- * roots (ReadWritePaths=, pointed at the world instead of /var/…), an empty
- * /tmp (PrivateTmp=: the restore XML goes there and virsh must still read it),
- * empty /root and /home (ProtectHome=), the capability bounding set read from
- * the unit, and no_new_privs (NoNewPrivileges=). Not rebuilt: the system call
- * filter, PrivateDevices= and the Protect*Kernel* settings (none of them is a
- * path or a capability the steps use; `systemd-analyze` checks their syntax).
+ * The node daemon does a backup and a restore of running VMs inside the
+ * confinement of deploy/stoney-backup-node.service, rebuilt without systemd
+ * (test/helpers/sandbox.ts): every mount read-only but the world's roots
+ * (ReadWritePaths=, pointed at the world instead of /var/…), an empty /tmp
+ * (PrivateTmp=: the restore XML goes there and the virsh client must still
+ * read it), empty homes, the unit's capability bounding set, no_new_privs.
  */
 const CLI = path.resolve('bin/stoney-backup.js');
 const NODE_UNIT = path.resolve('deploy/stoney-backup-node.service');
 const A = 0xab;
 const B = 0xcd;
 
-/** Runs in the new mount namespace; $1 is the host's namespace (refused: never remount the host), $2 the bounding set, the rest the writable roots. */
-const SANDBOX_SCRIPT = String.raw`
-set -euo pipefail
-host_ns=$1 caps=$2; shift 2
-[[ $(readlink /proc/self/ns/mnt) != "$host_ns" ]] || { echo "not in a private mount namespace: refusing" >&2; exit 97; }
-# ProtectSystem=strict: every mount read-only but the API file systems.
-findmnt -rno TARGET | while read -r t; do
-  case $t in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue ;; esac
-  mount -o remount,bind,ro "$t" 2>/dev/null || true
-done
-# ReadWritePaths=
-for p in "$@"; do mount --bind "$p" "$p"; mount -o remount,bind,rw "$p"; done
-# PrivateTmp=yes
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-# ProtectHome=yes
-for h in /home /root; do [[ -d $h ]] && mount -t tmpfs -o ro,mode=0755 tmpfs "$h"; done
-exec setpriv --bounding-set "$caps" --inh-caps -all --no-new-privs -- "$NODE_BIN" "$CLI_JS" node
-`;
-
-/** `CAP_CHOWN CAP_FOWNER` → `-all,+chown,+fowner` (setpriv's spelling). */
-function boundingSetArg(unitValue: string[]): string {
-  const caps = unitValue.flatMap((v) => v.split(/\s+/)).filter(Boolean).map((c) => `+${c.replace(/^CAP_/, '').toLowerCase()}`);
-  return ['-all', ...caps].join(',');
-}
-
-/** Capability bits of a `CAP_…` list, as /proc/<pid>/status shows them. */
-const CAP_BITS: Record<string, number> = { CAP_CHOWN: 0, CAP_DAC_OVERRIDE: 1, CAP_DAC_READ_SEARCH: 2, CAP_FOWNER: 3, CAP_FSETID: 4, CAP_KILL: 5, CAP_SETGID: 6, CAP_SETUID: 7 };
-function capMask(unitValue: string[]): bigint {
-  return unitValue.flatMap((v) => v.split(/\s+/)).filter(Boolean).reduce((m, c) => {
-    const bit = CAP_BITS[c];
-    if (bit === undefined) throw new Error(`extend CAP_BITS with ${c}`);
-    return m | (1n << BigInt(bit));
-  }, 0n);
-}
-
 let w: World;
-let daemon: ResultPromise | undefined;
+let daemon: ResultPromise<{ reject: false; all: true }> | undefined;
 let output = '';
 let capabilities: string[];
 
@@ -81,14 +43,14 @@ beforeAll(async () => {
   // The test slapd keeps its password below the host's /tmp, which the private /tmp hides (a real one is in /etc).
   const passwordFile = path.join(stateDir, 'ldap.password');
   await copyFile(w.cliEnv()['STONEY_LDAP_PASSWORD_FILE'] as string, passwordFile);
-  const hostNs = await readlink('/proc/self/ns/mnt');
-  daemon = execa('unshare', ['--mount', '--propagation', 'private', 'bash', '-c', SANDBOX_SCRIPT, 'sandbox', hostNs, boundingSetArg(capabilities), w.root], {
+  daemon = spawnSandboxed({
+    argv: [process.execPath, CLI, 'node'],
+    writable: [w.root],
+    capabilities,
     env: {
       ...w.cliEnv(), STONEY_LDAP_PASSWORD_FILE: passwordFile, STONEY_NODE_NAME: w.nodeName, STONEY_RUN_DIR: w.runDir, STONEY_FEED_STATE_DIR: stateDir,
-      STONEY_CHANGE_FEED: 'poll', STONEY_POLL_INTERVAL_MS: '150', STONEY_LOG_LEVEL: 'info', NODE_BIN: process.execPath, CLI_JS: CLI,
+      STONEY_CHANGE_FEED: 'poll', STONEY_POLL_INTERVAL_MS: '150', STONEY_LOG_LEVEL: 'info',
     },
-    reject: false,
-    all: true,
   });
   daemon.all?.on('data', (d: Buffer) => (output += d.toString()));
 }, 180_000);
@@ -107,9 +69,8 @@ describe('the node daemon inside the node unit\'s sandbox', () => {
     await w.waitFor(async () => daemon?.exitCode !== null || (await stat(path.join(w.runDir, `node-${w.nodeName}.lock`)).then(() => true, () => false)), 30_000);
     expect(daemon?.exitCode, output).toBeNull();
     const status = await readFile(`/proc/${daemon!.pid}/status`, 'utf8');
-    const field = (name: string) => BigInt(`0x${/^(\w+):\s+([0-9a-f]+)$/m.exec(status.split('\n').find((l) => l.startsWith(`${name}:`)) ?? '')?.[2] ?? 'ff'}`);
-    expect(field('CapBnd')).toBe(capMask(capabilities));
-    expect(field('CapEff')).toBe(capMask(capabilities));
+    expect(statusMask(status, 'CapBnd')).toBe(capMask(capabilities));
+    expect(statusMask(status, 'CapEff')).toBe(capMask(capabilities));
     expect(status).toMatch(/^NoNewPrivs:\s+1$/m);
     // the sandbox is real: the daemon's /etc is read-only, its /tmp empty and private
     const probe = await run('nsenter', ['--target', String(daemon!.pid), '--mount', '--', 'sh', '-c', 'touch /etc/stoney-sandbox-probe 2>&1; ls -A /tmp | wc -l'], { okExitCodes: [0, 1] });
