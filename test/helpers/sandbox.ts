@@ -65,5 +65,10 @@ export function statusMask(status: string, name: string): bigint {
 export function spawnSandboxed(o: { argv: string[]; env: Record<string, string>; writable: string[]; capabilities: string[]; uid?: number }): ResultPromise<{ reject: false; all: true }> {
   const hostNs = readlinkSync('/proc/self/ns/mnt');
   const args = ['--mount', '--propagation', 'private', 'bash', '-c', SANDBOX_SCRIPT, 'sandbox', hostNs, boundingSetArg(o.capabilities), o.uid === undefined ? 'root' : String(o.uid), ...o.writable, '--', ...o.argv];
-  return execa('unshare', args, { env: o.env, reject: false, all: true });
+  const child = execa('unshare', args, { env: o.env, reject: false, all: true });
+  // A test process that dies early must not leave a daemon behind.
+  const kill = () => child.kill('SIGKILL');
+  process.once('exit', kill);
+  void child.finally(() => process.off('exit', kill));
+  return child;
 }
