@@ -13,7 +13,7 @@ LIBVIRT_URI="${STONEY_LIBVIRT_URI:-qemu:///system}"
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
 
-need_cmds=(slapd slapadd ldapsearch qemu-img qemu-io qemu-system-x86_64 virsh libvirtd virtlogd strace prometheus promtool)
+need_cmds=(slapd slapadd ldapsearch qemu-img qemu-io qemu-system-x86_64 virsh libvirtd virtlogd strace prometheus promtool systemd-analyze unshare setpriv nsenter)
 missing=()
 for c in "${need_cmds[@]}"; do
   command -v "$c" >/dev/null 2>&1 || [[ -x "/usr/sbin/$c" ]] || missing+=("$c")
@@ -35,7 +35,7 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends \
     slapd ldap-utils qemu-utils qemu-system-x86 \
-    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients strace prometheus >/dev/null
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients strace prometheus systemd util-linux >/dev/null
   # The tests start their own Prometheus on loopback; the package's service is not wanted here.
   if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1 && systemctl is-enabled -q prometheus 2>/dev/null; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
