@@ -4,14 +4,14 @@ import type { Logger } from 'pino';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import type { BackupLayout } from '../domain/layout.js';
-import { chownByName } from '../hypervisor/ownership.js';
+import { chownByName, openNoFollow } from '../hypervisor/ownership.js';
 import { assertNoSymlinkBelow, createExclusive, mkdirBelow } from './safeFs.js';
 
 /**
  * A restore works where the original implementation and its web UI expect
  * it: in the leaf's own retain directory `<retain>/<vm-type>/<storage-pool>/<vm>/<leaf>/`.
  * That directory is group-writable (the web UI writes the user's LDIF
- * there) and may hold what others left, so this program marks the
+ * there; sticky, so that nobody else renames root's files) and may hold what others left, so this program marks the
  * directories it makes with RESTORE_MARKER (created exclusively in a
  * directory it has just created) and only ever removes, in a marked
  * directory, the files a restore makes: never anything else.
@@ -29,9 +29,12 @@ type EntryKind =
 
 const OWN_FILES = ['conflicts.json', 'decided.xml', 'decided.ldif'];
 
+/** A 0700 directory of the restore's (mkdtemp) for what must not be written in the shared directory. */
+export const PRIVATE_DIR_PREFIX = '.stoney-private-';
+
 function kindOf(layout: BackupLayout, name: string, type: 'file' | 'directory' | 'symlink' | 'other'): EntryKind {
-  // The private directory a `virsh save` goes into before its state is moved to live.state.
-  if (name.startsWith('.stoney-state-')) return type === 'directory' ? 'disposable' : 'foreign';
+  // Private directories: a `virsh save`'s before its state is moved to live.state, and PRIVATE_DIR_PREFIX.
+  if (name.startsWith('.stoney-state-') || name.startsWith(PRIVATE_DIR_PREFIX)) return type === 'directory' ? 'disposable' : 'foreign';
   // The decision's place: whatever the web UI's side put there (a symlink is unlinked, its target untouched).
   if (name === layout.ldifFileName && (type === 'file' || type === 'symlink')) return 'disposable';
   if (type !== 'file') return 'foreign';
@@ -109,11 +112,29 @@ export async function createRestoreWorkDir(
     await mkdir(dir, { mode: o.mode });
   }
   await chownByName(dir, o.owner, o.group, o.logger);
+  await makeSticky(dir);
   const marker = await createExclusive(path.join(dir, RESTORE_MARKER), 0o644);
   try {
     await marker.writeFile(`${JSON.stringify({ leaf: layout.leaf, vm: layout.vm, createdAt: new Date().toISOString() })}\n`);
   } finally {
     await marker.close();
+  }
+}
+
+/**
+ * The directory is writable by the image group (the web UI writes its
+ * decision there), which without the sticky bit could rename or replace
+ * root's files between their check and their use (an image checked, then
+ * swapped before it is moved over the live disk). With it, only the web
+ * UI's own files are the web UI's to change.
+ */
+async function makeSticky(dir: string): Promise<void> {
+  const h = await openNoFollow(dir, 'directory');
+  try {
+    const { mode } = await h.stat();
+    await h.chmod((mode & 0o777) | 0o1000);
+  } finally {
+    await h.close();
   }
 }
 

@@ -1,4 +1,4 @@
-import { readFile, rename, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm } from 'node:fs/promises';
 import { assertNoSymlinkBelow, listRegularFiles } from './safeFs.js';
 import path from 'node:path';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
@@ -13,6 +13,7 @@ import { readManifest } from './retainStep.js';
 import { sparseCopy } from './sparseCopy.js';
 import { exists } from './durableFs.js';
 import { loadRestoreWork } from './restoreWork.js';
+import { PRIVATE_DIR_PREFIX } from './restoreWorkDir.js';
 import { readDecisionLdif } from './restoreDecisionLdif.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
@@ -68,15 +69,18 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
     if (manifest && !listed) await fail(`${name}${suffix} is not in the backup's manifest`);
     if (listed?.backing) {
       // An incremental image: its chain is checked member by member, then converted into one whole image.
+      // qemu-img follows a symlink where it creates its output: it works in a directory only root can enter.
+      const priv = await mkdtemp(path.join(work.retainDir, PRIVATE_DIR_PREFIX));
       try {
-        await materializeChain(ctx, { leaf: layout.leaf, name: listed.name }, partial, formats.get(name));
+        const out = path.join(priv, name);
+        await materializeChain(ctx, { leaf: layout.leaf, name: listed.name }, out, formats.get(name));
+        await rename(out, dest);
       } catch (err) {
-        await rm(partial, { force: true });
         await fail(`cannot restore ${name}${suffix} from its chain: ${errorMessage(err)}`, err);
+      } finally {
+        await rm(priv, { recursive: true, force: true });
       }
-      copied.push(partial);
-      await rename(partial, dest);
-      copied[copied.length - 1] = dest;
+      copied.push(dest);
       continue;
     }
     let result;

@@ -44,6 +44,8 @@ describe('the restore work directory', () => {
   it('is made fresh and marked; clean-up removes what a restore makes, the web UI\'s decision and a symlink in its place (never the target)', async () => {
     await createRestoreWorkDir(layout, opts());
     expect(await isRestoreWorkDir(layout, retainRoot)).toBe(true);
+    // Sticky: the image group may add its decision, but never rename or replace root's files.
+    expect(((await lstat(layout.retainDir)).mode & 0o1000).toString(8)).toBe('1000');
     for (const f of [`${VM}.xml.${LEAF}`, `${VM}.ldif.${LEAF}`, `${VM}.state.${LEAF}`, `disk.qcow2.${LEAF}.partial`, 'conflicts.json', 'decided.xml']) await writeFile(inWork(f), 'x');
     await symlink(path.join(outside, 'passwd'), inWork(`${VM}.ldif`));
     expect(await removeRestoreWorkDir(layout, retainRoot, { keepRollback: true, logger })).toEqual([]);
