@@ -32,7 +32,7 @@ export function unretainedPath(layout: BackupLayout, name: string): string {
 
 export async function loadRestoreWork(ctx: StepContext): Promise<RestoreWork> {
   const work = ctx.layout;
-  if (!(await isRestoreWorkDir(work))) {
+  if (!(await isRestoreWorkDir(work, ctx.settings.retainDirectory))) {
     throw new BackupError(`no restore in progress on ${ctx.leafDn}: ${work.retainDir} is not a restore work directory (unretainSmallFiles has not run)`, ReturnCode.wrongStateInformation);
   }
   const request = (await ctx.directory.getRestoreRequest(ctx.leafDn)) ?? {};

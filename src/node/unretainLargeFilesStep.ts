@@ -14,7 +14,7 @@ import { sparseCopy } from './sparseCopy.js';
 import { exists } from './durableFs.js';
 import { loadRestoreWork } from './restoreWork.js';
 import { PRIVATE_DIR_PREFIX } from './restoreWorkDir.js';
-import { readDecisionLdif } from './restoreDecisionLdif.js';
+import { checkDecisionLdif } from './restoreDecisionLdif.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 /**
@@ -30,7 +30,8 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
   const { layout, logger, vm } = ctx;
   const t0 = performance.now();
   const { work, request, unretained } = await loadRestoreWork(ctx);
-  if (!request.decisions) await readDecisionLdif(work, vm.dn);
+  const backupXml = await readFile(unretained(work.xmlFileName), 'utf8');
+  if (!request.decisions) await checkDecisionLdif(work, vm.dn, backupXml);
   const suffix = `.${layout.leaf}`;
   const small = new Set([layout.xmlFileName, layout.ldifFileName]);
   // Only regular files are copied: a symlink in the backup would have root copy whatever it names.
@@ -43,7 +44,7 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
   if (!names.includes(layout.stateFileName)) throw new BackupError(`the backup has no ${layout.stateFileName}${suffix}`, ReturnCode.missingNecessaryFiles);
   // The format each image is read in comes from the backup's definition, never from its header.
   const formats = new Map(
-    parseDomainDisks(await readFile(unretained(work.xmlFileName), 'utf8'))
+    parseDomainDisks(backupXml)
       .filter((d) => d.type === 'file' && d.source !== undefined)
       .map((d) => [path.basename(d.source as string), d.format ?? 'raw']),
   );

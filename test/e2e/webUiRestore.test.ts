@@ -102,6 +102,25 @@ describe('a restore started and decided by the original web UI', () => {
   });
 });
 
+describe('a decision file whose memory contradicts the backup\'s domain', () => {
+  it('is refused with 33 before the large files are copied (the domain is always the backup\'s), nothing live changed', async () => {
+    const { vm, leaf } = await backedUp('wuim', '20261125T010150Z');
+    const before = { tree: await subtree(vm.name), definition: await virsh.dumpXml(vm.name, { inactive: true }) };
+    const dir = await smallFilesUnretained(vm.name, leaf);
+    const original = await readFile(path.join(dir, `${vm.name}.ldif.${leaf.leaf}`), 'utf8');
+    const edited = original.replace(`sstMemory: ${32 * 1024 * 1024}\n`, `sstMemory: ${64 * 1024 * 1024}\n`);
+    expect(edited).not.toBe(original);
+    await writeFile(path.join(dir, `${vm.name}.ldif`), edited);
+    expect((await step(vm.name, leaf, 'unretainLargeFiles', 'unretainedLargeFiles')).returnValue).toBe(ReturnCode.backendXmlInconsistency);
+    expect(await readdir(dir)).not.toContain(`${path.basename(vm.disks[0]!.path)}.${leaf.leaf}`);
+    expect(await virsh.domState(vm.name)).toBe('running');
+    expect(await guestReadMatches(vm.name, 'vda', B, '2M', '1M')).toBe(true);
+    expect({ tree: await subtree(vm.name), definition: await virsh.dumpXml(vm.name, { inactive: true }) }).toEqual(before);
+    await writeMode(leaf, 'finished');
+    await w.waitFor(async () => !(await present(dir)));
+  });
+});
+
 describe('the web UI\'s cancel (finished written at unretainedSmallFiles)', () => {
   it('removes the retain directory and the request; nothing live changed', async () => {
     const { vm, leaf } = await backedUp('wuic', '20261125T010200Z');
