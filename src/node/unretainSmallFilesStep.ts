@@ -46,6 +46,8 @@ export async function unretainSmallFilesStep(ctx: StepContext): Promise<StepResu
   const workDir = { retainRoot: settings.retainDirectory, mode: settings.directory.mode, owner: settings.directory.owner, group: settings.directory.group, logger };
   await createRestoreWorkDir(layout, workDir);
   try {
+    // Named at once: a daemon killed from here on leaves a directory the clean-up on `finished` finds.
+    await directory.putRestoreRequest(ctx.leafDn, { ...request, retain: layout.leaf });
     const xmlFile = unretainedPath(layout, layout.xmlFileName);
     const ldifFile = unretainedPath(layout, layout.ldifFileName);
     for (const [from, to, kind] of [[xmlBackup, xmlFile, 'xml'], [ldifBackup, ldifFile, 'ldif']] as const) {
