@@ -64,6 +64,8 @@ export const ReturnCode = {
   symlinkRefused: 61,
   noStoragePoolDirectory: 62,
   missingVirtualMachineType: 63,
+  restoreDirectoryNotEmpty: 64,
+  unsafeDecisionLdif: 65,
 } as const;
 
 export type ReturnCodeName = keyof typeof ReturnCode;
@@ -130,6 +132,8 @@ const texts: Record<number, string> = {
   61: 'a path component or file is a symbolic link or not a regular file',
   62: 'the first disk is not at <image root>/<vm-type>/<storage-pool>/<file>: no backup path',
   63: 'the VM has no sstVirtualMachineType',
+  64: 'the restore\'s retain directory holds files a restore did not make (or a failed rollback\'s)',
+  65: 'the LDIF decision file is unreadable, too large, or has entries outside the VM\'s subtree',
 };
 
 export function describeReturnCode(code: number): string {

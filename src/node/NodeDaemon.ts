@@ -22,7 +22,9 @@ import { restoreStep } from './restoreStep.js';
 import { deleteStep } from './deleteStep.js';
 import { faultPoint } from './faultPoint.js';
 import { StepHeartbeat } from './StepHeartbeat.js';
-import { workLayout } from './restoreWork.js';
+import { removeRestoreWorkDir } from './restoreWorkDir.js';
+import { assertNoSymlinkBelow } from './safeFs.js';
+import { isLeafName } from '../domain/leafName.js';
 import { restoreNodeClaim } from '../../workflows/restoreMachine.js';
 import { deleteNodeClaim } from '../../workflows/deleteMachine.js';
 import { rm } from 'node:fs/promises';
@@ -270,20 +272,26 @@ export class NodeDaemon {
 
   /**
    * A restore that ended (restored → finished) or was aborted (back to
-   * finished) leaves its request below the leaf and maybe its retain
-   * directory: remove both. A request without `retain` was just written by
-   * the control side and is not touched.
+   * finished, as the web UI's cancel does) leaves its request below the leaf
+   * and maybe its work directory, the leaf's retain directory: remove both,
+   * the directory only if this program made it and only the files a restore
+   * makes (restoreWorkDir.ts; a failed rollback's files stay). A request
+   * without `retain` was just written by the control side and is not touched.
    */
   private async cleanUpEndedRestore(leaf: LeafEntry, vm: VmEntry, log: Logger): Promise<void> {
     const request = await this.o.directory.getRestoreRequest(leaf.dn);
     if (!request?.retain) return;
     const ctx = await this.context(vm, leaf, log);
-    const dir = workLayout(ctx, request.retain).retainDir;
-    // Only a directory this program made for a restore (it holds conflicts.json) is removed.
-    if (await exists(path.join(dir, 'conflicts.json'))) await rm(dir, { recursive: true, force: true });
-    else if (await exists(dir)) log.warn({ retainDir: dir }, 'the restore request names a directory that is not a restore work directory; left alone');
+    const retainRoot = ctx.settings.retainDirectory;
+    const left = await removeRestoreWorkDir(ctx.layout, retainRoot, { keepRollback: true, logger: log });
+    if (request.retain !== leaf.leaf && isLeafName(request.retain)) {
+      // Earlier versions worked in a restore-timestamp directory beside the leaf's (marked by conflicts.json).
+      const earlier = path.join(path.dirname(ctx.layout.retainDir), request.retain);
+      await assertNoSymlinkBelow(retainRoot, earlier, 'any');
+      if (await exists(path.join(earlier, 'conflicts.json'))) await rm(earlier, { recursive: true, force: true });
+    }
     await this.o.directory.deleteRestoreRequest(leaf.dn);
-    log.info({ retainDir: dir }, 'restore ended; its request and retain directory are removed');
+    log.info({ retainDir: ctx.layout.retainDir, left }, 'restore ended; its request and work directory are removed');
   }
 
   private async context(vm: VmEntry, leafEntry: LeafEntry, logger: Logger, onProgress?: (p: StepProgress) => void): Promise<StepContext> {

@@ -13,7 +13,10 @@ import { isBelow } from './backupDisks.js';
 import { assertSafeImageHeader } from './imageHeaderCheck.js';
 import { chmodNoFollow, createPrivateStateFile } from './safeFs.js';
 import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
-import { isPlaceholderState, loadRestoreWork, siblingVmDn } from './restoreWork.js';
+import { isPlaceholderState, loadRestoreWork, siblingVmDn, type RestoreWork } from './restoreWork.js';
+import { removeRestoreWorkDir } from './restoreWorkDir.js';
+import { readDecisionLdif } from './restoreDecisionLdif.js';
+import type { LdifEntry } from '../domain/restore/ldifRecords.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 /**
@@ -47,6 +50,9 @@ async function rollBack(
       // Saved but not yet undefined: the definition is still there.
       await virsh.restore(r.liveStateFile);
     }
+    // The VM is back: its saved definition and state are stale, and only a failed
+    // rollback's files are kept when the restore's directory is cleaned up.
+    for (const f of [r.liveXmlFile, r.liveStateFile]) if (f) await rm(f, { force: true });
     logger.warn({ vm: vm.name, target: r.target }, 'restore rolled back');
   } catch (err) {
     logger.error({ vm: vm.name, err: errorMessage(err) }, `rolling the restore back failed: the previous images and live.xml are in ${path.dirname(r.liveXmlFile)}; see docs/restore-runbook.md`);
@@ -90,14 +96,29 @@ async function stopLiveVm(ctx: StepContext, workDir: string, dest: string): Prom
   return { how: 'saved', stateFile: dest, seconds: seconds(t0) };
 }
 
-/** An image's name in the restore's directory: never one of the restore's own files. */
-function retainedImageName(name: string, work: { stateFileName: string; xmlFileName: string; ldifFileName: string }): string {
+/** An image's path in the restore's directory (`<name>.<leaf>`): never one of the restore's own files. */
+function retainedImagePath(name: string, w: RestoreWork): string {
   assertSafeName('disk image file name', name);
-  const own = [work.stateFileName, work.xmlFileName, work.ldifFileName, 'decided.xml', 'decided.ldif', 'conflicts.json', 'live.xml', 'live.state'];
-  if (own.includes(name) || name.startsWith('live-') || name.endsWith('.partial')) {
+  const { work } = w;
+  if ([work.stateFileName, work.xmlFileName, work.ldifFileName].includes(name) || name.startsWith('live-') || name.endsWith('.partial')) {
     throw new BackupError(`disk image name ${name} collides with a file of the restore`, ReturnCode.unsafeDomainDefinition);
   }
-  return name;
+  return w.unretained(name);
+}
+
+/**
+ * The directory subtree the restore writes and the backup's side for the
+ * conflict engine: the backup's LDIF, unless a client of the original
+ * protocol (the web UI) left its decision `<vm>.ldif` in the work directory
+ * and the request carries no decisions of this project's clients. The
+ * decision file is then the "backup" side, taken whole for the directory;
+ * the domain is the backup's.
+ */
+async function decidedLdifSource(ctx: StepContext, w: RestoreWork): Promise<{ ldif: LdifEntry[]; from: 'backup' | 'decision file' }> {
+  const backupLdif = parseLdif(await readFile(w.unretained(w.work.ldifFileName), 'utf8'));
+  if (w.request.decisions) return { ldif: backupLdif, from: 'backup' };
+  const decided = await readDecisionLdif(w.work, ctx.vm.dn);
+  return decided ? { ldif: decided, from: 'decision file' } : { ldif: backupLdif, from: 'backup' };
 }
 
 /**
@@ -143,11 +164,12 @@ async function allowlistedDefinition(ctx: StepContext, xml: string, o: { target:
 export async function restoreStep(ctx: StepContext): Promise<StepResult> {
   const { vm, virsh, directory, settings, logger } = ctx;
   const t0 = performance.now();
-  const { request, target, asNew, work } = await loadRestoreWork(ctx);
+  const w = await loadRestoreWork(ctx);
+  const { request, target, asNew, work } = w;
 
   // --- Decide (pure) and check, touching nothing.
-  const backupXml = await readFile(work.retainPath(work.xmlFileName), 'utf8');
-  const backupLdif = parseLdif(await readFile(work.retainPath(work.ldifFileName), 'utf8'));
+  const backupXml = await readFile(w.unretained(work.xmlFileName), 'utf8');
+  const { ldif: backupLdif, from: ldifFrom } = await decidedLdifSource(ctx, w);
   const liveLdif = !asNew && (await directory.getVm(vm.name)) ? parseLdif(await directory.exportVmLdif(vm.name)) : undefined;
   const liveXml = !asNew && (await virsh.domainExists(vm.name)) ? await virsh.dumpXml(vm.name, { inactive: true }) : undefined;
   const decided = applyDecisions({ vmDn: vm.dn, backupLdif, liveLdif, backupXml, liveXml }, request.decisions ?? { prefer: 'backup', overrides: {} });
@@ -172,7 +194,7 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
   const retainedByTarget = new Map(
     parseDomainDisks(backupXml)
       .filter((d) => d.device === 'disk' && d.type === 'file' && d.source)
-      .map((d) => [d.target, work.retainPath(retainedImageName(path.basename(d.source as string), work))]),
+      .map((d) => [d.target, retainedImagePath(path.basename(d.source as string), w)]),
   );
   const moves: { from: string; to: string; target: string }[] = [];
   const liveSources = new Set(liveXml ? parseDomainDisks(liveXml).flatMap((d) => (d.source ? [d.source] : [])) : []);
@@ -186,6 +208,10 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
     if (!(await sameFilesystem(path.dirname(d.source), work.retainDir))) {
       throw new BackupError(`${path.dirname(d.source)} is not on the retain filesystem; the move must be a rename`, ReturnCode.retainNotOnImageFilesystem);
     }
+    if (path.basename(d.source).endsWith(`.${work.leaf}`)) {
+      // Its live image would be moved aside under a name the restore's clean-up takes for a backup's file.
+      throw new BackupError(`disk ${d.target} has the file name ${path.basename(d.source)}, ending like the backup's files`, ReturnCode.unsafeDomainDefinition);
+    }
     if (asNew && (await exists(d.source))) throw new BackupError(`${d.source} exists; restore as new never overwrites a file`, ReturnCode.restoreTargetExists);
     if (!asNew && !liveSources.has(d.source) && (await exists(d.source))) {
       throw new BackupError(`${d.source} exists and is not a disk of ${vm.name}; a restore never overwrites another file`, ReturnCode.restoreTargetExists);
@@ -194,7 +220,7 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
     await assertSafeImageHeader(ctx.qemuImg, from, d.format ?? 'raw', ctx.imageRoots);
     moves.push({ from, to: d.source, target: d.target });
   }
-  const stateFile = work.retainPath(work.stateFileName);
+  const stateFile = w.unretained(work.stateFileName);
   const placeholder = await isPlaceholderState(stateFile);
   ctx.onProgress?.({ step: 'restore', vm: vm.name, leaf: ctx.leaf, message: `restoring ${target}${asNew ? ` as a new VM from ${vm.name}` : ''}` });
 
@@ -282,8 +308,9 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
   const live = parseDomainDisks(await virsh.dumpXml(target));
   const stale = live.find((d) => d.backingChain.some((b) => isBelow(ctx.settings.retainDirectory, b)));
   if (stale) throw new BackupError(`restored disk ${stale.target} still references retain`, ReturnCode.chainStillReferencesRetain);
-  await rm(work.retainDir, { recursive: true, force: true });
+  // The previous live images moved aside go too: the restore replaced them.
+  await removeRestoreWorkDir(work, settings.retainDirectory, { keepRollback: false, logger });
   const result = { executionTime: { restore: seconds(t0) } };
-  logger.info({ vm: vm.name, leaf: ctx.leaf, target, asNew, started, applied: decided.applied.length, ...result.executionTime }, 'restore done');
+  logger.info({ vm: vm.name, leaf: ctx.leaf, target, asNew, started, ldifFrom, applied: decided.applied.length, ...result.executionTime }, 'restore done');
   return result;
 }

@@ -1,4 +1,4 @@
-import { readFile, rename, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm } from 'node:fs/promises';
 import { assertNoSymlinkBelow, listRegularFiles } from './safeFs.js';
 import path from 'node:path';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
@@ -13,20 +13,25 @@ import { readManifest } from './retainStep.js';
 import { sparseCopy } from './sparseCopy.js';
 import { exists } from './durableFs.js';
 import { loadRestoreWork } from './restoreWork.js';
+import { PRIVATE_DIR_PREFIX } from './restoreWorkDir.js';
+import { checkDecisionLdif } from './restoreDecisionLdif.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 /**
  * unretainLargeFiles: copy the state file and the disk images into the
- * restore's retain directory (sparse-aware), each checked against the
+ * restore's retain directory as `<name>.<leaf>` (sparse-aware), each checked against the
  * backup's manifest (size, sha256) and every image with `qemu-img check`. A
  * mismatch fails with 38 (corrupt disk image) before anything live is touched.
  * Backups of the original implementation have no manifest: only the image
- * check applies to them.
+ * check applies to them. The web UI's decision (`<vm>.ldif`, see
+ * restoreDecisionLdif.ts) is checked first, so that a refused one costs no copy.
  */
 export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResult> {
   const { layout, logger, vm } = ctx;
   const t0 = performance.now();
-  const { work } = await loadRestoreWork(ctx);
+  const { work, request, unretained } = await loadRestoreWork(ctx);
+  const backupXml = await readFile(unretained(work.xmlFileName), 'utf8');
+  if (!request.decisions) await checkDecisionLdif(work, vm.dn, backupXml);
   const suffix = `.${layout.leaf}`;
   const small = new Set([layout.xmlFileName, layout.ldifFileName]);
   // Only regular files are copied: a symlink in the backup would have root copy whatever it names.
@@ -39,7 +44,7 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
   if (!names.includes(layout.stateFileName)) throw new BackupError(`the backup has no ${layout.stateFileName}${suffix}`, ReturnCode.missingNecessaryFiles);
   // The format each image is read in comes from the backup's definition, never from its header.
   const formats = new Map(
-    parseDomainDisks(await readFile(work.retainPath(work.xmlFileName), 'utf8'))
+    parseDomainDisks(backupXml)
       .filter((d) => d.type === 'file' && d.source !== undefined)
       .map((d) => [path.basename(d.source as string), d.format ?? 'raw']),
   );
@@ -58,22 +63,25 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
   };
   for (const name of names) {
     const source = layout.backupPath(name);
-    const dest = work.retainPath(name);
+    const dest = unretained(name);
     const partial = `${dest}.partial`;
     await rm(partial, { force: true });
     const listed = manifest?.files.find((f) => f.name === `${name}${suffix}`);
     if (manifest && !listed) await fail(`${name}${suffix} is not in the backup's manifest`);
     if (listed?.backing) {
       // An incremental image: its chain is checked member by member, then converted into one whole image.
+      // qemu-img follows a symlink where it creates its output: it works in a directory only root can enter.
+      const priv = await mkdtemp(path.join(work.retainDir, PRIVATE_DIR_PREFIX));
       try {
-        await materializeChain(ctx, { leaf: layout.leaf, name: listed.name }, partial, formats.get(name));
+        const out = path.join(priv, name);
+        await materializeChain(ctx, { leaf: layout.leaf, name: listed.name }, out, formats.get(name));
+        await rename(out, dest);
       } catch (err) {
-        await rm(partial, { force: true });
         await fail(`cannot restore ${name}${suffix} from its chain: ${errorMessage(err)}`, err);
+      } finally {
+        await rm(priv, { recursive: true, force: true });
       }
-      copied.push(partial);
-      await rename(partial, dest);
-      copied[copied.length - 1] = dest;
+      copied.push(dest);
       continue;
     }
     let result;

@@ -80,9 +80,9 @@ describe('the running VM a restore replaces', () => {
     const r = await runRestore({
       directory: w.directory, vm: (await w.directory.getVm(vm.name))!, leaf: l, policy, logger: w.logger, pollMs: 100,
       decide: async () => {
-        const work = (await readdir(vmRetain)).filter((d) => d !== leaf);
-        expect(work).toHaveLength(1);
-        await mkdir(path.join(vmRetain, work[0]!, `live-${path.basename(vm.disks[0]!.path)}`, 'blocker'), { recursive: true });
+        // The restore works in the leaf's own retain directory, as the original.
+        expect(await readdir(vmRetain)).toEqual([leaf]);
+        await mkdir(path.join(vmRetain, leaf, `live-${path.basename(vm.disks[0]!.path)}`, 'blocker'), { recursive: true });
         return { prefer: 'backup', overrides: {} };
       },
     });
