@@ -11,13 +11,16 @@ import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { exists } from './durableFs.js';
 import { mergeStep, mergeIntoLiveImages } from './mergeStep.js';
 import { retainStep } from './retainStep.js';
+import { recoverInterruptedRestore } from './restoreStep.js';
 import type { StepContext, StepResult } from './StepContext.js';
+import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
 
 /**
  * A daemon found one of its leaves in a working ("-ing") mode at start: it
  * died in the middle of the step. Bring the VM back onto an intact chain and
  * say how the step ends: merge and retain are idempotent and are simply
- * finished; an interrupted snapshot is rolled back or merged, and failed.
+ * finished; an interrupted snapshot is rolled back or merged, and failed; an
+ * interrupted restore is rolled back if it had not yet defined the decided VM.
  */
 export async function recoverInterruptedStep(ctx: StepContext, workingMode: string): Promise<StepResult> {
   switch (workingMode) {
@@ -34,8 +37,7 @@ export async function recoverInterruptedStep(ctx: StepContext, workingMode: stri
       // Nothing live was touched; the retain leftovers go when the restore is aborted or ends.
       throw new BackupError(`${workingMode} was interrupted by a daemon restart; nothing live was touched`, ReturnCode.interruptedByRestart);
     case 'restoring':
-      ctx.logger.error({ vm: ctx.vm.name, leaf: ctx.leaf }, 'a restore was interrupted by a daemon restart: the VM may be undefined or half restored; check it by hand (docs/restore-runbook.md)');
-      throw new BackupError('the restore was interrupted by a daemon restart; check the VM by hand', ReturnCode.interruptedByRestart);
+      return recoverInterruptedRestore(ctx);
     default:
       throw new BackupError(`no recovery for mode ${workingMode}`, ReturnCode.unknownMode);
   }
@@ -157,28 +159,6 @@ async function recoverMerge(ctx: StepContext): Promise<StepResult> {
 }
 
 /** Wait (bounded) until libvirt runs no job on the domain: a save or live snapshot outlives the process that asked for it. */
-async function waitForDomainJob(ctx: StepContext): Promise<void> {
-  const end = Date.now() + 30 * 60 * 1000;
-  let logged = false;
-  while (await ctx.virsh.domainJobActive(ctx.vm.name)) {
-    if (!logged) ctx.logger.warn({ vm: ctx.vm.name, leaf: ctx.leaf }, 'recovery: libvirt still runs a job on the VM; waiting for it to end');
-    logged = true;
-    if (Date.now() > end) throw new BackupError('recovery: a libvirt job on the VM did not end within 30 minutes', ReturnCode.cannotLockMachine);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}
-
-/** State files a snapshot was writing in its private directories (`.stoney-state-*`) below `parent`. */
-async function privateStateFiles(parent: string, fileName: string): Promise<string[]> {
-  const entries = await readdir(parent, { withFileTypes: true }).catch(() => []);
-  const found: string[] = [];
-  for (const e of entries) {
-    if (!e.isDirectory() || !e.name.startsWith('.stoney-state-')) continue;
-    const f = path.join(parent, e.name, fileName);
-    if (await exists(f)) found.push(f);
-  }
-  return found;
-}
 
 /** Remove a state file, and the private directory it was written in. */
 async function dropState(file: string): Promise<void> {

@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
@@ -18,6 +18,8 @@ import { removeRestoreWorkDir } from './restoreWorkDir.js';
 import { readDecisionLdif } from './restoreDecisionLdif.js';
 import type { LdifEntry } from '../domain/restore/ldifRecords.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
+import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
+import { faultPoint } from './faultPoint.js';
 
 /**
  * Undo the live part of a restore that failed before the decided VM was
@@ -106,6 +108,15 @@ function retainedImagePath(name: string, w: RestoreWork): string {
   return w.unretained(name);
 }
 
+/** Which retained image goes where: by target device, through the backup's XML. */
+function retainedImagesByTarget(backupXml: string, w: RestoreWork): Map<string, string> {
+  return new Map(
+    parseDomainDisks(backupXml)
+      .filter((d) => d.device === 'disk' && d.type === 'file' && d.source)
+      .map((d) => [d.target, retainedImagePath(path.basename(d.source as string), w)]),
+  );
+}
+
 /**
  * The directory subtree the restore writes and the backup's side for the
  * conflict engine: the backup's LDIF, unless a client of the original
@@ -190,12 +201,7 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
   await writeFileDurably(work.retainPath('decided.xml'), xml);
   await writeFileDurably(work.retainPath('decided.ldif'), formatLdif(ldif));
 
-  // Which retained image goes where: by target device, through the backup's XML.
-  const retainedByTarget = new Map(
-    parseDomainDisks(backupXml)
-      .filter((d) => d.device === 'disk' && d.type === 'file' && d.source)
-      .map((d) => [d.target, retainedImagePath(path.basename(d.source as string), w)]),
-  );
+  const retainedByTarget = retainedImagesByTarget(backupXml, w);
   const moves: { from: string; to: string; target: string }[] = [];
   const liveSources = new Set(liveXml ? parseDomainDisks(liveXml).flatMap((d) => (d.source ? [d.source] : [])) : []);
   for (const d of parseDomainDisks(xml)) {
@@ -244,6 +250,7 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
       logger.info({ vm: vm.name, how: stopped.how, stopSeconds: stopped.seconds }, 'VM stopped for the restore');
       await virsh.undefine(vm.name);
       undefinedLive = true;
+      faultPoint('restore:after-undefine');
     }
     for (const m of moves) {
       try {
@@ -254,6 +261,7 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
         }
         await rename(m.from, m.to);
         placed.push(m);
+        faultPoint('restore:after-move');
         await chownByName(m.to, settings.image.owner, settings.image.group, logger);
         await chmodNoFollow(m.to, settings.image.mode);
       } catch (err) {
@@ -314,3 +322,61 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
   logger.info({ vm: vm.name, leaf: ctx.leaf, target, asNew, started, ldifFrom, applied: decided.applied.length, ...result.executionTime }, 'restore done');
   return result;
 }
+
+/**
+ * A daemon died in `restoring` (an in-place restore). From the work
+ * directory and libvirt, work out how far it came. Before the decided VM
+ * was defined everything can still be undone, as a failing restore would:
+ * the images it had moved go back to the work directory, the live images
+ * moved aside go back in place, the live definition is defined again and the
+ * VM resumed from the state the restore saved it in. After the define
+ * (every image in place, the domain defined) there is no way back, and it is
+ * left to a human as before. Either way the step fails with 50.
+ */
+export async function recoverInterruptedRestore(ctx: StepContext): Promise<never> {
+  const { vm, virsh, logger } = ctx;
+  const human = (why: string): never => {
+    logger.error({ vm: vm.name, leaf: ctx.leaf }, `${why}; check the VM by hand (docs/restore-runbook.md)`);
+    throw new BackupError(`the restore was interrupted by a daemon restart: ${why}; check the VM by hand`, ReturnCode.interruptedByRestart);
+  };
+  const w = await loadRestoreWork(ctx);
+  const { work } = w;
+  if (w.asNew) return human(`it was restoring a copy as ${w.target}; the original VM was not touched`);
+  const decidedXmlFile = work.retainPath('decided.xml');
+  if (!(await exists(decidedXmlFile))) {
+    throw new BackupError('the restore was interrupted by a daemon restart before it touched the live VM', ReturnCode.interruptedByRestart);
+  }
+  // A save of the VM our dead process asked for may still run in libvirtd.
+  if (await virsh.domainExists(vm.name)) await waitForDomainJob(ctx);
+  const backupXml = await readFile(w.unretained(work.xmlFileName), 'utf8');
+  const retainedByTarget = retainedImagesByTarget(backupXml, w);
+  const moves = parseDomainDisks(await readFile(decidedXmlFile, 'utf8')).flatMap((d) => {
+    const from = d.device === 'disk' && d.type === 'file' && d.source ? retainedByTarget.get(d.target) : undefined;
+    return from ? [{ from, to: d.source as string }] : [];
+  });
+  const placed: { from: string; to: string }[] = [];
+  for (const m of moves) if (!(await exists(m.from)) && (await exists(m.to))) placed.push(m);
+  const liveXmlFile = work.retainPath('live.xml');
+  const liveSources = (await exists(liveXmlFile)) ? parseDomainDisks(await readFile(liveXmlFile, 'utf8')).flatMap((d) => (d.source ? [d.source] : [])) : [];
+  const asides: { dest: string; aside: string }[] = [];
+  for (const dest of liveSources) {
+    const aside = work.retainPath(`live-${path.basename(dest)}`);
+    if (await exists(aside)) asides.push({ dest, aside });
+  }
+  // Images are moved only after the live VM was undefined: a defined VM with images moved is the decided one.
+  const defined = await virsh.domainExists(vm.name);
+  if (defined && placed.length > 0) return human('the decided VM had been defined already (no way back)');
+  // The live state — renamed into place, or still in the private directory it was written in — is
+  // resumed unless the VM still runs (the restore died before its save completed).
+  let liveStateFile: string | undefined;
+  if (!defined || (await virsh.domState(vm.name)) === 'shut off') {
+    for (const f of [work.retainPath('live.state'), ...(await privateStateFiles(work.retainDir, 'live.state'))]) {
+      if (!liveStateFile && (await exists(f))) liveStateFile = f;
+    }
+  }
+  logger.warn({ vm: vm.name, leaf: ctx.leaf, defined, placed: placed.length, asides: asides.length, liveState: liveStateFile ?? null }, 'recovery: rolling back a restore a daemon restart interrupted');
+  await rollBack(ctx, { placed, asides, undefinedLive: !defined, liveXmlFile, liveStateFile, wasRunning: liveStateFile !== undefined, asNew: false, target: vm.name });
+  if (liveStateFile && path.dirname(liveStateFile) !== work.retainDir) await rmdir(path.dirname(liveStateFile)).catch(() => undefined);
+  throw new BackupError(`the restore was interrupted by a daemon restart before the decided VM was defined; rolled back: ${vm.name} is back on its previous images and definition`, ReturnCode.interruptedByRestart);
+}
+
