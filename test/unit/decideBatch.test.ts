@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { batchDone, decideBatch, defaultBatchPolicy, type BatchPolicy, type ModeWrite } from '../../src/control/decideBatch.js';
 import type { LeafEntry } from '../../src/directory/types.js';
 import { nodeClaim, nodeReport } from '../../workflows/backupMachine.js';
+import { briefWrites, leafEntry } from '../helpers/leafEntries.js';
 
 const LEAF = '20240301T020000Z';
 const T0 = new Date('2024-03-01T02:00:00Z');
@@ -12,23 +13,10 @@ function dnOf(vm: string): string {
 }
 
 function leaf(vm: string, mode: string, over: Partial<LeafEntry> = {}): LeafEntry {
-  return {
-    dn: dnOf(vm),
-    vm,
-    leaf: LEAF,
-    mode,
-    state: '0',
-    returnValue: undefined,
-    executionTime: {},
-    modifiedAt: T0,
-    ...over,
-  };
+  return leafEntry(vm, LEAF, mode, T0, over);
 }
 
-/** The writes as (vm, from → to, state, returnValue), easier to compare than whole objects. */
-function brief(writes: ModeWrite[]): string[] {
-  return writes.map((w) => `${w.vm}: ${w.expected} → ${w.next} (${w.state}${w.returnValue === undefined ? '' : `, ${w.returnValue}`})`);
-}
+const brief = briefWrites;
 
 const later = (ms: number) => new Date(T0.getTime() + ms);
 

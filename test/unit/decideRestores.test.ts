@@ -1,30 +1,19 @@
 import { describe, expect, it } from 'vitest';
 import { decideRestores, restoreAwaitsControl, FAILED_RESTORE_GRACE_MS, DEFAULT_RESTORE_DECISION_TIMEOUT_MS } from '../../src/control/decideRestores.js';
-import { leafActive, type BatchPolicy, type ModeWrite } from '../../src/control/decideBatch.js';
+import { leafActive, type BatchPolicy } from '../../src/control/decideBatch.js';
 import type { LeafEntry } from '../../src/directory/types.js';
 import { nextRestoreMode } from '../../workflows/restoreMachine.js';
+import { briefWrites, leafEntry } from '../helpers/leafEntries.js';
 
 const LEAF = '20240301T020000Z';
 const T0 = new Date('2024-03-02T10:00:00Z');
 const policy: BatchPolicy = { mergeConcurrency: 1, claimTimeoutMs: 60_000, stepTimeoutMs: 3_600_000 };
 
 function leaf(vm: string, mode: string, over: Partial<LeafEntry> = {}): LeafEntry {
-  return {
-    dn: `ou=${LEAF},ou=backup,sstVirtualMachine=${vm},ou=virtual machines,ou=virtualization,ou=services,o=test`,
-    vm,
-    leaf: LEAF,
-    mode,
-    state: '0',
-    returnValue: 0,
-    executionTime: {},
-    modifiedAt: T0,
-    ...over,
-  };
+  return leafEntry(vm, LEAF, mode, T0, { returnValue: 0, ...over });
 }
 
-function brief(writes: ModeWrite[]): string[] {
-  return writes.map((w) => `${w.vm}: ${w.expected} → ${w.next} (${w.state}${w.returnValue === undefined ? '' : `, ${w.returnValue}`})`);
-}
+const brief = briefWrites;
 
 const later = (ms: number) => new Date(T0.getTime() + ms);
 
