@@ -5,7 +5,8 @@ import type { BackupLayout } from '../domain/layout.js';
 import { attributeValues, parseLdif, type LdifEntry } from '../domain/restore/ldifRecords.js';
 import { isBackupSubtree, relKey, rdnsBelow } from '../domain/restore/vmSubtree.js';
 import { openRegularForRead } from './safeFs.js';
-import { checkConsistency } from '../domain/restore/restoreConflicts.js';
+import type { RestoreInputs } from '../domain/restore/restoreConflicts.js';
+import { applyDecisionFile } from '../domain/restore/decisionFile.js';
 
 /** A VM's subtree is a handful of entries: anything near this size is not one. */
 export const DECISION_LDIF_MAX_BYTES = 1024 * 1024;
@@ -73,14 +74,12 @@ function checkVmSubtreeOnly(file: string, vmDn: string, entries: readonly LdifEn
 }
 
 /**
- * The decision, when there is one, checked as the restore will check it
- * against the backup's domain (memory, vCPUs, disks, MACs: 33), so that a
- * refused decision costs no copy of the large files.
+ * The decision, when there is one, decided as the restore will decide it
+ * (applyDecisionFile: linked facts follow the side the file took; 33 when it
+ * still contradicts the domain), so that a refused one costs no copy of the
+ * large files.
  */
-export async function checkDecisionLdif(work: BackupLayout, vmDn: string, backupXml: string): Promise<void> {
-  const decided = await readDecisionLdif(work, vmDn);
-  const problems = decided ? checkConsistency(vmDn, decided, backupXml) : [];
-  if (problems.length > 0) {
-    throw new BackupError(`the decision ${work.retainPath(work.ldifFileName)} contradicts the backup's domain definition, which a restore takes: ${problems.join('; ')}`, ReturnCode.backendXmlInconsistency);
-  }
+export async function checkDecisionLdif(work: BackupLayout, inputs: RestoreInputs): Promise<void> {
+  const decided = await readDecisionLdif(work, inputs.vmDn);
+  if (decided) applyDecisionFile(inputs, decided);
 }

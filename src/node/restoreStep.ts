@@ -4,7 +4,8 @@ import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { formatLdif, parseLdif } from '../domain/restore/ldifRecords.js';
-import { applyDecisions, randomMac, renameForRestoreAs } from '../domain/restore/restoreConflicts.js';
+import { applyDecisions, randomMac, renameForRestoreAs, type RestoreInputs } from '../domain/restore/restoreConflicts.js';
+import { applyDecisionFile } from '../domain/restore/decisionFile.js';
 import { parseDomainDisks, stripBackingStores } from '../hypervisor/domainXml.js';
 import { allowlistedDomainXml } from '../domain/restore/domainAllowlist.js';
 import { assertSafeName } from '../domain/names.js';
@@ -117,19 +118,13 @@ function retainedImagesByTarget(backupXml: string, w: RestoreWork): Map<string, 
   );
 }
 
-/**
- * The directory subtree the restore writes and the backup's side for the
- * conflict engine: the backup's LDIF, unless a client of the original
- * protocol (the web UI) left its decision `<vm>.ldif` in the work directory
- * and the request carries no decisions of this project's clients. The
- * decision file is then the "backup" side, taken whole for the directory;
- * the domain is the backup's.
- */
-async function decidedLdifSource(ctx: StepContext, w: RestoreWork): Promise<{ ldif: LdifEntry[]; from: 'backup' | 'decision file' }> {
+/** Both sides of a restore: the backup's LDIF and XML, the live VM's (none for a restore as a new VM). */
+export async function restoreInputs(ctx: StepContext, w: RestoreWork, backupXml: string): Promise<RestoreInputs> {
+  const { vm, directory, virsh } = ctx;
   const backupLdif = parseLdif(await readFile(w.unretained(w.work.ldifFileName), 'utf8'));
-  if (w.request.decisions) return { ldif: backupLdif, from: 'backup' };
-  const decided = await readDecisionLdif(w.work, ctx.vm.dn);
-  return decided ? { ldif: decided, from: 'decision file' } : { ldif: backupLdif, from: 'backup' };
+  const liveLdif = !w.asNew && (await directory.getVm(vm.name)) ? parseLdif(await directory.exportVmLdif(vm.name)) : undefined;
+  const liveXml = !w.asNew && (await virsh.domainExists(vm.name)) ? await virsh.dumpXml(vm.name, { inactive: true }) : undefined;
+  return { vmDn: vm.dn, backupLdif, liveLdif, backupXml, liveXml };
 }
 
 /**
@@ -180,10 +175,12 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
 
   // --- Decide (pure) and check, touching nothing.
   const backupXml = await readFile(w.unretained(work.xmlFileName), 'utf8');
-  const { ldif: backupLdif, from: ldifFrom } = await decidedLdifSource(ctx, w);
-  const liveLdif = !asNew && (await directory.getVm(vm.name)) ? parseLdif(await directory.exportVmLdif(vm.name)) : undefined;
-  const liveXml = !asNew && (await virsh.domainExists(vm.name)) ? await virsh.dumpXml(vm.name, { inactive: true }) : undefined;
-  const decided = applyDecisions({ vmDn: vm.dn, backupLdif, liveLdif, backupXml, liveXml }, request.decisions ?? { prefer: 'backup', overrides: {} });
+  const inputs = await restoreInputs(ctx, w, backupXml);
+  const { liveXml } = inputs;
+  // The request's decisions (the CLI), else the web UI's decision file, else the backup.
+  const file = request.decisions ? undefined : await readDecisionLdif(work, vm.dn);
+  const ldifFrom = file ? 'decision file' : 'backup';
+  const decided = file ? applyDecisionFile(inputs, file) : applyDecisions(inputs, request.decisions ?? { prefer: 'backup', overrides: {} });
   let { ldif, xml } = decided;
   if (asNew) {
     if (await directory.getVm(target)) throw new BackupError(`a VM ${target} exists in the directory already`, ReturnCode.restoreTargetExists);

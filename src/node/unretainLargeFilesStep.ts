@@ -15,6 +15,7 @@ import { exists } from './durableFs.js';
 import { loadRestoreWork } from './restoreWork.js';
 import { PRIVATE_DIR_PREFIX } from './restoreWorkDir.js';
 import { checkDecisionLdif } from './restoreDecisionLdif.js';
+import { restoreInputs } from './restoreStep.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 /**
@@ -29,9 +30,10 @@ import { seconds, type StepContext, type StepResult } from './StepContext.js';
 export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResult> {
   const { layout, logger, vm } = ctx;
   const t0 = performance.now();
-  const { work, request, unretained } = await loadRestoreWork(ctx);
+  const w = await loadRestoreWork(ctx);
+  const { work, request, unretained } = w;
   const backupXml = await readFile(unretained(work.xmlFileName), 'utf8');
-  if (!request.decisions) await checkDecisionLdif(work, vm.dn, backupXml);
+  if (!request.decisions) await checkDecisionLdif(work, await restoreInputs(ctx, w, backupXml));
   const suffix = `.${layout.leaf}`;
   const small = new Set([layout.xmlFileName, layout.ldifFileName]);
   // Only regular files are copied: a symlink in the backup would have root copy whatever it names.

@@ -102,8 +102,8 @@ describe('a restore started and decided by the original web UI', () => {
   });
 });
 
-describe('a decision file whose memory contradicts the backup\'s domain', () => {
-  it('is refused with 33 before the large files are copied (the domain is always the backup\'s), nothing live changed', async () => {
+describe('a decision file with a memory of neither the backup nor the live VM', () => {
+  it('is refused with 33 before the large files are copied (no domain can match it), nothing live changed', async () => {
     const { vm, leaf } = await backedUp('wuim', '20261125T010150Z');
     const before = { tree: await subtree(vm.name), definition: await virsh.dumpXml(vm.name, { inactive: true }) };
     const dir = await smallFilesUnretained(vm.name, leaf);

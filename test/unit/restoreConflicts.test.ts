@@ -17,6 +17,7 @@ import {
   type RestoreDecisions,
   type RestoreInputs,
 } from '../../src/domain/restore/restoreConflicts.js';
+import { applyDecisionFile } from '../../src/domain/restore/decisionFile.js';
 
 function fixture(name: string): string {
   return readFileSync(new URL(`../fixtures/${name}`, import.meta.url), 'utf8');
@@ -481,6 +482,33 @@ describe('decisionsFrom (the decisions of a restore request)', () => {
       expect(err.code, json).toBe(39);
       expect(err.message, json).toMatch(msg);
     }
+  });
+});
+
+describe('applyDecisionFile (the original web UI\'s decision: a whole LDIF of the VM)', () => {
+  it('a file holding the live memory takes it in the directory and the domain (linked facts follow), a cold boot', () => {
+    const file = edit(BACKUP_LDIF, '', 'sstMemory', ['67108864']);
+    const decided = applyDecisionFile(memoryChangedLive(), file);
+    expect(domainFacts(decided.xml)).toMatchObject({ memoryKiB: 65536 });
+    expect(attributeValues(decided.ldif.find((e) => e.dn === VM_DN)!, 'sstMemory')).toEqual(['67108864']);
+    expect(decided.applied).toEqual([{ id: 'memory', side: 'live' }]);
+    expect(decided.stateCompatible).toBe(false);
+  });
+
+  it('a file holding the backup\'s values takes the backup; its edits of attributes without a linked fact are written as they are', () => {
+    const file = edit(BACKUP_LDIF, '', 'description', ['edited in the web UI']);
+    const decided = applyDecisionFile(memoryChangedLive(), file);
+    expect(decided.xml).toBe(XML);
+    expect(decided.applied).toEqual([{ id: 'memory', side: 'backup' }]);
+    expect(attributeValues(decided.ldif.find((e) => e.dn === VM_DN)!, 'description')).toEqual(['edited in the web UI']);
+    expect(decided.stateCompatible).toBe(true);
+  });
+
+  it('a linked value of neither side is refused with 33', () => {
+    const file = edit(BACKUP_LDIF, '', 'sstMemory', ['134217728']);
+    const err = thrown(() => applyDecisionFile(memoryChangedLive(), file));
+    expect(err.code).toBe(33);
+    expect(err.message).toMatch(/memory: sstMemory 134217728 bytes but the XML has 32768 KiB/);
   });
 });
 
