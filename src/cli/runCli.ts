@@ -16,8 +16,9 @@ import { restoreCommand } from './commands/restoreCommand.js';
 import { deleteCommand } from './commands/deleteCommand.js';
 import { checkCommand } from './commands/checkCommand.js';
 import { verifyCommand } from './commands/verifyCommand.js';
+import { unblockCommand } from './commands/unblockCommand.js';
 
-export const commands: Command[] = [backupCommand, restoreCommand, deleteCommand, listCommand, verifyCommand, statusCommand, checkCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
+export const commands: Command[] = [backupCommand, restoreCommand, deleteCommand, listCommand, verifyCommand, statusCommand, unblockCommand, checkCommand, excludeCommand, includeCommand, kvmbackupCommand, nodeCommand, controlCommand];
 
 function mainHelp(): string {
   return `stoney-backup — back up KVM virtual machines of a stoney cloud through its OpenLDAP directory

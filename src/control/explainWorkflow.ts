@@ -38,5 +38,5 @@ export function explainWorkflow(l: LeafEntry, others: readonly LeafEntry[], node
     const before = others.find((o) => o.leaf !== l.leaf && leafActive(o) && (!['initialize', 'initialized'].includes(o.mode) || o.leaf < l.leaf));
     if (before) return `waits for the VM's workflow on ${before.leaf} (${before.mode}) to end: one workflow per VM`;
   }
-  return 'waits for the control side (the control daemon, or the `backup`/`kvmbackup` run that started it — an interrupted `kvmbackup` resumes it on its next run)';
+  return `waits for the control side (the control daemon, or the \`backup\`/\`kvmbackup\` run that started it — an interrupted \`kvmbackup\` resumes it on its next run; \`stoney-backup unblock ${l.vm}\` drives it on now)`;
 }

@@ -15,7 +15,7 @@ import { rm } from 'node:fs/promises';
 import { STORAGE_POOL, type World } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { ldapModify } from '../helpers/slapd.js';
-import { guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
+import { backingFileOf, guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
 import { ControlDaemon, type ControlDaemonOptions } from '../../src/control/ControlDaemon.js';
 import { ControlLease } from '../../src/control/ControlLease.js';
 import { LdapLeaseStore } from '../../src/directory/LdapLeaseStore.js';
@@ -152,5 +152,28 @@ describe('a restore started by another directory client (the original web UI)', 
     await withControlDaemon(async () => {
       await w.waitForMode(tiny.name, leaf, ['finished'], 10_000);
     }, { localNowMs: () => Date.now() + ahead, policy: { ...defaultBatchPolicy, restoreDecisionTimeoutMs: 3600_000 } });
+  });
+
+  it('unblock drives on a backup its killed driver left at a control-side mode', async () => {
+    const tiny = await w.addVm('unblk', { running: true, pattern: A });
+    const cli = (args: string[]) => execa('node', [CLI, ...args], { env: { ...process.env, ...w.cliEnv() }, reject: false });
+    // `backup` drives the control side; killed once the node works on the VM, it leaves the leaf behind.
+    const child = execa('node', [CLI, 'backup', tiny.name], { env: { ...process.env, ...w.cliEnv() }, reject: false });
+    await w.waitFor(async () => (await w.directory.listLeaves(tiny.name)).some((l) => ['snapshotting', 'snapshotted', 'merge', 'merging'].includes(l.mode)), 60_000);
+    child.kill('SIGKILL');
+    await child;
+    const [leaf] = await w.directory.listLeaves(tiny.name);
+    // Once the node finished what it had claimed, nothing moves the leaf any more.
+    const stuck = await w.waitForMode(tiny.name, leaf!.leaf, ['snapshotted', 'merged', 'retained'], 60_000);
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect((await w.leaf(tiny.name, leaf!.leaf)).mode).toBe(stuck.mode);
+    const dry = await cli(['unblock', tiny.name, '--dry-run']);
+    expect({ code: dry.exitCode, out: dry.stdout }).toEqual({ code: 0, out: `${tiny.name} ${leaf!.leaf} (${stuck.mode}): drive the backup on to its end — dry run` });
+    const r = await cli(['unblock', tiny.name]);
+    expect({ code: r.exitCode, out: r.stdout }).toEqual({ code: 0, out: `${tiny.name} ${leaf!.leaf} (${stuck.mode}): drive the backup on to its end — now finished` });
+    expect((await w.leaf(tiny.name, leaf!.leaf)).returnValue).toBe(0);
+    expect(await backingFileOf(tiny.disks[0]!.path)).toBeUndefined();
+    const again = await cli(['unblock', tiny.name]);
+    expect({ code: again.exitCode, out: again.stdout }).toEqual({ code: 0, out: `${tiny.name}: nothing holds its backups up` });
   });
 });
