@@ -1,4 +1,4 @@
-import { lstat, open, rename, rm, stat, statfs, mkdir } from 'node:fs/promises';
+import { lstat, open, rename, rm, stat, mkdir } from 'node:fs/promises';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { createExclusive } from './safeFs.js';
@@ -52,11 +52,6 @@ export async function exists(p: string): Promise<boolean> {
 export async function sameFilesystem(a: string, b: string): Promise<boolean> {
   const [sa, sb] = await Promise.all([stat(a), stat(b)]);
   return sa.dev === sb.dev;
-}
-
-export async function freeBytes(dir: string): Promise<number> {
-  const s = await statfs(dir);
-  return s.bavail * s.bsize;
 }
 
 /**

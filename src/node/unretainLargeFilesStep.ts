@@ -14,6 +14,7 @@ import { sparseCopy } from './sparseCopy.js';
 import { exists } from './durableFs.js';
 import { loadRestoreWork } from './restoreWork.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
+import { requireRoomToUnretain } from './unretainSpace.js';
 
 /**
  * unretainLargeFiles: copy the state file and the disk images into the
@@ -26,6 +27,7 @@ import { seconds, type StepContext, type StepResult } from './StepContext.js';
 export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResult> {
   const { layout, logger, vm } = ctx;
   const t0 = performance.now();
+  await requireRoomToUnretain(ctx);
   const { work } = await loadRestoreWork(ctx);
   const suffix = `.${layout.leaf}`;
   const small = new Set([layout.xmlFileName, layout.ldifFileName]);

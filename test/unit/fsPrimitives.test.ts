@@ -4,8 +4,9 @@ import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/p
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { exists, freeBytes, mkdirp, moveFile, sameFilesystem, syncDir, writeFileDurably } from '../../src/node/durableFs.js';
+import { exists, mkdirp, moveFile, sameFilesystem, syncDir, writeFileDurably } from '../../src/node/durableFs.js';
 import { fileSha256, sparseCopy } from '../../src/node/sparseCopy.js';
+import { freeSpaceOf } from '../../src/node/freeSpace.js';
 
 const MiB = 1024 * 1024;
 
@@ -272,8 +273,9 @@ describe('small helpers', () => {
     expect(await sameFilesystem(dir, d)).toBe(true);
   });
 
-  it('freeBytes reports a positive amount', async () => {
-    expect(await freeBytes(dir)).toBeGreaterThan(0);
+  it('freeSpaceOf reports a positive amount, also for a directory not made yet', async () => {
+    expect(await freeSpaceOf(dir)).toBeGreaterThan(0);
+    expect(await freeSpaceOf(path.join(dir, 'not', 'yet'))).toBeGreaterThan(0);
   });
 
   it('mkdirp creates nested directories with the mode and accepts existing ones', async () => {
