@@ -68,8 +68,13 @@ export async function moveFile(src: string, dst: string, onProgress?: (done: num
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
     const partial = `${dst}.partial`;
     await rm(partial, { force: true });
-    await sparseCopy(src, partial, onProgress);
-    await rename(partial, dst);
+    try {
+      await sparseCopy(src, partial, onProgress);
+      await rename(partial, dst);
+    } catch (copyErr) {
+      await rm(partial, { force: true });
+      throw copyErr;
+    }
     await rm(src);
   }
   await syncDir(path.dirname(dst));

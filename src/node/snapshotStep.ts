@@ -11,6 +11,7 @@ import { mergeIntoLiveImages } from './mergeStep.js';
 import { keepInBackup } from './keepInBackup.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { chooseStateDirectory, requireFreeSpace } from './freeSpace.js';
+import { removeOrphanedRetainDirs } from './orphanedRetain.js';
 import { selectBackupDisks, type BackupDisk } from './backupDisks.js';
 import { exists, moveFile, sameFilesystem, syncDir, writeFileDurably } from './durableFs.js';
 import { assertNoSymlinkBelow, chmodNoFollow, createPrivateStateFile, mkdirBelow } from './safeFs.js';
@@ -55,6 +56,8 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       );
     }
   }
+  // Retain directories of deleted leaves go first: the room they free counts below.
+  await removeOrphanedRetainDirs(ctx);
   const runs = runState === 'running' || runState === 'paused' || runState === 'blocked' || runState === 'idle';
   const stateDir = runs ? await requireRoomForState(ctx, parseDomainMemoryBytes(liveXml)) : undefined;
   try {

@@ -1,14 +1,18 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdir, readdir, rm } from 'node:fs/promises';
+import { closeSync, openSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { World } from '../helpers/world.js';
-import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
+import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
+import { NodeDaemon } from '../../src/node/NodeDaemon.js';
+import type { StepProgress } from '../../src/node/StepContext.js';
 import { backingFileOf, guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { runRestore } from '../../src/control/runRestore.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { ReturnCode } from '../../src/domain/returnCodes.js';
+import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 
 /**
  * Room is checked before a step writes (codes 4 and 47 of the original):
@@ -20,7 +24,32 @@ const B = 0xcd;
 const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 
 let w: World;
-useWorldWithNodeDaemon((x) => (w = x));
+let daemon: NodeDaemon | undefined;
+/** Called at each progress report of a node step: lets a test act at an exact point of a copy. */
+let onProgress: ((p: StepProgress) => void) | undefined;
+beforeAll(async () => {
+  w = await World.start();
+  const feed = new PollingChangeFeed(w.directory, { node: w.nodeName }, { intervalMs: 150, logger: w.logger });
+  daemon = new NodeDaemon({ ...w.nodeDaemonOptions(feed), onProgress: (p) => onProgress?.(p) });
+  await daemon.start();
+});
+afterAll(async () => {
+  await daemon?.stop();
+  await w?.cleanup();
+});
+
+/** Write zeros to a new file in `dir` until its filesystem is full. */
+function fillUp(dir: string): void {
+  const fd = openSync(path.join(dir, 'filler'), 'wx');
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  try {
+    for (;;) writeSync(fd, chunk);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /** Mount a tmpfs of `size` at `dir` for the duration of `body`. */
 async function withSmallFilesystem<T>(dir: string, size: string, body: () => Promise<T>): Promise<T> {
@@ -72,5 +101,65 @@ describe('a retain filesystem without room for a restore', () => {
     expect({ outcome: r.outcome, failedAt: r.failedAt }).toEqual({ outcome: 'failed', failedAt: { mode: 'unretainedLargeFiles', returnValue: ReturnCode.notEnoughDiskSpace } });
     expect(await virsh.domState(vm.name)).toBe('running');
     expect(await guestReadMatches(vm.name, 'vda', B, '2M', '1M')).toBe(true);
+  });
+});
+
+describe('a backup filesystem that fills up during retain', () => {
+  it('fails with 47 and removes what retain copied; the next backup after the leaf is deleted (kvmbackup --force) removes its retain directory', async () => {
+    const vm = await w.addVm('midfull', { running: false, pattern: A });
+    const leaf = '20261122T042000Z';
+    const layout = w.layoutOf(vm.name, leaf);
+    const vmBackupDir = path.dirname(layout.backupDir);
+    const done = await withSmallFilesystem(vmBackupDir, '8m', async () => {
+      // Someone else fills the filesystem when retain has copied the image and the LDIF, and starts on the state file.
+      onProgress = (p) => {
+        if (p.step === 'retain' && p.vm === vm.name && p.message.includes('.state')) {
+          onProgress = undefined;
+          fillUp(vmBackupDir);
+        }
+      };
+      try {
+        const [d] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger });
+        expect(await readdir(vmBackupDir)).toEqual(['filler']);
+        return d;
+      } finally {
+        onProgress = undefined;
+      }
+    });
+    expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'retained', rv: ReturnCode.notEnoughDiskSpace });
+    // The leaf still exists, so its retain directory stays for a retain issued again.
+    expect((await readdir(layout.retainDir)).sort()).toEqual([`${vm.name}.ldif`, `${vm.name}.state`, `${vm.name}.xml`, path.basename(vm.disks[0]!.path)].sort());
+    expect(await virsh.domState(vm.name)).toBe('shut off');
+    expect(await backingFileOf(vm.disks[0]!.path)).toBeUndefined();
+
+    // kvmbackup --force: the failed leaf is deleted, a new backup runs.
+    await w.directory.deleteLeaf(done!.dn);
+    const next = '20261123T042000Z';
+    const [again] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf: next, policy, logger: w.logger });
+    expect({ mode: again?.mode, rv: again?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    expect(await readdir(path.dirname(layout.retainDir))).toEqual([]);
+    expect(await readdir(vmBackupDir)).toEqual([next]);
+  });
+
+  it('a deleted leaf whose retain directory the VM still runs on keeps it', async () => {
+    const vm = await w.addVm('inuse', { running: true, pattern: A });
+    const leaf = '20261122T043000Z';
+    expect(await w.directory.createLeaf(vm.name, leaf)).toBe(true);
+    const dn = (await w.leaf(vm.name, leaf)).dn;
+    expect(await w.directory.casMode(dn, 'initialize', 'initialized', { state: '20261122T000000Z' })).toBe(true);
+    expect(await w.directory.casMode(dn, 'initialized', 'snapshot', { state: '0' })).toBe(true);
+    expect((await w.waitForMode(vm.name, leaf, ['snapshotted'])).returnValue).toBe(0);
+    const retained = w.layoutOf(vm.name, leaf).retainDir;
+    // The live method: the guest now writes to an overlay in that retain directory.
+    const liveSource = async () => parseDomainDisks(await virsh.dumpXml(vm.name))[0]?.source;
+    const sourceBefore = await liveSource();
+    expect(path.dirname(sourceBefore!)).toBe(retained);
+    const filesBefore = (await readdir(retained)).sort();
+    await w.directory.deleteLeaf(dn);
+    const [next] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf: '20261123T043000Z', policy, logger: w.logger });
+    expect(next?.returnValue).toBe(ReturnCode.chainStillReferencesRetain);
+    expect((await readdir(retained)).sort()).toEqual(filesBefore);
+    expect(await liveSource()).toBe(sourceBefore);
+    expect(await virsh.domState(vm.name)).toBe('running');
   });
 });
