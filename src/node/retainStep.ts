@@ -3,6 +3,7 @@ import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { isLeafName } from '../domain/leafName.js';
+import { NodeStepModes } from '../domain/modes.js';
 import { selectBackupDirsToPrune } from '../domain/retention.js';
 import { KEPT_RECORD_SUFFIX, LIVE_OVERLAY_SUFFIX, MANIFEST_NAME, type BackupLayout } from '../domain/layout.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
@@ -124,10 +125,28 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   } catch (err) {
     throw new BackupError(`backup complete, but ${layout.retainDir} could not be removed: ${errorMessage(err)}`, ReturnCode.notAllFilesDeletedFromRetain, { cause: err });
   }
-  const pruned = await pruneBackupDirectories(ctx);
+  const pruned = (await stillOwnsStep(ctx)) ? await pruneBackupDirectories(ctx) : [];
   const result = { executionTime: { retain: seconds(t0) } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, files: files.length, bytes: total, pruned, ...result.executionTime }, 'retain done');
   return result;
+}
+
+/**
+ * Pruning removes other backups: only a node that still owns the step does
+ * it. The control side may have timed the step out meanwhile (a copy of
+ * many hours) and moved the leaf on; the backup made here stays, the prune
+ * waits for the next retain. A directory that cannot be asked counts as lost
+ * ownership too: a complete backup is not failed for a prune.
+ */
+async function stillOwnsStep(ctx: StepContext): Promise<boolean> {
+  const working = NodeStepModes.retain.working;
+  const leaf = await ctx.directory.getLeaf(ctx.leafDn).catch((err: unknown) => {
+    ctx.logger.warn({ vm: ctx.vm.name, leaf: ctx.leaf, err: errorMessage(err) }, 'cannot read the leaf before pruning');
+    return undefined;
+  });
+  if (leaf?.mode === working) return true;
+  ctx.logger.warn({ vm: ctx.vm.name, leaf: ctx.leaf, mode: leaf?.mode, returnValue: leaf?.returnValue }, `the leaf is no longer ${working} (the control side moved it on?): old backups are not pruned`);
+  return false;
 }
 
 /** What a retained file is, for its mode in the backup directory. */

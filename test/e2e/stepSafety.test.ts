@@ -3,7 +3,9 @@ import { mkdir, readdir, rm } from 'node:fs/promises';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { World } from '../helpers/world.js';
+import { World, vmDn } from '../helpers/world.js';
+import { ldapToolArgs } from '../helpers/slapd.js';
+import { protocolTimestamp } from '../../src/domain/leafName.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import type { StepProgress } from '../../src/node/StepContext.js';
@@ -15,9 +17,11 @@ import { ReturnCode } from '../../src/domain/returnCodes.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 
 /**
+ * Node steps that cannot finish leave nothing behind and destroy nothing.
  * Room is checked before a step writes (codes 4 and 47 of the original):
  * filesystems too small for the job are tmpfs mounts of a few hundred KiB
- * put exactly where the step would write.
+ * put exactly where the step would write. A node that lost its step to the
+ * control side prunes nothing.
  */
 const A = 0xab;
 const B = 0xcd;
@@ -161,5 +165,37 @@ describe('a backup filesystem that fills up during retain', () => {
     expect((await readdir(retained)).sort()).toEqual(filesBefore);
     expect(await liveSource()).toBe(sourceBefore);
     expect(await virsh.domState(vm.name)).toBe('running');
+  });
+});
+
+describe('a retain the control side timed out meanwhile', () => {
+  it('keeps the backup it made but prunes no older one', async () => {
+    const vm = await w.addVm('lostowner', { running: false, pattern: A, backupAttributes: ['sstBackupNumberOfIterations: 1'] });
+    const older = '20261122T044000Z';
+    const leaf = '20261123T044000Z';
+    await w.backupOk(vm.name, older);
+    // While retain copies, the control side's step timeout fires and moves the
+    // leaf on (49): written synchronously, so the step goes on only after it.
+    let moved = false;
+    onProgress = (p) => {
+      if (p.step === 'retain' && p.vm === vm.name && !moved) {
+        onProgress = undefined;
+        moved = true;
+        const ldif = `dn: ou=${leaf},ou=backup,${vmDn(vm.name)}\nchangetype: modify\nreplace: sstProvisioningMode\nsstProvisioningMode: retained\n-\nreplace: sstProvisioningReturnValue\nsstProvisioningReturnValue: ${ReturnCode.stepTimedOut}\n-\nreplace: sstProvisioningState\nsstProvisioningState: ${protocolTimestamp()}\n`;
+        execFileSync('/usr/bin/ldapmodify', ldapToolArgs(w.slapd), { input: ldif });
+      }
+    };
+    try {
+      const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger });
+      expect(moved).toBe(true);
+      expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'retained', rv: ReturnCode.stepTimedOut });
+    } finally {
+      onProgress = undefined;
+    }
+    await daemon!.idle();
+    const vmBackupDir = path.dirname(w.layoutOf(vm.name, leaf).backupDir);
+    expect((await readdir(vmBackupDir)).sort()).toEqual([older, leaf]);
+    expect(await readdir(w.layoutOf(vm.name, older).backupDir)).toContain('manifest.json');
+    expect(await readdir(w.layoutOf(vm.name, leaf).backupDir)).toContain('manifest.json');
   });
 });
