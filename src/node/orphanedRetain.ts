@@ -35,18 +35,20 @@ export async function liveReferenceBelow(ctx: StepContext, dir: string): Promise
 }
 
 /**
- * Retain directories of this VM's earlier backups whose leaf no longer
- * exists (deleted by `kvmbackup --force`, `delete` or by hand) hold full
- * copies of its disks on the images' filesystem that nothing will read
- * again; night after night they would fill it. Each is removed, as the
- * snapshot of a new backup starts, when
- *   - no leaf and no restore of the VM names it,
+ * Retain directories of this VM's earlier backups that nothing will read
+ * again hold full copies of its disks on the images' filesystem; night after
+ * night (a retain failing for want of room, say) they would fill it and
+ * pause every VM of the node. As the snapshot of a new backup starts, the
+ * retain directory of each earlier backup whose leaf has ended (failed, or
+ * finished but not cleaned up) or no longer exists (`kvmbackup --force`,
+ * `delete`, by hand) is removed, when
+ *   - no active leaf and no restore of the VM names it,
  *   - no disk chain of the VM uses a file in it, and
  *   - it holds only what a backup puts in retain: the state, XML and LDIF,
  *     the disk images its XML names, their live overlays, kept records and
  *     `.partial` leftovers.
- * Anything else is left and reported. The retain directory of a leaf that
- * still exists (a failed retain can be issued again) is only reported.
+ * Anything else is left and reported. Until a newer backup starts, a failed
+ * retain can be issued again on its copies.
  */
 export async function removeOrphanedRetainDirs(ctx: StepContext): Promise<string[]> {
   const { layout, logger, vm } = ctx;
@@ -58,7 +60,7 @@ export async function removeOrphanedRetainDirs(ctx: StepContext): Promise<string
     .map((e) => e.name);
   if (candidates.length === 0) return [];
   const leaves = await ctx.directory.listLeaves(vm.name);
-  const inUse = new Map(leaves.map((l) => [l.leaf, leafActive(l) ? `leaf in mode ${l.mode}` : `leaf ${l.mode} with return value ${l.returnValue ?? '?'}`]));
+  const inUse = new Map(leaves.filter((l) => leafActive(l)).map((l) => [l.leaf, `its leaf is in mode ${l.mode}`]));
   for (const l of leaves) {
     const request = await ctx.directory.getRestoreRequest(l.dn);
     if (request?.retain !== undefined) inUse.set(request.retain, `work directory of a restore of ${l.leaf}`);
@@ -74,7 +76,8 @@ export async function removeOrphanedRetainDirs(ctx: StepContext): Promise<string
     for (const f of await listRegularFiles(dir)) await rm(path.join(dir, f));
     await rmdir(dir);
     removed.push(name);
-    logger.info({ vm: vm.name, retainDir: dir }, 'removed the retain directory of a backup whose leaf no longer exists');
+    const leaf = leaves.find((l) => l.leaf === name);
+    logger.info({ vm: vm.name, retainDir: dir, leafMode: leaf?.mode, leafReturnValue: leaf?.returnValue }, leaf ? 'removed the retain directory of an earlier backup that ended' : 'removed the retain directory of a backup whose leaf no longer exists');
   }
   return removed;
 }

@@ -145,6 +145,20 @@ describe('a backup filesystem that fills up during retain', () => {
     expect(await readdir(vmBackupDir)).toEqual([next]);
   });
 
+  it('a failed retain keeps its copies until the next backup of the VM starts, which removes them', async () => {
+    const vm = await w.addVm('ended47', { running: false, pattern: A });
+    const leaf = '20261122T042500Z';
+    const layout = w.layoutOf(vm.name, leaf);
+    const [failed] = await withSmallFilesystem(path.dirname(layout.backupDir), '256k', async () =>
+      runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger }));
+    expect({ mode: failed?.mode, rv: failed?.returnValue }).toEqual({ mode: 'retained', rv: ReturnCode.notEnoughDiskSpace });
+    expect(await readdir(layout.retainDir)).toContain(path.basename(vm.disks[0]!.path));
+    const next = '20261123T042500Z';
+    const [again] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf: next, policy, logger: w.logger });
+    expect({ mode: again?.mode, rv: again?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    expect(await readdir(path.dirname(layout.retainDir))).toEqual([]);
+  });
+
   it('a deleted leaf whose retain directory the VM still runs on keeps it', async () => {
     const vm = await w.addVm('inuse', { running: true, pattern: A });
     const leaf = '20261122T043000Z';
