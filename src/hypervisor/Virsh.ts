@@ -211,6 +211,9 @@ export class Virsh {
     let aborted: string | undefined;
     for (;;) {
       const done = await Promise.race([settled, pause(pollMs)]);
+      // virsh returns success once libvirt's job has completed: no further look
+      // (for a save, it would lengthen the VM's stopped window).
+      if (done && aborted === undefined && (await command) === undefined) return;
       const sample = await this.domainJob(vm).catch((err: unknown) => {
         this.logger?.warn({ vm, err: String(err) }, 'cannot read the domain job; watching on');
         return undefined;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
@@ -153,10 +153,15 @@ describe('a backup filesystem that fills up during retain', () => {
       runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger }));
     expect({ mode: failed?.mode, rv: failed?.returnValue }).toEqual({ mode: 'retained', rv: ReturnCode.notEnoughDiskSpace });
     expect(await readdir(layout.retainDir)).toContain(path.basename(vm.disks[0]!.path));
+    // A directory named like a leaf that holds something no backup puts there is not ours to remove.
+    const stranger = w.layoutOf(vm.name, '20261101T000000Z').retainDir;
+    await mkdir(stranger, { recursive: true });
+    await writeFile(path.join(stranger, 'notes.txt'), 'an operator\'s\n');
     const next = '20261123T042500Z';
     const [again] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf: next, policy, logger: w.logger });
     expect({ mode: again?.mode, rv: again?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
-    expect(await readdir(path.dirname(layout.retainDir))).toEqual([]);
+    expect(await readdir(path.dirname(layout.retainDir))).toEqual(['20261101T000000Z']);
+    expect(await readdir(stranger)).toEqual(['notes.txt']);
   });
 
   it('a deleted leaf whose retain directory the VM still runs on keeps it', async () => {
