@@ -56,7 +56,7 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       );
     }
   }
-  // Retain directories of deleted leaves go first: the room they free counts below.
+  // Retain directories of earlier backups nothing will read again go first: the room they free counts below.
   await removeOrphanedRetainDirs(ctx);
   const runs = runState === 'running' || runState === 'paused' || runState === 'blocked' || runState === 'idle';
   const stateDir = runs ? await requireRoomForState(ctx, parseDomainMemoryBytes(liveXml)) : undefined;
