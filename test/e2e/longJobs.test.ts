@@ -7,10 +7,10 @@ import { ReturnCode } from '../../src/domain/returnCodes.js';
 import { judgeProgress, type ProgressJudge } from '../../src/hypervisor/jobProgress.js';
 
 /**
- * `virsh save` watched by libvirt's job progress (domjobinfo) instead of a
- * wall clock, on a real VM with 384 MiB of random data in its RAM (a save of
+ * `virsh save` and the live snapshot's memory dump watched by libvirt's job
+ * progress (domjobinfo) instead of a wall clock, on a real VM with 384 MiB of random data in its RAM (a save of
  * about half a second here). A stall cannot be produced on demand, so one
- * test injects the stall verdict; the abort and the wait for libvirt are real.
+ * test injects the stall verdict (stallAtOnce); the abort and the wait for libvirt are real.
  */
 let dir: string;
 let name: string;
@@ -29,17 +29,22 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** Every sample of the job seen, for the test to check one was looked at. */
+const samples: boolean[] = [];
+/** The injected fault: the first look at a running job finds it stalled. */
+function stallAtOnce(): ProgressJudge {
+  return (watch, sample) => {
+    samples.push(sample.active);
+    return { watch, verdict: sample.active ? 'stalled' : 'ended' };
+  };
+}
+
 describe('a save watched by its progress', () => {
   it('that stalls is aborted, and fails only once libvirt runs no job; the VM runs on and no state file is left', async () => {
     const file = path.join(dir, 'stalled.state');
-    const samples: boolean[] = [];
-    const stallAtOnce: ProgressJudge = (watch, sample) => {
-      samples.push(sample.active);
-      return { watch, verdict: sample.active ? 'stalled' : 'ended' };
-    };
-    const err = await virsh.save(name, file, { pollMs: 50, judge: stallAtOnce }).then(() => undefined, (e: unknown) => e);
+    const err = await virsh.save(name, file, { pollMs: 50, judge: stallAtOnce() }).then(() => undefined, (e: unknown) => e);
     expect(err).toMatchObject({ code: ReturnCode.cannotSaveMachineState, message: expect.stringMatching(/made no progress.*aborted, libvirt runs no job/) });
-    expect(samples).toContain(true);
+    expect(samples.splice(0)).toContain(true);
     expect(await virsh.domainJobActive(name)).toBe(false);
     expect(await virsh.domState(name)).toBe('running');
     expect(await readdir(dir)).not.toContain('stalled.state');
@@ -59,5 +64,17 @@ describe('a save watched by its progress', () => {
     expect(verdicts).toContain('progressing');
     await virsh.restore(file);
     expect(await virsh.domState(name)).toBe('running');
+  });
+});
+
+describe('a live snapshot watched by its progress', () => {
+  it('that stalls is aborted: the guest runs on, no memory file is left, libvirt runs no job', async () => {
+    const file = path.join(dir, 'live.state');
+    const err = await virsh.snapshotLive(name, file, [], ['vda'], { pollMs: 50, judge: stallAtOnce() }).then(() => undefined, (e: unknown) => e);
+    expect(err).toMatchObject({ code: ReturnCode.cannotSaveMachineState, message: expect.stringMatching(/live snapshot.*made no progress.*aborted/) });
+    expect(samples.splice(0)).toContain(true);
+    expect(await virsh.domainJobActive(name)).toBe(false);
+    expect(await virsh.domState(name)).toBe('running');
+    expect(await readdir(dir)).not.toContain('live.state');
   });
 });
