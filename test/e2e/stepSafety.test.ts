@@ -187,6 +187,24 @@ describe('a backup filesystem that fills up during retain', () => {
   });
 });
 
+describe('a backup filesystem without room for a live backup\'s disk image', () => {
+  it('fails the merge with 47 before copying the image; the guest runs on, its writes kept', async () => {
+    const vm = await w.addVm('livefull', { running: true, pattern: A, method: 'live' });
+    // 48 MiB of data on the disk; the backup filesystem has room for the memory state (32 MiB guest), not for the image too.
+    await guestWrite(vm.name, 'vda', B, '1M', '48M');
+    const leaf = '20261122T043500Z';
+    const layout = w.layoutOf(vm.name, leaf);
+    const [done] = await withSmallFilesystem(path.dirname(layout.backupDir), '40m', async () => {
+      const r = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger });
+      expect(await readdir(layout.backupDir)).toEqual([`${vm.name}.state.${leaf}`]);
+      return r;
+    });
+    expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'merged', rv: ReturnCode.notEnoughDiskSpace });
+    expect(await virsh.domState(vm.name)).toBe('running');
+    expect(await guestReadMatches(vm.name, 'vda', B, '1M', '48M')).toBe(true);
+  });
+});
+
 describe('a retain the control side timed out meanwhile', () => {
   it('keeps the backup it made but prunes no older one', async () => {
     const vm = await w.addVm('lostowner', { running: false, pattern: A, backupAttributes: ['sstBackupNumberOfIterations: 1'] });
