@@ -4,6 +4,17 @@ import { ReturnCode } from '../domain/returnCodes.js';
 import { CommandError, run, startCollecting, type CollectingProcess } from './exec.js';
 import { parseDomState, type DomainRunState } from './domainXml.js';
 import { parseDomainCapabilities, type DomainCapabilities } from './domainCapabilities.js';
+import { judgeProgress, STALL_MS, stalledMessage, type JobSample, type ProgressJudge, type ProgressWatch } from './jobProgress.js';
+
+/** No wall-clock limit for a job that progresses: the command waits as long as this at most (a guard, not a timeout). */
+const LONG_JOB_MS = 48 * 3600 * 1000;
+
+/** How a long domain job (save, live snapshot) is watched; tests shorten it or inject a stall. */
+export interface JobWatchOptions {
+  stallMs?: number;
+  pollMs?: number;
+  judge?: ProgressJudge;
+}
 
 /**
  * libvirt through virsh. Only libvirt's own APIs are used (save, restore,
@@ -52,9 +63,12 @@ export class Virsh {
     return this.virsh(['dumpxml', ...(opts.inactive ? ['--inactive'] : []), vm], 60_000);
   }
 
-  /** Stops the VM and writes its memory and CPU state to `file`. */
-  async save(vm: string, file: string): Promise<void> {
-    await this.virsh(['save', vm, file]);
+  /**
+   * Stops the VM and writes its memory and CPU state to `file`, for as long
+   * as the dump makes progress (watchedDomainJob).
+   */
+  async save(vm: string, file: string, watch: JobWatchOptions = {}): Promise<void> {
+    await this.watchedDomainJob(vm, ['save', vm, file], `virsh save of ${vm}`, watch);
   }
 
   /** The domain XML embedded in a state file. */
@@ -112,14 +126,14 @@ export class Virsh {
    * instant. `--atomic`: either all disks switch or none. No libvirt snapshot
    * metadata is kept (the directory is the record). Other disks are left out.
    */
-  async snapshotLive(vm: string, stateFile: string, overlays: { target: string; file: string }[], otherTargets: string[]): Promise<void> {
+  async snapshotLive(vm: string, stateFile: string, overlays: { target: string; file: string }[], otherTargets: string[], watch: JobWatchOptions = {}): Promise<void> {
     const esc = (v: string) => v.replaceAll(',', ',,');
     // --reuse-external: the overlays exist already (made before, outside the
     // pause); libvirt creating them would happen while the guest is paused.
     const args = ['snapshot-create-as', vm, '--no-metadata', '--live', '--atomic', '--reuse-external', '--memspec', `file=${esc(stateFile)},snapshot=external`];
     for (const o of overlays) args.push('--diskspec', `${esc(o.target)},snapshot=external,driver=qcow2,file=${esc(o.file)}`);
     for (const t of otherTargets) args.push('--diskspec', `${esc(t)},snapshot=no`);
-    await this.virsh(args);
+    await this.watchedDomainJob(vm, args, `the live snapshot of ${vm}`, watch);
   }
 
   /**
@@ -157,15 +171,71 @@ export class Virsh {
 
   /** Whether libvirt runs a job on the domain (save, snapshot, migration…). */
   async domainJobActive(vm: string): Promise<boolean> {
+    return (await this.domainJob(vm)).active;
+  }
+
+  /** libvirt's job on the domain: whether one runs, and the bytes it has processed. */
+  async domainJob(vm: string): Promise<JobSample> {
     try {
-      const out = await this.virsh(['domjobinfo', vm], 30_000);
-      return !/^Job type:\s+None/m.test(out);
+      return parseDomainJobStats(await this.virsh(['domjobinfo', vm, '--rawstats'], 30_000));
     } catch (err) {
-      // A domain that is not running runs no job (and libvirt refuses to say so).
-      if (err instanceof CommandError && /domain is not running/i.test(err.stderr)) return false;
+      // A domain that is not running runs no job (and libvirt refuses to say so);
+      // a transient one is gone once saved.
+      if (err instanceof CommandError && /domain is not running/i.test(err.stderr)) return { active: false };
+      if (err instanceof BackupError && err.code === ReturnCode.cannotFindMachine) return { active: false };
       throw err;
     }
   }
+
+  /** Ask libvirt to abort the domain's job (the save or snapshot then fails; libvirt ends it). */
+  async abortDomainJob(vm: string): Promise<void> {
+    await this.virsh(['domjobabort', vm], 120_000);
+  }
+
+  /**
+   * Run a virsh command whose work is a domain job inside libvirtd, watching
+   * the job's progress meanwhile instead of a fixed timeout: a dump of many
+   * GiB takes as long as it takes. When the job makes no progress for
+   * `stallMs`, it is aborted and the command fails — but only once libvirt
+   * shows no job any more: the caller may then remove the file the job wrote,
+   * which libvirtd would otherwise still be writing.
+   */
+  private async watchedDomainJob(vm: string, args: string[], what: string, o: JobWatchOptions): Promise<void> {
+    const stallMs = o.stallMs ?? STALL_MS;
+    const pollMs = o.pollMs ?? 1000;
+    const judge = o.judge ?? judgeProgress;
+    const command = this.virsh(args, LONG_JOB_MS).then(() => undefined, (err: unknown) => ({ err }));
+    const settled = command.then(() => true);
+    const pause = (ms: number) => new Promise<boolean>((r) => setTimeout(() => r(false), ms));
+    let watch: ProgressWatch | undefined;
+    let aborted: string | undefined;
+    for (;;) {
+      const done = await Promise.race([settled, pause(pollMs)]);
+      // virsh returns success once libvirt's job has completed: no further look
+      // (for a save, it would lengthen the VM's stopped window).
+      if (done && aborted === undefined && (await command) === undefined) return;
+      const sample = await this.domainJob(vm).catch((err: unknown) => {
+        this.logger?.warn({ vm, err: String(err) }, 'cannot read the domain job; watching on');
+        return undefined;
+      });
+      // Over only when virsh has returned and libvirt runs no job any more
+      // (virsh may fail or be cut off while libvirtd still writes).
+      if (done && sample?.active !== true) break;
+      if (done) await pause(pollMs);
+      if (sample === undefined) continue;
+      const r = judge(watch, sample, Date.now(), stallMs);
+      watch = r.watch;
+      if (r.verdict === 'stalled' && aborted === undefined) {
+        aborted = stalledMessage(what, stallMs, sample.progress);
+        this.logger?.error({ vm, progress: sample.progress }, `${aborted}; aborting the job`);
+        await this.abortDomainJob(vm).catch((err: unknown) => this.logger?.error({ vm, err: String(err) }, 'domjobabort failed; waiting for the job to end'));
+      }
+    }
+    const outcome = await command;
+    if (aborted !== undefined) throw new BackupError(`${aborted}; aborted, libvirt runs no job on the domain any more`, ReturnCode.cannotSaveMachineState, { cause: outcome?.err });
+    if (outcome !== undefined) throw outcome.err;
+  }
+
 
   /**
    * Start collecting the VM's lifecycle events (for the stopped window); the
@@ -193,6 +263,18 @@ export interface BlockJobInfo {
   /** e.g. "Active Block Commit", "Block Pull" */
   type: string;
   percent: number;
+}
+
+/**
+ * `virsh domjobinfo --rawstats`: "Job type: <n>" (libvirt's virDomainJobType:
+ * 1 bounded and 2 unbounded run; 0 none, 3 completed, 4 failed, 5 cancelled
+ * do not) and `data_processed: <bytes>` while one runs.
+ */
+export function parseDomainJobStats(stdout: string): JobSample {
+  const type = /^Job type:\s*(\S+)/m.exec(stdout)?.[1];
+  const active = type === '1' || type === '2' || type === 'Bounded' || type === 'Unbounded';
+  const processed = /^data_processed:\s*(\d+)/m.exec(stdout)?.[1];
+  return active ? { active, ...(processed !== undefined ? { progress: Number(processed) } : {}) } : { active: false };
 }
 
 /** `virsh blockjob --info` (stdout and stderr): "No current block job for vda" or "Active Block Commit: [ 45 %]". */

@@ -1,4 +1,4 @@
-import { lstat, open, rename, rm, stat, statfs, mkdir } from 'node:fs/promises';
+import { lstat, open, rename, rm, stat, mkdir } from 'node:fs/promises';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { createExclusive } from './safeFs.js';
@@ -54,11 +54,6 @@ export async function sameFilesystem(a: string, b: string): Promise<boolean> {
   return sa.dev === sb.dev;
 }
 
-export async function freeBytes(dir: string): Promise<number> {
-  const s = await statfs(dir);
-  return s.bavail * s.bsize;
-}
-
 /**
  * Move a file, also across filesystems (copy, fsync, rename, unlink). Used
  * for the state file on a RAM disk; disks never take this path.
@@ -73,8 +68,13 @@ export async function moveFile(src: string, dst: string, onProgress?: (done: num
     if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
     const partial = `${dst}.partial`;
     await rm(partial, { force: true });
-    await sparseCopy(src, partial, onProgress);
-    await rename(partial, dst);
+    try {
+      await sparseCopy(src, partial, onProgress);
+      await rename(partial, dst);
+    } catch (copyErr) {
+      await rm(partial, { force: true });
+      throw copyErr;
+    }
     await rm(src);
   }
   await syncDir(path.dirname(dst));

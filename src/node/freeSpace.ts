@@ -2,6 +2,8 @@ import { lstat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode, type ReturnCodeValue } from '../domain/returnCodes.js';
+import type { Logger } from 'pino';
+import { exists } from './durableFs.js';
 
 /**
  * Room a step needs before it writes: a full filesystem found halfway
@@ -36,6 +38,37 @@ export async function allocatedBytes(file: string): Promise<number> {
   return Math.min(st.size, st.blocks * 512);
 }
 
+/**
+ * Where the memory state is written first: the RAM disk when it has
+ * `SPACE_MARGIN × guest RAM` free, else the VM's retain directory (the seed's
+ * two places). Decided before the snapshot touches anything: when neither has
+ * room the step fails with 4 (not enough space on the RAM disk; with no RAM
+ * disk configured, 47), the VM untouched. A dump that fills the retain
+ * directory would fill the images' filesystem and pause every VM of the node.
+ */
+export async function chooseStateDirectory(
+  o: { ramDisk: string | undefined; retainDir: string; memoryBytes: number; vm: string; logger: Logger },
+): Promise<{ dir: string; onRamDisk: boolean }> {
+  const needed = Math.ceil(o.memoryBytes * SPACE_MARGIN);
+  let ramFree: number | undefined;
+  if (o.ramDisk !== undefined) {
+    if (!(await exists(o.ramDisk))) {
+      o.logger.warn({ vm: o.vm, ramDisk: o.ramDisk }, 'RAM disk location does not exist; saving the state into retain');
+    } else {
+      ramFree = await freeSpaceOf(o.ramDisk);
+      if (ramFree >= needed) return { dir: o.ramDisk, onRamDisk: true };
+      o.logger.info({ vm: o.vm, ramDisk: o.ramDisk, memoryBytes: o.memoryBytes, ramFree }, 'not enough room on the RAM disk; saving the state into retain');
+    }
+  }
+  const retainFree = await freeSpaceOf(o.retainDir);
+  if (retainFree >= needed) return { dir: o.retainDir, onRamDisk: false };
+  const onRam = ramFree === undefined ? '' : `the RAM disk ${o.ramDisk} has ${mib(ramFree)} free, `;
+  throw new BackupError(
+    `not enough space for the memory state of ${o.vm}: ${mib(needed)} needed (${SPACE_MARGIN} × guest RAM), ${onRam}retain ${o.retainDir} has ${mib(retainFree)} free; nothing was written, the VM was not touched`,
+    ramFree === undefined ? ReturnCode.notEnoughDiskSpace : ReturnCode.notEnoughSpaceOnRamDisk,
+  );
+}
+
 /** A directory a step is about to create is not there yet: its filesystem is its nearest existing ancestor's. */
 async function nearestExistingDir(dir: string): Promise<string> {
   let d = path.resolve(dir);
@@ -52,5 +85,5 @@ async function nearestExistingDir(dir: string): Promise<string> {
 }
 
 function mib(bytes: number): string {
-  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB (${bytes} bytes)`;
 }

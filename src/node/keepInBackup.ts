@@ -10,6 +10,7 @@ import { chmodNoFollow, mkdirBelow } from './safeFs.js';
 import { sparseCopy } from './sparseCopy.js';
 import type { ManifestFile } from './backupIterations.js';
 import { storeDiskImage } from './storeDiskImage.js';
+import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
 import type { StepContext } from './StepContext.js';
 
 /**
@@ -31,6 +32,8 @@ export async function keepInBackup(ctx: StepContext, source: string, name: strin
   }
   const final = layout.backupPath(name);
   const partial = `${final}.partial`;
+  // Room before the copy (47, 48): a backup filesystem found full halfway fails the step anyway.
+  await requireFreeSpace(layout.backupDir, await allocatedBytes(source), `${name} of ${vm.name}`);
   ctx.onProgress?.({ step, vm: vm.name, leaf: ctx.leaf, message: `keeping ${name} in the backup` });
   try {
     await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);

@@ -7,6 +7,7 @@ import { parseDomainDisks, type DomainDisk } from '../hypervisor/domainXml.js';
 import { isBelow } from './backupDisks.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { keepInBackup } from './keepInBackup.js';
+import { judgeProgress, STALL_MS, stalledMessage, type ProgressWatch } from '../hypervisor/jobProgress.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 /**
@@ -131,20 +132,17 @@ async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: str
   }
 }
 
-/** How long a block job may go without progress before the step fails (the job itself is left to libvirtd). */
-const STALL_MS = 10 * 60 * 1000;
-
 /**
  * Wait for the block job on `target` for as long as it makes progress — a
  * pull or commit of a large disk runs for hours at a limited bandwidth, and a
  * fixed timeout would fail it every night while libvirtd carries on. A
  * commit or copy waits at 100 % for the pivot, which is done here; a pull
- * ends by itself. A job that makes no progress for 10 minutes fails the step.
+ * ends by itself. A job that makes no progress for STALL_MS (judgeProgress)
+ * fails the step; the job itself is left to libvirtd.
  */
 async function waitForBlockJob(ctx: StepContext, target: string): Promise<void> {
   const { virsh, vm } = ctx;
-  let last = -1;
-  let lastChange = Date.now();
+  let watch: ProgressWatch | undefined;
   for (;;) {
     if (ctx.signal?.aborted) throw new Error(`stopped while waiting for the block job on ${target}`);
     const job = await virsh.blockJob(vm.name, target);
@@ -158,14 +156,12 @@ async function waitForBlockJob(ctx: StepContext, target: string): Promise<void> 
         if (!/not ready|still active/i.test(errorMessage(err))) throw err;
       }
     }
-    if (job.percent !== last) {
-      // A line per tenth of the job, not per poll.
-      if (Math.floor(job.percent / 10) !== Math.floor(last / 10)) ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `${job.type.toLowerCase()} of ${target}: ${Math.floor(job.percent / 10) * 10} %` });
-      last = job.percent;
-      lastChange = Date.now();
-    } else if (Date.now() - lastChange > STALL_MS) {
-      throw new Error(`the block job on ${target} made no progress for 10 minutes (${job.type} at ${job.percent} %)`);
-    }
+    const last = watch?.progress;
+    const r = judgeProgress(watch, { active: true, progress: job.percent }, Date.now(), STALL_MS);
+    watch = r.watch;
+    // A line per tenth of the job, not per poll.
+    if (last === undefined || Math.floor(job.percent / 10) !== Math.floor(last / 10)) ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `${job.type.toLowerCase()} of ${target}: ${Math.floor(job.percent / 10) * 10} %` });
+    if (r.verdict === 'stalled') throw new Error(stalledMessage(`the block job on ${target} (${job.type})`, STALL_MS, job.percent));
     await new Promise((r) => setTimeout(r, 200));
   }
 }

@@ -3,22 +3,22 @@ import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { isLeafName } from '../domain/leafName.js';
+import { NodeStepModes } from '../domain/modes.js';
 import { selectBackupDirsToPrune } from '../domain/retention.js';
 import { KEPT_RECORD_SUFFIX, LIVE_OVERLAY_SUFFIX, MANIFEST_NAME, type BackupLayout } from '../domain/layout.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { chownByName } from '../hypervisor/ownership.js';
-import { isBelow } from './backupDisks.js';
 import { isRestoreMode } from '../../workflows/restoreMachine.js';
 import { leafActive } from '../control/decideBatch.js';
 import { exists, syncDir, writeFileDurably } from './durableFs.js';
 import { assertNoSymlinkBelow, chmodNoFollow, listRegularFiles, mkdirBelow } from './safeFs.js';
 import { backupFileMode } from '../domain/settings.js';
-import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { sparseCopy } from './sparseCopy.js';
 import { parseManifestEntry, readManifestFile, type BackupManifest, type ManifestFile } from './backupIterations.js';
 import { storeDiskImage } from './storeDiskImage.js';
 import { finishInterruptedRotation, removeIteration } from './rotateChains.js';
 import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
+import { liveReferenceBelow } from './orphanedRetain.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
 export type { ManifestFile, BackupManifest } from './backupIterations.js';
@@ -70,6 +70,9 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
       .filter((d) => d.source !== undefined)
       .map((d) => [path.basename(d.source as string), d.format]),
   );
+  // What this run copied: a failure removes it again, so a backup that will
+  // not finish takes no room (a retain issued again copies it anew).
+  const copiedHere: string[] = [];
   for (const n of names) {
     const final = layout.backupPath(n);
     const partial = `${final}.partial`;
@@ -83,12 +86,19 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
       await chmodNoFollow(partial, backupFileMode(kind, settings.image.mode));
       await chownByName(partial, settings.image.owner, settings.image.group, logger);
       await rename(partial, final);
+      copiedHere.push(final);
       files.push(stored);
       before += (await lstat(layout.retainPath(n))).size;
     } catch (err) {
-      await rm(partial, { force: true });
+      await Promise.all([partial, ...copiedHere].map((f) => rm(f, { force: true })));
+      await rmdir(layout.backupDir).catch(() => undefined); // only when empty: a live backup's kept files stay
       if (err instanceof BackupError) throw err;
-      throw new BackupError(`cannot copy ${n} to ${layout.backupDir}: ${errorMessage(err)}`, ReturnCode.cannotCopyFileToBackupLocation, { cause: err });
+      const full = (err as NodeJS.ErrnoException).code === 'ENOSPC';
+      throw new BackupError(
+        `cannot copy ${n} to ${layout.backupDir}: ${errorMessage(err)}${full ? '; what this retain had copied is removed again, the retain directory keeps the backup' : ''}`,
+        full ? ReturnCode.notEnoughDiskSpace : ReturnCode.cannotCopyFileToBackupLocation,
+        { cause: err },
+      );
     }
   }
   // The backup directory holds exactly what the manifest lists: no partial of an interrupted try stays.
@@ -115,10 +125,28 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   } catch (err) {
     throw new BackupError(`backup complete, but ${layout.retainDir} could not be removed: ${errorMessage(err)}`, ReturnCode.notAllFilesDeletedFromRetain, { cause: err });
   }
-  const pruned = await pruneBackupDirectories(ctx);
+  const pruned = (await stillOwnsStep(ctx)) ? await pruneBackupDirectories(ctx) : [];
   const result = { executionTime: { retain: seconds(t0) } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, files: files.length, bytes: total, pruned, ...result.executionTime }, 'retain done');
   return result;
+}
+
+/**
+ * Pruning removes other backups: only a node that still owns the step does
+ * it. The control side may have timed the step out meanwhile (a copy of
+ * many hours) and moved the leaf on; the backup made here stays, the prune
+ * waits for the next retain. A directory that cannot be asked counts as lost
+ * ownership too: a complete backup is not failed for a prune.
+ */
+async function stillOwnsStep(ctx: StepContext): Promise<boolean> {
+  const working = NodeStepModes.retain.working;
+  const leaf = await ctx.directory.getLeaf(ctx.leafDn).catch((err: unknown) => {
+    ctx.logger.warn({ vm: ctx.vm.name, leaf: ctx.leaf, err: errorMessage(err) }, 'cannot read the leaf before pruning');
+    return undefined;
+  });
+  if (leaf?.mode === working) return true;
+  ctx.logger.warn({ vm: ctx.vm.name, leaf: ctx.leaf, mode: leaf?.mode, returnValue: leaf?.returnValue }, `the leaf is no longer ${working} (the control side moved it on?): old backups are not pruned`);
+  return false;
 }
 
 /** What a retained file is, for its mode in the backup directory. */
@@ -155,23 +183,8 @@ async function readKeptRecords(layout: BackupLayout, recordNames: string[]): Pro
 
 /** Never copy away (and then delete) a file a live disk chain still uses. */
 async function refuseWhileReferenced(ctx: StepContext): Promise<void> {
-  const { vm, virsh, layout, qemuImg } = ctx;
-  if (!(await virsh.domainExists(vm.name))) return;
-  const running = (await virsh.domState(vm.name)) !== 'shut off';
-  const xmls = [await virsh.dumpXml(vm.name, { inactive: true }), ...(running ? [await virsh.dumpXml(vm.name)] : [])];
-  for (const xml of xmls) {
-    for (const d of parseDomainDisks(xml)) {
-      const refs = [...(d.source === undefined ? [] : [d.source]), ...d.backingChain];
-      if (d.type === 'file' && d.device === 'disk' && d.source !== undefined && (await exists(d.source))) {
-        const info = await qemuImg.info(d.source, { shared: true, ...(isImageFormat(d.format) ? { format: d.format } : {}) });
-        if (info.backingFile) refs.push(info.backingFile);
-      }
-      const stale = refs.find((r) => isBelow(layout.retainDir, r));
-      if (stale !== undefined) {
-        throw new BackupError(`disk ${d.target} of ${vm.name} still uses ${stale}; merge first`, ReturnCode.chainStillReferencesRetain);
-      }
-    }
-  }
+  const ref = await liveReferenceBelow(ctx, ctx.layout.retainDir);
+  if (ref) throw new BackupError(`disk ${ref.target} of ${ctx.vm.name} still uses ${ref.file}; merge first`, ReturnCode.chainStillReferencesRetain);
 }
 
 /**

@@ -10,8 +10,10 @@ import { liveOverlayName } from '../domain/layout.js';
 import { mergeIntoLiveImages } from './mergeStep.js';
 import { keepInBackup } from './keepInBackup.js';
 import { chownByName } from '../hypervisor/ownership.js';
+import { chooseStateDirectory, requireFreeSpace } from './freeSpace.js';
+import { removeOrphanedRetainDirs } from './orphanedRetain.js';
 import { selectBackupDisks, type BackupDisk } from './backupDisks.js';
-import { exists, freeBytes, moveFile, sameFilesystem, syncDir, writeFileDurably } from './durableFs.js';
+import { exists, moveFile, sameFilesystem, syncDir, writeFileDurably } from './durableFs.js';
 import { assertNoSymlinkBelow, chmodNoFollow, createPrivateStateFile, mkdirBelow } from './safeFs.js';
 import { isBelow } from './backupDisks.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
@@ -54,6 +56,10 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       );
     }
   }
+  // Retain directories of earlier backups nothing will read again go first: the room they free counts below.
+  await removeOrphanedRetainDirs(ctx);
+  const runs = runState === 'running' || runState === 'paused' || runState === 'blocked' || runState === 'idle';
+  const stateDir = runs ? await requireRoomForState(ctx, parseDomainMemoryBytes(liveXml)) : undefined;
   try {
     await mkdirBelow(settings.retainDirectory, layout.retainDir, settings.directory.mode);
   } catch (err) {
@@ -88,11 +94,10 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   const retainState = layout.retainPath(layout.stateFileName);
 
   let downtime = 0;
-  const runs = runState === 'running' || runState === 'paused' || runState === 'blocked' || runState === 'idle';
-  if (runs && settings.snapshotMethod === 'live') {
-    downtime = await liveSnapshot(ctx, disks, parseDomainDisks(liveXml), parseDomainMemoryBytes(liveXml));
-  } else if (runs) {
-    const state = await chooseStateFile(ctx, parseDomainMemoryBytes(liveXml));
+  if (stateDir !== undefined && settings.snapshotMethod === 'live') {
+    downtime = await liveSnapshot(ctx, disks, parseDomainDisks(liveXml), stateDir);
+  } else if (stateDir !== undefined) {
+    const state = await createStateFile(ctx, stateDir);
     const stateFile = state.file;
     const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
     try {
@@ -179,8 +184,8 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
  * retain directory (`<image>.overlay`), which the merge folds back. Returns the
  * stopped window in seconds, measured from libvirt's lifecycle events.
  */
-async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], memoryBytes: number): Promise<number> {
-  const state = await chooseStateFile(ctx, memoryBytes);
+async function liveSnapshot(ctx: StepContext, disks: BackupDisk[], allDisks: DomainDisk[], stateDir: StateDirectory): Promise<number> {
+  const state = await createStateFile(ctx, stateDir);
   try {
     return await liveSnapshotTo(ctx, disks, allDisks, state.file);
   } finally {
@@ -275,28 +280,38 @@ async function tightenDowntimeLimit(ctx: StepContext): Promise<{ restore(): Prom
   };
 }
 
+type StateDirectory = Awaited<ReturnType<typeof chooseStateDirectory>>;
+
 /**
- * Where the memory state is written first: the RAM disk when it exists and
- * has room (≥ 1.05 × guest RAM), else the retain directory — in both cases
- * in a fresh private directory, created exclusively (see
- * createPrivateStateFile): the guest's memory is nobody else's to read or
- * plant. Recovery finds it by its name, `<vm>.<leaf>.state`.
+ * Room for the guest's memory wherever it goes, checked before the step
+ * writes anything: the first dump (RAM disk or retain, chooseStateDirectory:
+ * 4/47/48) and its one later copy — into retain when the save method dumped
+ * to a RAM disk on another filesystem (the images' filesystem: 47), into the
+ * backup directory for the live method (47).
  */
-async function chooseStateFile(ctx: StepContext, memoryBytes: number): Promise<{ file: string; release: () => Promise<void> }> {
-  const ram = ctx.settings.ramDiskLocation;
-  let parent = ctx.layout.retainDir;
-  if (ram !== undefined && !(await exists(ram))) {
-    ctx.logger.warn({ vm: ctx.vm.name, ramDisk: ram }, 'RAM disk location does not exist; saving the state into retain');
-  } else if (ram !== undefined && (await freeBytes(ram)) < memoryBytes * 1.05) {
-    ctx.logger.info({ vm: ctx.vm.name, ramDisk: ram, memoryBytes }, 'not enough room on the RAM disk; saving the state into retain');
-  } else if (ram !== undefined) {
-    parent = ram;
+async function requireRoomForState(ctx: StepContext, memoryBytes: number): Promise<StateDirectory> {
+  const { settings, layout, vm, logger } = ctx;
+  const dir = await chooseStateDirectory({ ramDisk: settings.ramDiskLocation, retainDir: layout.retainDir, memoryBytes, vm: vm.name, logger });
+  if (settings.snapshotMethod === 'live') {
+    await requireFreeSpace(layout.backupDir, memoryBytes, `the memory state of ${vm.name} in the backup`);
+  } else if (dir.onRamDisk && !(await sameFilesystem(dir.dir, settings.retainDirectory))) {
+    await requireFreeSpace(layout.retainDir, memoryBytes, `the memory state of ${vm.name} moved from the RAM disk into retain`);
   }
+  return dir;
+}
+
+/**
+ * The state file in a fresh private directory of the chosen place, created
+ * exclusively (see createPrivateStateFile): the guest's memory is nobody
+ * else's to read or plant. Recovery finds it by its name, `<vm>.<leaf>.state`.
+ */
+async function createStateFile(ctx: StepContext, parent: StateDirectory): Promise<{ file: string; release: () => Promise<void> }> {
+  const dir = parent.onRamDisk ? parent.dir : ctx.layout.retainDir;
   try {
-    const p = await createPrivateStateFile(parent, stateFileNameOf(ctx.vm.name, ctx.leaf));
+    const p = await createPrivateStateFile(dir, stateFileNameOf(ctx.vm.name, ctx.leaf));
     return { file: p.file, release: p.remove };
   } catch (err) {
-    throw new BackupError(`cannot prepare the state file in ${parent}: ${errorMessage(err)}`, parent === ram ? ReturnCode.ramDiskNotValid : ReturnCode.cannotSaveMachineState, { cause: err });
+    throw new BackupError(`cannot prepare the state file in ${dir}: ${errorMessage(err)}`, parent.onRamDisk ? ReturnCode.ramDiskNotValid : ReturnCode.cannotSaveMachineState, { cause: err });
   }
 }
 

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { unlink } from 'node:fs/promises';
 import { createExclusive, openRegularForRead } from './safeFs.js';
 
 export interface CopyResult {
@@ -34,7 +35,8 @@ function isZero(buf: Buffer, len: number): boolean {
  * and write-back to disk starts during the copy rather than all at the end.
  *
  * `onProgress` gets (0, size) at the start, then bytes done every 64 MiB and
- * (size, size) at the end; nothing for an empty file.
+ * (size, size) at the end; nothing for an empty file. On any failure `dst`
+ * is removed again.
  */
 export async function sparseCopy(
   src: string,
@@ -56,6 +58,7 @@ export async function sparseCopy(
       return input.read(buffers[i % RING] as Buffer, 0, Math.min(BLOCK, size - i * BLOCK), i * BLOCK);
     };
     let flushing: Promise<unknown> = Promise.resolve();
+    let complete = false;
     try {
       signal?.throwIfAborted();
       // A report at 0: the copy's throughput is measured from its first byte, even for a file of one report.
@@ -86,9 +89,13 @@ export async function sparseCopy(
       await Promise.all([...writes, flushing]);
       await output.truncate(size);
       await output.sync();
+      complete = true;
     } finally {
       await Promise.allSettled([...reads, ...writes, flushing]);
       await output.close();
+      // A copy cut short (ENOSPC, abort, a read error) leaves nothing: the
+      // file was created here (exclusively), and half of it only takes room.
+      if (!complete) await unlink(dst).catch(() => undefined);
     }
     return { size, sha256: hash.digest('hex') };
   } finally {

@@ -17,6 +17,7 @@ import { PRIVATE_DIR_PREFIX } from './restoreWorkDir.js';
 import { checkDecisionLdif } from './restoreDecisionLdif.js';
 import { restoreInputs } from './restoreStep.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
+import { requireRoomToUnretain } from './unretainSpace.js';
 
 /**
  * unretainLargeFiles: copy the state file and the disk images into the
@@ -34,6 +35,7 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
   const { work, request, unretained } = w;
   const backupXml = await readFile(unretained(work.xmlFileName), 'utf8');
   if (!request.decisions) await checkDecisionLdif(work, await restoreInputs(ctx, w, backupXml));
+  await requireRoomToUnretain(ctx);
   const suffix = `.${layout.leaf}`;
   const small = new Set([layout.xmlFileName, layout.ldifFileName]);
   // Only regular files are copied: a symlink in the backup would have root copy whatever it names.

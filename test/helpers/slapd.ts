@@ -276,7 +276,7 @@ export async function startSlapd(opts: StartSlapdOptions = {}): Promise<PrivateS
   return handle;
 }
 
-function ldapToolArgs(slapd: PrivateSlapd, bindDn = slapd.bindDn): string[] {
+export function ldapToolArgs(slapd: PrivateSlapd, bindDn = slapd.bindDn): string[] {
   return ['-x', '-H', slapd.url, '-D', bindDn, '-y', slapd.passwordFile];
 }
 

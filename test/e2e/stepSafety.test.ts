@@ -1,0 +1,238 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { World, vmDn } from '../helpers/world.js';
+import { ldapToolArgs } from '../helpers/slapd.js';
+import { protocolTimestamp } from '../../src/domain/leafName.js';
+import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
+import { NodeDaemon } from '../../src/node/NodeDaemon.js';
+import type { StepProgress } from '../../src/node/StepContext.js';
+import { backingFileOf, guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
+import { runBackupBatch } from '../../src/control/runBackupBatch.js';
+import { runRestore } from '../../src/control/runRestore.js';
+import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
+import { ReturnCode } from '../../src/domain/returnCodes.js';
+import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
+
+/**
+ * Node steps that cannot finish leave nothing behind and destroy nothing.
+ * Room is checked before a step writes (codes 4 and 47 of the original):
+ * filesystems too small for the job are tmpfs mounts of a few hundred KiB
+ * put exactly where the step would write. A node that lost its step to the
+ * control side prunes nothing.
+ */
+const A = 0xab;
+const B = 0xcd;
+const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
+
+let w: World;
+let daemon: NodeDaemon | undefined;
+/** Called at each progress report of a node step: lets a test act at an exact point of a copy. */
+let onProgress: ((p: StepProgress) => void) | undefined;
+beforeAll(async () => {
+  w = await World.start();
+  const feed = new PollingChangeFeed(w.directory, { node: w.nodeName }, { intervalMs: 150, logger: w.logger });
+  daemon = new NodeDaemon({ ...w.nodeDaemonOptions(feed), onProgress: (p) => onProgress?.(p) });
+  await daemon.start();
+});
+afterAll(async () => {
+  await daemon?.stop();
+  await w?.cleanup();
+});
+
+/** Write zeros to a new file in `dir` until its filesystem is full. */
+function fillUp(dir: string): void {
+  const fd = openSync(path.join(dir, 'filler'), 'wx');
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  try {
+    for (;;) writeSync(fd, chunk);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Mount a tmpfs of `size` at `dir` for the duration of `body`. */
+async function withSmallFilesystem<T>(dir: string, size: string, body: () => Promise<T>): Promise<T> {
+  await mkdir(dir, { recursive: true });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'stoney-e2e-small', dir]);
+  try {
+    return await body();
+  } finally {
+    execFileSync('umount', [dir]);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+describe('a RAM disk and a retain directory without room for the guest memory', () => {
+  it.each(['save', 'live'] as const)('fail the %s snapshot with 4 before anything is written; the VM runs on as before', async (method) => {
+    const vm = await w.addVm(`ram${method}`, { running: true, pattern: A, method, backupAttributes: [`sstBackupRamDiskLocation: file://${path.join(w.backupRoot, `ramdisk-${method}`)}`] });
+    const leaf = '20261122T040000Z';
+    const ramDisk = path.join(w.backupRoot, `ramdisk-${method}`);
+    const vmRetain = path.dirname(w.layoutOf(vm.name, leaf).retainDir);
+    const done = await withSmallFilesystem(ramDisk, '1m', () => withSmallFilesystem(vmRetain, '1m', async () => {
+      const [d] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger });
+      expect(await readdir(ramDisk)).toEqual([]);
+      expect(await readdir(vmRetain)).toEqual([]);
+      return d;
+    }));
+    // 32 MiB of guest RAM: neither 1 MiB filesystem has room.
+    expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'snapshotted', rv: ReturnCode.notEnoughSpaceOnRamDisk });
+    expect(await virsh.domState(vm.name)).toBe('running');
+    expect(await backingFileOf(vm.disks[0]!.path)).toBeUndefined();
+    expect(execFileSync('find', [w.backupRoot, '-name', `*${vm.name}*`], { encoding: 'utf8' })).toBe('');
+  });
+});
+
+describe('a retain filesystem without room for a restore', () => {
+  it('fails unretainLargeFiles with 47 before copying; the running VM is untouched', async () => {
+    const vm = await w.addVm('unretainfull', { running: true, pattern: A });
+    const leaf = '20261122T041000Z';
+    await w.backupOk(vm.name, leaf);
+    await guestWrite(vm.name, 'vda', B, '2M', '1M');
+    const vmRetain = path.dirname(w.layoutOf(vm.name, leaf).retainDir);
+    // Room for the XML and LDIF (unretainSmallFiles), not for the state file and the 1 MiB+ image.
+    const r = await withSmallFilesystem(vmRetain, '256k', async () => {
+      const l = await w.leaf(vm.name, leaf);
+      const out = await runRestore({ directory: w.directory, vm: (await w.directory.getVm(vm.name))!, leaf: l, policy, logger: w.logger, pollMs: 100, decide: async () => ({ prefer: 'backup', overrides: {} }) });
+      const large = execFileSync('find', [vmRetain, '-type', 'f', '-size', '+64k'], { encoding: 'utf8' });
+      expect(large).toBe('');
+      return out;
+    });
+    expect({ outcome: r.outcome, failedAt: r.failedAt }).toEqual({ outcome: 'failed', failedAt: { mode: 'unretainedLargeFiles', returnValue: ReturnCode.notEnoughDiskSpace } });
+    expect(await virsh.domState(vm.name)).toBe('running');
+    expect(await guestReadMatches(vm.name, 'vda', B, '2M', '1M')).toBe(true);
+  });
+});
+
+describe('a backup filesystem that fills up during retain', () => {
+  it('fails with 47 and removes what retain copied; the next backup after the leaf is deleted (kvmbackup --force) removes its retain directory', async () => {
+    const vm = await w.addVm('midfull', { running: false, pattern: A });
+    const leaf = '20261122T042000Z';
+    const layout = w.layoutOf(vm.name, leaf);
+    const vmBackupDir = path.dirname(layout.backupDir);
+    const done = await withSmallFilesystem(vmBackupDir, '8m', async () => {
+      // Someone else fills the filesystem when retain has copied the image and the LDIF, and starts on the state file.
+      onProgress = (p) => {
+        if (p.step === 'retain' && p.vm === vm.name && p.message.includes('.state')) {
+          onProgress = undefined;
+          fillUp(vmBackupDir);
+        }
+      };
+      try {
+        const [d] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger });
+        expect(await readdir(vmBackupDir)).toEqual(['filler']);
+        return d;
+      } finally {
+        onProgress = undefined;
+      }
+    });
+    expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'retained', rv: ReturnCode.notEnoughDiskSpace });
+    // The leaf still exists, so its retain directory stays for a retain issued again.
+    expect((await readdir(layout.retainDir)).sort()).toEqual([`${vm.name}.ldif`, `${vm.name}.state`, `${vm.name}.xml`, path.basename(vm.disks[0]!.path)].sort());
+    expect(await virsh.domState(vm.name)).toBe('shut off');
+    expect(await backingFileOf(vm.disks[0]!.path)).toBeUndefined();
+
+    // kvmbackup --force: the failed leaf is deleted, a new backup runs.
+    await w.directory.deleteLeaf(done!.dn);
+    const next = '20261123T042000Z';
+    const [again] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf: next, policy, logger: w.logger });
+    expect({ mode: again?.mode, rv: again?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    expect(await readdir(path.dirname(layout.retainDir))).toEqual([]);
+    expect(await readdir(vmBackupDir)).toEqual([next]);
+  });
+
+  it('a failed retain keeps its copies until the next backup of the VM starts, which removes them', async () => {
+    const vm = await w.addVm('ended47', { running: false, pattern: A });
+    const leaf = '20261122T042500Z';
+    const layout = w.layoutOf(vm.name, leaf);
+    const [failed] = await withSmallFilesystem(path.dirname(layout.backupDir), '256k', async () =>
+      runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger }));
+    expect({ mode: failed?.mode, rv: failed?.returnValue }).toEqual({ mode: 'retained', rv: ReturnCode.notEnoughDiskSpace });
+    expect(await readdir(layout.retainDir)).toContain(path.basename(vm.disks[0]!.path));
+    // A directory named like a leaf that holds something no backup puts there is not ours to remove.
+    const stranger = w.layoutOf(vm.name, '20261101T000000Z').retainDir;
+    await mkdir(stranger, { recursive: true });
+    await writeFile(path.join(stranger, 'notes.txt'), 'an operator\'s\n');
+    const next = '20261123T042500Z';
+    const [again] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf: next, policy, logger: w.logger });
+    expect({ mode: again?.mode, rv: again?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    expect(await readdir(path.dirname(layout.retainDir))).toEqual(['20261101T000000Z']);
+    expect(await readdir(stranger)).toEqual(['notes.txt']);
+  });
+
+  it('a deleted leaf whose retain directory the VM still runs on keeps it', async () => {
+    const vm = await w.addVm('inuse', { running: true, pattern: A });
+    const leaf = '20261122T043000Z';
+    expect(await w.directory.createLeaf(vm.name, leaf)).toBe(true);
+    const dn = (await w.leaf(vm.name, leaf)).dn;
+    expect(await w.directory.casMode(dn, 'initialize', 'initialized', { state: '20261122T000000Z' })).toBe(true);
+    expect(await w.directory.casMode(dn, 'initialized', 'snapshot', { state: '0' })).toBe(true);
+    expect((await w.waitForMode(vm.name, leaf, ['snapshotted'])).returnValue).toBe(0);
+    const retained = w.layoutOf(vm.name, leaf).retainDir;
+    // The live method: the guest now writes to an overlay in that retain directory.
+    const liveSource = async () => parseDomainDisks(await virsh.dumpXml(vm.name))[0]?.source;
+    const sourceBefore = await liveSource();
+    expect(path.dirname(sourceBefore!)).toBe(retained);
+    const filesBefore = (await readdir(retained)).sort();
+    await w.directory.deleteLeaf(dn);
+    const [next] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf: '20261123T043000Z', policy, logger: w.logger });
+    expect(next?.returnValue).toBe(ReturnCode.chainStillReferencesRetain);
+    expect((await readdir(retained)).sort()).toEqual(filesBefore);
+    expect(await liveSource()).toBe(sourceBefore);
+    expect(await virsh.domState(vm.name)).toBe('running');
+  });
+});
+
+describe('a backup filesystem without room for a live backup\'s disk image', () => {
+  it('fails the merge with 47 before copying the image; the guest runs on, its writes kept', async () => {
+    const vm = await w.addVm('livefull', { running: true, pattern: A, method: 'live' });
+    // 48 MiB of data on the disk; the backup filesystem has room for the memory state (32 MiB guest), not for the image too.
+    await guestWrite(vm.name, 'vda', B, '1M', '48M');
+    const leaf = '20261122T043500Z';
+    const layout = w.layoutOf(vm.name, leaf);
+    const [done] = await withSmallFilesystem(path.dirname(layout.backupDir), '40m', async () => {
+      const r = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger });
+      expect(await readdir(layout.backupDir)).toEqual([`${vm.name}.state.${leaf}`]);
+      return r;
+    });
+    expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'merged', rv: ReturnCode.notEnoughDiskSpace });
+    expect(await virsh.domState(vm.name)).toBe('running');
+    expect(await guestReadMatches(vm.name, 'vda', B, '1M', '48M')).toBe(true);
+  });
+});
+
+describe('a retain the control side timed out meanwhile', () => {
+  it('keeps the backup it made but prunes no older one', async () => {
+    const vm = await w.addVm('lostowner', { running: false, pattern: A, backupAttributes: ['sstBackupNumberOfIterations: 1'] });
+    const older = '20261122T044000Z';
+    const leaf = '20261123T044000Z';
+    await w.backupOk(vm.name, older);
+    // While retain copies, the control side's step timeout fires and moves the
+    // leaf on (49): written synchronously, so the step goes on only after it.
+    let moved = false;
+    onProgress = (p) => {
+      if (p.step === 'retain' && p.vm === vm.name && !moved) {
+        onProgress = undefined;
+        moved = true;
+        const ldif = `dn: ou=${leaf},ou=backup,${vmDn(vm.name)}\nchangetype: modify\nreplace: sstProvisioningMode\nsstProvisioningMode: retained\n-\nreplace: sstProvisioningReturnValue\nsstProvisioningReturnValue: ${ReturnCode.stepTimedOut}\n-\nreplace: sstProvisioningState\nsstProvisioningState: ${protocolTimestamp()}\n`;
+        execFileSync('/usr/bin/ldapmodify', ldapToolArgs(w.slapd), { input: ldif });
+      }
+    };
+    try {
+      const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger });
+      expect(moved).toBe(true);
+      expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'retained', rv: ReturnCode.stepTimedOut });
+    } finally {
+      onProgress = undefined;
+    }
+    await daemon!.idle();
+    const vmBackupDir = path.dirname(w.layoutOf(vm.name, leaf).backupDir);
+    expect((await readdir(vmBackupDir)).sort()).toEqual([older, leaf]);
+    expect(await readdir(w.layoutOf(vm.name, older).backupDir)).toContain('manifest.json');
+    expect(await readdir(w.layoutOf(vm.name, leaf).backupDir)).toContain('manifest.json');
+  });
+});
