@@ -16,6 +16,7 @@ import { backupFileMode } from '../domain/settings.js';
 import { sparseCopy } from './sparseCopy.js';
 import { parseManifestEntry, readManifestFile, type BackupManifest, type ManifestFile } from './backupIterations.js';
 import { storeDiskImage } from './storeDiskImage.js';
+import { legacyPoolPath } from './backupLocation.js';
 import { finishInterruptedRotation, removeIteration } from './rotateChains.js';
 import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
 import { liveReferenceBelow } from './orphanedRetain.js';
@@ -206,10 +207,15 @@ export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]
   const protect = new Set([layout.leaf]);
   // Never pull files from under a restore that is reading them.
   for (const l of await ctx.directory.listLeaves(ctx.vm.name)) if (isRestoreMode(l.mode)) protect.add(l.leaf);
-  const pruned = selectBackupDirsToPrune(complete, settings.numberOfIterations, protect);
+  // Whole backups an earlier version wrote under the VM-pool path count towards the iterations too.
+  const legacy = await legacyIterations(ctx);
+  const pruned = selectBackupDirsToPrune([...complete, ...legacy.leaves], settings.numberOfIterations, protect);
   const removed: string[] = [];
   // Oldest first: each removal folds what the next kept iteration needs of it.
-  for (const l of pruned) if (await removeIteration(ctx, l)) removed.push(l);
+  for (const l of pruned) {
+    const done = legacy.leaves.includes(l) && !complete.includes(l) ? await removeUnfinishedBackupDir(path.join(legacy.dir!, l), l, true) : await removeIteration(ctx, l);
+    if (done) removed.push(l);
+  }
   // Directories of earlier backups that never finished (no manifest: a retain
   // that failed, a disk full) are never restored or built on; without this
   // they would stay for good.
@@ -220,13 +226,43 @@ export async function pruneBackupDirectories(ctx: StepContext): Promise<string[]
   return removed;
 }
 
-/** Remove a backup directory that holds only this project's files of its leaf (else leave it and say so). */
-async function removeUnfinishedBackupDir(dir: string, leaf: string): Promise<boolean> {
+/**
+ * Remove a backup directory that holds only this project's files of its leaf
+ * (`withManifest`: and its manifest, a whole backup's); else leave it.
+ */
+async function removeUnfinishedBackupDir(dir: string, leaf: string, withManifest = false): Promise<boolean> {
   const names = await listRegularFiles(dir).catch(() => undefined);
-  if (names === undefined || names.some((n) => !n.endsWith(`.${leaf}`) && !n.endsWith(`.${leaf}.partial`))) return false;
-  for (const n of names) await rm(path.join(dir, n));
+  const ours = (n: string) => n.endsWith(`.${leaf}`) || n.endsWith(`.${leaf}.partial`) || (withManifest && n === MANIFEST_NAME);
+  if (names === undefined || names.some((n) => !ours(n))) return false;
+  // The manifest first: from then on the backup no longer counts as restorable.
+  for (const n of [...names].sort((a, b) => Number(b === MANIFEST_NAME) - Number(a === MANIFEST_NAME))) await rm(path.join(dir, n));
   await rmdir(dir);
   return true;
+}
+
+/**
+ * Finished backups of this VM under the VM-pool path of earlier versions
+ * (backupLocation.ts), while this backup is under the storage-pool path:
+ * whole backups (no chains were ever built there), so removing one is
+ * removing its files.
+ */
+async function legacyIterations(ctx: StepContext): Promise<{ dir: string | undefined; leaves: string[] }> {
+  const old = legacyPoolPath(ctx.vm);
+  if (!old) return { dir: undefined, leaves: [] };
+  const dir = path.join(ctx.settings.rootDirectory, old.vmType, old.pool, ctx.vm.name);
+  if (path.resolve(dir) === path.resolve(ctx.layout.vmBackupDir)) return { dir: undefined, leaves: [] };
+  try {
+    await assertNoSymlinkBelow(ctx.settings.rootDirectory, dir, 'directory');
+  } catch {
+    return { dir: undefined, leaves: [] }; // none there, or behind a symlink: nothing to count or remove
+  }
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  const leaves: string[] = [];
+  for (const e of entries) {
+    if (!e.isDirectory() || !isLeafName(e.name)) continue;
+    if ((await exists(path.join(dir, e.name, MANIFEST_NAME))) || (await exists(path.join(dir, e.name, `${ctx.vm.name}.xml.${e.name}`)))) leaves.push(e.name);
+  }
+  return { dir, leaves };
 }
 
 /** The manifest of `<…>/<leaf>/manifest.json`, checked (readManifestFile). */

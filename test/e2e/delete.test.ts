@@ -65,7 +65,8 @@ describe('delete written on a finished leaf (as the original web UI does)', () =
   });
 
   it('a node daemon that died in deleting runs the delete again when it starts, and finishes it', async () => {
-    const vm = (await w.addVm('delrerun', { running: false, pattern: A, backupAttributes: ['sstBackupNumberOfIterations: 3'] })).name;
+    // Whole backups: the simulated half delete removes files without the fold a real delete does first.
+    const vm = (await w.addVm('delrerun', { running: false, pattern: A, method: 'live', backupAttributes: ['sstBackupNumberOfIterations: 3', 'sstBackupFullEvery: 1'] })).name;
     const [old, kept] = ['20261123T050000Z', '20261123T060000Z'];
     await backup(vm, old);
     await backup(vm, kept);

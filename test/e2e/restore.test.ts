@@ -276,6 +276,28 @@ describe('a backup an earlier stoney-backup version wrote under the VM-pool path
   });
 });
 
+describe('backups an earlier version wrote under the VM-pool path, and rotation', () => {
+  it('count towards sstBackupNumberOfIterations and are rotated away like the others', async () => {
+    const vm = await w.addVm('rvmrot', { running: false, pattern: A, backupAttributes: ['sstBackupNumberOfIterations: 2'] });
+    const [first, second] = ['20261122T052000Z', '20261122T052100Z'];
+    for (const leaf of [first, second]) {
+      await backup(vm.name, leaf);
+      const earlier = new BackupLayout({ rootDirectory: w.backupRoot, retainDirectory: w.retainRoot, vmType: 'vm-persistent', pool: POOL, vm: vm.name, leaf });
+      await mkdir(earlier.vmBackupDir, { recursive: true });
+      await rename(layoutOf(vm.name, leaf).backupDir, earlier.backupDir);
+    }
+    const earlierDir = path.join(w.backupRoot, 'vm-persistent', POOL, vm.name);
+    // A file that is not a backup's stays whatever happens.
+    await mkdir(path.join(earlierDir, 'notes'));
+    await backup(vm.name, '20261122T052200Z');
+    // Two kept: the new one (storage-pool path) and the newer earlier one; the oldest is gone.
+    expect((await readdir(earlierDir)).sort()).toEqual([second, 'notes']);
+    expect(await readdir(layoutOf(vm.name, '20261122T052200Z').vmBackupDir)).toEqual(['20261122T052200Z']);
+    await backup(vm.name, '20261122T052300Z');
+    expect(await readdir(earlierDir)).toEqual(['notes']);
+  });
+});
+
 describe('the restore command', () => {
   it('restores non-interactively with --prefer, and refuses to guess without a decision', async () => {
     const vm = await w.addVm('rcli', { running: true, pattern: A });
