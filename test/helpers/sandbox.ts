@@ -14,7 +14,7 @@ import { execa, type ResultPromise } from 'execa';
  */
 const SANDBOX_SCRIPT = String.raw`
 set -euo pipefail
-host_ns=$1 caps=$2 uid=$3; shift 3
+host_ns=$1 caps=$2 uid=$3 program=$4; shift 4
 writable=()
 while [[ $1 != -- ]]; do writable+=("$1"); shift; done
 shift
@@ -27,8 +27,13 @@ findmnt -rno TARGET | while read -r t; do
 done
 # ReadWritePaths= / StateDirectory=
 for p in "${'$'}{writable[@]}"; do mount --bind "$p" "$p"; mount -o remount,bind,rw "$p"; done
-# PrivateTmp=yes
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# PrivateTmp=yes. The program lives in /opt in production; a test checkout may be below /tmp:
+# it is bound into the fresh /tmp at its path before that replaces the host's.
+fresh=$(mktemp -d /dev/shm/stoney-sandbox-tmp.XXXXXX)
+mount -n -t tmpfs -o mode=1777 tmpfs "$fresh"
+if [[ $program == /tmp/* ]]; then mkdir -p "$fresh${'$'}{program#/tmp}"; mount -n --bind "$program" "$fresh${'$'}{program#/tmp}"; fi
+mount -n --move "$fresh" /tmp
+rmdir "$fresh"
 # ProtectHome=yes
 for h in /home /root; do [[ -d $h ]] && mount -t tmpfs -o ro,mode=0755 tmpfs "$h"; done
 user=()
@@ -64,7 +69,9 @@ export function statusMask(status: string, name: string): bigint {
 /** Not async: a ResultPromise returned from an async function would be awaited to the process's end. */
 export function spawnSandboxed(o: { argv: string[]; env: Record<string, string>; writable: string[]; capabilities: string[]; uid?: number }): ResultPromise<{ reject: false; all: true }> {
   const hostNs = readlinkSync('/proc/self/ns/mnt');
-  const args = ['--mount', '--propagation', 'private', 'bash', '-c', SANDBOX_SCRIPT, 'sandbox', hostNs, boundingSetArg(o.capabilities), o.uid === undefined ? 'root' : String(o.uid), ...o.writable, '--', ...o.argv];
+  // The checkout the daemon runs from (the tests run in its root).
+  const program = process.cwd();
+  const args = ['--mount', '--propagation', 'private', 'bash', '-c', SANDBOX_SCRIPT, 'sandbox', hostNs, boundingSetArg(o.capabilities), o.uid === undefined ? 'root' : String(o.uid), program, ...o.writable, '--', ...o.argv];
   const child = execa('unshare', args, { env: o.env, reject: false, all: true });
   // A test process that dies early must not leave a daemon behind.
   const kill = () => child.kill('SIGKILL');
