@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -52,6 +52,8 @@ interface HostileCase {
   /** calls the production function as the node daemon does */
   act: (s: Sandbox) => unknown;
   code: number;
+  /** what the refusal must name, where another refusal of the same call could hide a miss of the hostile part */
+  why?: RegExp;
 }
 
 const LEAF = '20260101T000000Z';
@@ -87,13 +89,15 @@ async function snapshot(root: string): Promise<Record<string, string>> {
   return out;
 }
 
-async function refusalCode(act: () => unknown): Promise<number | string> {
+/** The return code `act` is refused with, and why (or a text saying why there is none, so a failing case's diff says what happened). */
+async function refusal(act: () => unknown): Promise<{ code: number | string; message: string }> {
   try {
     await act();
   } catch (err) {
-    return err instanceof BackupError ? err.code : `not a BackupError: ${String(err)}`;
+    if (err instanceof BackupError) return { code: err.code, message: err.message };
+    return { code: `not a BackupError: ${String(err)}`, message: '' };
   }
-  return 'accepted (no error)';
+  return { code: 'accepted (no error)', message: '' };
 }
 
 // ---------------------------------------------------------------- helpers per category
@@ -124,8 +128,8 @@ function defineXml(s: Sandbox, xml: string, liveXml?: string): string {
   return allowlistedDomainXml(xml, { imageRoots: [s.images], liveXml, emulator: '/usr/bin/qemu-system-x86_64', firmware: ['/usr/share/OVMF/OVMF_CODE.fd'], name: 'exp1' });
 }
 
-function xmlCase(name: string, edit: (xml: string, s: Sandbox) => string): HostileCase {
-  return { category: 'xml', name, act: (s) => defineXml(s, domainXml(s, (x) => edit(x, s))), code: ReturnCode.unsafeDomainDefinition };
+function xmlCase(name: string, why: RegExp, edit: (xml: string, s: Sandbox) => string): HostileCase {
+  return { category: 'xml', name, why, act: (s) => defineXml(s, domainXml(s, (x) => edit(x, s))), code: ReturnCode.unsafeDomainDefinition };
 }
 
 const vmEntry = `dn: ${VM_DN}\nobjectClass: sstVirtualizationVirtualMachine\nsstVirtualMachine: ${VM}\n`;
@@ -150,10 +154,11 @@ async function qemuImgCreate(args: string[]): Promise<void> {
   await run('qemu-img', ['create', '-q', ...args]);
 }
 /** A backup's image with a crafted header, checked as restore and unretainLargeFiles check it. */
-function headerCase(name: string, make: (s: Sandbox, img: string) => Promise<void>, format = 'qcow2'): HostileCase {
+function headerCase(name: string, why: RegExp, make: (s: Sandbox, img: string) => Promise<void>, format = 'qcow2'): HostileCase {
   return {
     category: 'header',
     name,
+    why,
     setup: (s) => make(s, path.join(s.images, 'restored.img')),
     act: (s) => assertSafeImageHeader(qemuImg, path.join(s.images, 'restored.img'), format, [s.images]),
     code: ReturnCode.unsafeImageHeader,
@@ -171,31 +176,31 @@ const shadowOf = (s: Sandbox) => path.join(s.outside, 'shadow');
 
 const cases: HostileCase[] = [
   // XML: a backup's domain definition, defined as root at restore.
-  xmlCase('a block disk on /dev/sda', withDevice("<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/sda'/><target dev='vdc' bus='virtio'/></disk>")),
-  xmlCase('a cdrom on outside/shadow', (x, s) => withDevice(`<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='${shadowOf(s)}'/><target dev='hdc' bus='ide'/><readonly/></disk>`)(x)),
-  xmlCase('a disk escaping the image root with ..', (x, s) => x.replace(path.join(s.images, 'd1.qcow2'), `${s.images}/../outside/shadow`)),
-  xmlCase('a disk on a relative path', (x, s) => x.replace(path.join(s.images, 'd1.qcow2'), 'images/d1.qcow2')),
-  xmlCase('a disk in a sibling directory whose name starts like the root', (x, s) => x.replace(path.join(s.images, 'd1.qcow2'), `${s.images}-evil/d1.qcow2`)),
-  xmlCase('a network (nbd) disk', withDevice("<disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='nbd' name='x'><host name='10.0.0.1' port='10809'/></source><target dev='vdc' bus='virtio'/></disk>")),
-  xmlCase('a filesystem passing / through', withDevice("<filesystem type='mount' accessmode='passthrough'><source dir='/'/><target dir='host'/></filesystem>")),
-  xmlCase('a PCI hostdev', withDevice("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x00' slot='0x1f' function='0x0'/></source></hostdev>")),
-  xmlCase('a qemu:commandline', (x) => x.replace("<domain type='kvm'>", "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>").replace('</domain>', "<qemu:commandline><qemu:arg value='-device'/></qemu:commandline>\n</domain>")),
-  xmlCase('a serial port logging into outside/cron.d', (x, s) => withDevice(`<serial type='pty'><log file='${path.join(s.outside, 'cron.d', 'evil')}'/><target port='0'/></serial>`)(x)),
-  xmlCase('a file serial port writing outside', (x, s) => withDevice(`<serial type='file'><source path='${path.join(s.outside, 'passwd')}'/><target port='0'/></serial>`)(x)),
-  xmlCase('a serial port on a host device', withDevice("<serial type='dev'><source path='/dev/ttyS0'/><target port='0'/></serial>")),
-  xmlCase('a kernel read from outside', (x, s) => x.replace('<boot dev=\'hd\'/>', `<kernel>${path.join(s.outside, 'shadow')}</kernel>`)),
-  xmlCase('an nvram outside the roots', (x, s) => x.replace('<boot dev=\'hd\'/>', `<nvram>${path.join(s.outside, 'passwd')}</nvram><boot dev='hd'/>`)),
-  xmlCase('a loader that is neither offered nor in the roots', (x, s) => x.replace('<boot dev=\'hd\'/>', `<loader readonly='yes' type='pflash'>${shadowOf(s)}</loader><boot dev='hd'/>`)),
-  xmlCase('file-backed guest memory', (x) => x.replace('<vcpu', "<memoryBacking><source type='file'/></memoryBacking>\n  <vcpu")),
-  xmlCase('an fw_cfg sysinfo reading a host file', (x, s) => x.replace('<vcpu', `<sysinfo type='fwcfg'><entry name='opt/x' file='${shadowOf(s)}'/></sysinfo>\n  <vcpu`)),
-  xmlCase('an rng reading outside/shadow', (x, s) => withDevice(`<rng model='virtio'><backend model='random'>${shadowOf(s)}</backend></rng>`)(x)),
-  xmlCase('a TPM passed through', withDevice("<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>")),
-  xmlCase('a direct (macvtap) interface', withDevice("<interface type='direct'><source dev='eth0' mode='bridge'/></interface>")),
-  xmlCase('an interface ROM read from outside', (x, s) => withDevice(`<interface type='network'><source network='default'/><rom file='${shadowOf(s)}'/></interface>`)(x)),
-  xmlCase('an entity reading outside/shadow (XXE)', (x, s) => `<!DOCTYPE domain [<!ENTITY e SYSTEM "file://${shadowOf(s)}">]>\n${x.replace('<on_crash>destroy</on_crash>', '<on_crash>&e;</on_crash>')}`),
-  xmlCase('a root element other than <domain>', (x) => x.replace("<domain type='kvm'>", '<network>').replace('</domain>', '</network>')),
-  xmlCase('another VM\'s name (would redefine it)', (x) => x.replace('<name>exp1</name>', '<name>other-vm</name>')),
-  xmlCase('a Xen domain type', (x) => x.replace("<domain type='kvm'>", "<domain type='xen'>")),
+  xmlCase('a block disk on /dev/sda', /type="block"/, withDevice("<disk type='block' device='disk'><driver name='qemu' type='raw'/><source dev='/dev/sda'/><target dev='vdc' bus='virtio'/></disk>")),
+  xmlCase('a cdrom on outside/shadow', /outside\/shadow" is not a path inside/, (x, s) => withDevice(`<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='${shadowOf(s)}'/><target dev='hdc' bus='ide'/><readonly/></disk>`)(x)),
+  xmlCase('a disk escaping the image root with ..', /images\/\.\.\/outside\/shadow" is not a path inside/, (x, s) => x.replace(path.join(s.images, 'd1.qcow2'), `${s.images}/../outside/shadow`)),
+  xmlCase('a disk on a relative path', /"images\/d1.qcow2" is not a path inside/, (x, s) => x.replace(path.join(s.images, 'd1.qcow2'), 'images/d1.qcow2')),
+  xmlCase('a disk in a sibling directory whose name starts like the root', /images-evil\/d1.qcow2" is not a path inside/, (x, s) => x.replace(path.join(s.images, 'd1.qcow2'), `${s.images}-evil/d1.qcow2`)),
+  xmlCase('a network (nbd) disk', /type="network"/, withDevice("<disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='nbd' name='x'><host name='10.0.0.1' port='10809'/></source><target dev='vdc' bus='virtio'/></disk>")),
+  xmlCase('a filesystem passing / through', /\/devices\/filesystem: element is not allowed/, withDevice("<filesystem type='mount' accessmode='passthrough'><source dir='/'/><target dir='host'/></filesystem>")),
+  xmlCase('a PCI hostdev', /\/devices\/hostdev: element is not allowed/, withDevice("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x00' slot='0x1f' function='0x0'/></source></hostdev>")),
+  xmlCase('a qemu:commandline', /qemu:commandline: element is not allowed/, (x) => x.replace("<domain type='kvm'>", "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>").replace('</domain>', "<qemu:commandline><qemu:arg value='-device'/></qemu:commandline>\n</domain>")),
+  xmlCase('a serial port logging into outside/cron.d', /serial\/log@file: ".*outside\/cron.d\/evil"/, (x, s) => withDevice(`<serial type='pty'><log file='${path.join(s.outside, 'cron.d', 'evil')}'/><target port='0'/></serial>`)(x)),
+  xmlCase('a file serial port writing outside', /serial\/source@path: ".*outside\/passwd"/, (x, s) => withDevice(`<serial type='file'><source path='${path.join(s.outside, 'passwd')}'/><target port='0'/></serial>`)(x)),
+  xmlCase('a serial port on a host device', /type="dev"/, withDevice("<serial type='dev'><source path='/dev/ttyS0'/><target port='0'/></serial>")),
+  xmlCase('a kernel read from outside', /os\/kernel: ".*outside\/shadow"/, (x, s) => x.replace('<boot dev=\'hd\'/>', `<kernel>${path.join(s.outside, 'shadow')}</kernel>`)),
+  xmlCase('an nvram outside the roots', /nvram ".*outside\/passwd"/, (x, s) => x.replace('<boot dev=\'hd\'/>', `<nvram>${path.join(s.outside, 'passwd')}</nvram><boot dev='hd'/>`)),
+  xmlCase('a loader that is neither offered nor in the roots', /firmware ".*outside\/shadow"/, (x, s) => x.replace('<boot dev=\'hd\'/>', `<loader readonly='yes' type='pflash'>${shadowOf(s)}</loader><boot dev='hd'/>`)),
+  xmlCase('file-backed guest memory', /memoryBacking\/source: type="file"/, (x) => x.replace('<vcpu', "<memoryBacking><source type='file'/></memoryBacking>\n  <vcpu")),
+  xmlCase('an fw_cfg sysinfo reading a host file', /type="fwcfg"/, (x, s) => x.replace('<vcpu', `<sysinfo type='fwcfg'><entry name='opt/x' file='${shadowOf(s)}'/></sysinfo>\n  <vcpu`)),
+  xmlCase('an rng reading outside/shadow', /rng source ".*outside\/shadow"/, (x, s) => withDevice(`<rng model='virtio'><backend model='random'>${shadowOf(s)}</backend></rng>`)(x)),
+  xmlCase('a TPM passed through', /devices\/tpm: element is not allowed/, withDevice("<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>")),
+  xmlCase('a direct (macvtap) interface', /type="direct"/, withDevice("<interface type='direct'><source dev='eth0' mode='bridge'/></interface>")),
+  xmlCase('an interface ROM read from outside', /rom@file: ".*outside\/shadow"/, (x, s) => withDevice(`<interface type='network'><source network='default'/><rom file='${shadowOf(s)}'/></interface>`)(x)),
+  xmlCase('an entity reading outside/shadow (XXE)', /DTD/, (x, s) => `<!DOCTYPE domain [<!ENTITY e SYSTEM "file://${shadowOf(s)}">]>\n${x.replace('<on_crash>destroy</on_crash>', '<on_crash>&e;</on_crash>')}`),
+  xmlCase('a root element other than <domain>', /root is <network>/, (x) => x.replace("<domain type='kvm'>", '<network>').replace('</domain>', '</network>')),
+  xmlCase('another VM\'s name (would redefine it)', /must be named "exp1"/, (x) => x.replace('<name>exp1</name>', '<name>other-vm</name>')),
+  xmlCase('a Xen domain type', /type="xen"/, (x) => x.replace("<domain type='kvm'>", "<domain type='xen'>")),
 
   // Symlinks, FIFOs and directories where root expects a regular file or directory.
   {
@@ -290,18 +295,18 @@ const cases: HostileCase[] = [
   },
 
   // Headers: images from a backup (or a guest's raw disk) with crafted qcow2 headers made by the real qemu-img.
-  headerCase('a backing file outside/shadow', qcow2Backing(shadowOf)),
-  headerCase('an nbd:// backing file', qcow2Backing(() => 'nbd://127.0.0.1:10809/x')),
-  headerCase('a relative backing file climbing out', qcow2Backing(() => '../outside/shadow')),
-  headerCase('a backing file below the root spelled with ..', qcow2Backing((s) => `${s.images}/../outside/shadow`)),
-  headerCase('a json: backing file', qcow2Backing((s) => `json:{"driver":"raw","file":{"driver":"file","filename":"${shadowOf(s)}"}}`)),
-  headerCase('a backing file inside the roots of format vmdk', qcow2Backing((s) => path.join(s.images, 'd1.qcow2'), 'vmdk')),
-  headerCase('an external data file outside', async (s, img) => {
+  headerCase('a backing file outside/shadow', /outside\/shadow" as its backing file/, qcow2Backing(shadowOf)),
+  headerCase('an nbd:// backing file', /"nbd:\/\/127.0.0.1:10809\/x" as its backing file/, qcow2Backing(() => 'nbd://127.0.0.1:10809/x')),
+  headerCase('a relative backing file climbing out', /\.\.\/outside\/shadow" as its backing file/, qcow2Backing(() => '../outside/shadow')),
+  headerCase('a backing file below the root spelled with ..', /images\/\.\.\/outside\/shadow" as its backing file/, qcow2Backing((s) => `${s.images}/../outside/shadow`)),
+  headerCase('a json: backing file', /"json:.* as its backing file/, qcow2Backing((s) => `json:{"driver":"raw","file":{"driver":"file","filename":"${shadowOf(s)}"}}`)),
+  headerCase('a backing file inside the roots of format vmdk', /without a raw or qcow2 format/, qcow2Backing((s) => path.join(s.images, 'd1.qcow2'), 'vmdk')),
+  headerCase('an external data file outside', /external data file ".*outside\/data.raw"/, async (s, img) => {
     await qemuImgCreate(['-f', 'qcow2', '-o', `data_file=${path.join(s.outside, 'data.raw')}`, img, '1M']);
   }),
-  headerCase('a raw disk declared qcow2 by the definition', async (_s, img) => { await writeFile(img, Buffer.alloc(65536, 0x41)); }),
-  headerCase('an image of a format neither raw nor qcow2 (vmdk)', async (_s, img) => { await qemuImgCreate(['-f', 'vmdk', img, '1M']); }, 'vmdk'),
-  headerCase('a definition naming the format host_device', async (_s, img) => { await qemuImgCreate(['-f', 'raw', img, '1M']); }, 'host_device'),
+  headerCase('a raw disk declared qcow2 by the definition', /cannot be read as qcow2/, async (_s, img) => { await writeFile(img, Buffer.alloc(65536, 0x41)); }),
+  headerCase('an image of a format neither raw nor qcow2 (vmdk)', /format "vmdk" is not raw or qcow2/, async (_s, img) => { await qemuImgCreate(['-f', 'vmdk', img, '1M']); }, 'vmdk'),
+  headerCase('a definition naming the format host_device', /format "host_device" is not raw or qcow2/, async (_s, img) => { await qemuImgCreate(['-f', 'raw', img, '1M']); }, 'host_device'),
 
   // Paths: directories from the directory outside the node's allowed roots, or files outside their root.
   { category: 'path', name: 'sstBackupRootDirectory outside the allowed roots', act: (s) => settingsOf(s, { sstbackuprootdirectory: [`file://${s.outside}`] }), code: ReturnCode.directoryNotAllowed },
@@ -403,7 +408,9 @@ describe('hostile inputs are refused with a return code, nothing touched', () =>
       const s = await sandbox();
       await c.setup?.(s);
       const before = await snapshot(s.root);
-      expect(await refusalCode(() => c.act(s))).toBe(c.code);
+      const { code, message } = await refusal(() => c.act(s));
+      expect(code).toBe(c.code);
+      if (c.why) expect(message).toMatch(c.why);
       expect(await snapshot(s.root)).toEqual(before);
     });
   }
@@ -413,6 +420,41 @@ describe('hostile inputs are refused with a return code, nothing touched', () =>
  * The same calls on harmless input succeed: a case above fails because of
  * its hostile part, not because the call or its sandbox is wrong.
  */
+describe('the snapshot sees what a harmful act would do', () => {
+  const harms: [string, (s: Sandbox) => Promise<unknown>][] = [
+    ['a chmod of outside/shadow', (s) => chmod(shadowOf(s), 0o666)],
+    ['a chown of outside/shadow to its own owner (only ctime changes)', async (s) => {
+      // File times tick with the kernel's coarse clock (a few ms): let one tick pass since the file was made.
+      await new Promise((r) => setTimeout(r, 30));
+      await chown(shadowOf(s), 0, 0);
+    }],
+    ['a write into outside/passwd keeping its size and mtime', async (s) => {
+      const p = path.join(s.outside, 'passwd');
+      const { mtime, atime } = await lstat(p);
+      const text = await readFile(p, 'utf8');
+      await writeFile(p, text.replace('bash', 'dash'));
+      await utimes(p, atime, mtime);
+    }],
+    ['a file created in outside/cron.d', (s) => writeFile(path.join(s.outside, 'cron.d', 'evil'), '* * * * * root sh\n')],
+    ['an empty directory made in the backup root', (s) => mkdir(path.join(s.backup, 'x'))],
+    ['a symlink pointed elsewhere', async (s) => {
+      await symlink(shadowOf(s), path.join(s.images, 'l'));
+      const before = await snapshot(s.root);
+      await rm(path.join(s.images, 'l'));
+      await symlink(path.join(s.outside, 'passwd'), path.join(s.images, 'l'));
+      return before;
+    }],
+  ];
+  for (const [name, harm] of harms) {
+    it(name, async () => {
+      const s = await sandbox();
+      const before = await snapshot(s.root);
+      const own = await harm(s);
+      expect(await snapshot(s.root)).not.toEqual(own ?? before);
+    });
+  }
+});
+
 describe('controls: the harmless versions are accepted', () => {
   it('the base domain definition', async () => {
     const s = await sandbox();
