@@ -420,6 +420,62 @@ describe('hostile inputs are refused with a return code, nothing touched', () =>
  * The same calls on harmless input succeed: a case above fails because of
  * its hostile part, not because the call or its sandbox is wrong.
  */
+/**
+ * FINDINGS (issue #10): hostile inputs the production functions accept
+ * today. Each test states what production does now, so that the suite stays
+ * green until src is fixed; the fix makes it fail, and the case then moves
+ * into the table above with the code it should get. Nothing is harmed here
+ * (the check itself opens nothing), the harm comes after the acceptance.
+ */
+describe('findings: hostile inputs accepted today', () => {
+  /*
+   * A backing file "inside the image roots" is checked by its path only
+   * (assertSafeImageHeader, called by restoreStep and unretainLargeFiles).
+   * The image directories are writable by vm-storage: a member plants
+   * images/template.raw -> /etc/shadow, and a backup image naming
+   * images/template.raw as its raw backing passes; when the restored VM
+   * starts, QEMU opens /etc/shadow as the guest's disk content (and libvirt's
+   * DAC driver labels the backing chain it resolves). Should be 59 (or 61):
+   * every component of the backing path lstat-ed below its root and the
+   * backing file a regular file (assertNoSymlinkBelow(root, backing, 'file')).
+   */
+  it('FINDING: a backing file inside the roots that is a symlink to outside/shadow is accepted', async () => {
+    const s = await sandbox();
+    await symlink(shadowOf(s), path.join(s.images, 'template.raw'));
+    const img = path.join(s.images, 'restored.img');
+    await qcow2Backing((x) => path.join(x.images, 'template.raw'))(s, img);
+    const before = await snapshot(s.root);
+    expect((await refusal(() => assertSafeImageHeader(qemuImg, img, 'qcow2', [s.images]))).code).toBe('accepted (no error)');
+    expect(await snapshot(s.root)).toEqual(before);
+  });
+
+  it('FINDING: a backing file below a symlinked directory inside the roots is accepted', async () => {
+    const s = await sandbox();
+    await symlink(s.outside, path.join(s.images, 'vm-templates'));
+    const img = path.join(s.images, 'restored.img');
+    await qcow2Backing((x) => path.join(x.images, 'vm-templates', 'shadow'))(s, img);
+    const before = await snapshot(s.root);
+    expect((await refusal(() => assertSafeImageHeader(qemuImg, img, 'qcow2', [s.images]))).code).toBe('accepted (no error)');
+    expect(await snapshot(s.root)).toEqual(before);
+  });
+
+  /*
+   * <video><model> is an 'any' subtree in the allowlist, but its
+   * <acceleration rendernode='…'/> names a host device path that is never
+   * checked against anything. libvirt honours rendernode only for the
+   * vhost-user GPU backend (a <driver name='vhostuser'/> the allowlist
+   * refuses), so this is a gap in the rule "every host path is checked"
+   * rather than a known exploit. Should be 58.
+   */
+  it('FINDING: a video rendernode naming outside/shadow is accepted by the domain allowlist', async () => {
+    const s = await sandbox();
+    const xml = domainXml(s, withDevice(`<video><model type='virtio' heads='1' primary='yes'><acceleration accel3d='yes' rendernode='${shadowOf(s)}'/></model></video>`));
+    const defined = defineXml(s, xml);
+    expect(defined).toContain('rendernode=');
+    expect(defined).toContain(shadowOf(s));
+  });
+});
+
 describe('the snapshot sees what a harmful act would do', () => {
   const harms: [string, (s: Sandbox) => Promise<unknown>][] = [
     ['a chmod of outside/shadow', (s) => chmod(shadowOf(s), 0o666)],
