@@ -460,6 +460,27 @@ describe('findings: hostile inputs accepted today', () => {
   });
 
   /*
+   * The decision LDIF may not hold the VM's ou=backup (readDecisionLdif,
+   * isBackupSubtree in src/domain/restore/vmSubtree.ts), but RDNs are
+   * compared as written, lower-cased: `ou=\62ackup` (RFC 4514 hex escape of
+   * "b") and `ou=backup\20` (a trailing space, insignificant to caseIgnoreMatch)
+   * both name ou=backup to slapd and pass. vmSubtree keeps them too, so the
+   * restore would write the VM's ou=backup entry (settings, exclusion, cron)
+   * from a file any vm-storage member can write. Should be 65: RDN values
+   * unescaped (\XX, \c, #hex) and space-folded before the comparison.
+   */
+  for (const rdn of ['ou=\\62ackup', 'ou=backup\\20']) {
+    it(`FINDING: a decision LDIF entry ${rdn} (the VM's ou=backup, escaped) is accepted`, async () => {
+      const s = await sandbox();
+      await ldifCase('escaped ou=backup', `version: 1\n\n${vmEntry}\ndn: ${rdn},${VM_DN}\nou: backup\nsstBackupExcludeFromBackup: TRUE\n`).setup?.(s);
+      const before = await snapshot(s.root);
+      const entries = await readDecisionLdif(layout(s), VM_DN);
+      expect(entries?.map((e) => e.dn)).toEqual([VM_DN, `${rdn},${VM_DN}`]);
+      expect(await snapshot(s.root)).toEqual(before);
+    });
+  }
+
+  /*
    * <video><model> is an 'any' subtree in the allowlist, but its
    * <acceleration rendernode='…'/> names a host device path that is never
    * checked against anything. libvirt honours rendernode only for the
