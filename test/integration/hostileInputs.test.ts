@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { chmod, chown, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, chown, link, lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -481,6 +481,22 @@ describe('findings: hostile inputs accepted today', () => {
   }
 
   /*
+   * O_NOFOLLOW stops a symlink, not a hard link: chmodNoFollow (and
+   * chownByName) on a name a vm-storage member made with `ln /etc/shadow
+   * images/new.qcow2` change /etc/shadow itself. Only fs.protected_hardlinks=1
+   * (the kernel default on Debian) keeps such a link from being made by
+   * someone who does not own the target; production does not check it, nor
+   * the link count of the descriptor. Should be 61 (st.nlink > 1 on a file
+   * root did not just create), or a documented requirement on the sysctl.
+   */
+  it('FINDING: chmodNoFollow through a hard link changes outside/shadow', async () => {
+    const s = await sandbox();
+    await link(shadowOf(s), path.join(s.images, 'new.qcow2'));
+    expect((await refusal(() => chmodNoFollow(path.join(s.images, 'new.qcow2'), 0o660))).code).toBe('accepted (no error)');
+    expect((await lstat(shadowOf(s))).mode & 0o777).toBe(0o660);
+  });
+
+  /*
    * <video><model> is an 'any' subtree in the allowlist, but its
    * <acceleration rendernode='…'/> names a host device path that is never
    * checked against anything. libvirt honours rendernode only for the
@@ -503,7 +519,7 @@ describe('the snapshot sees what a harmful act would do', () => {
     ['a chown of outside/shadow to its own owner (only ctime changes)', async (s) => {
       // File times tick with the kernel's coarse clock (a few ms): let one tick pass since the file was made.
       await new Promise((r) => setTimeout(r, 30));
-      await chown(shadowOf(s), 0, 0);
+      await chown(shadowOf(s), process.getuid?.() ?? 0, process.getgid?.() ?? 0);
     }],
     ['a write into outside/passwd keeping its size and mtime', async (s) => {
       const p = path.join(s.outside, 'passwd');
