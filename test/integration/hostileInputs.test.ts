@@ -32,6 +32,7 @@ import { run } from '../../src/hypervisor/exec.js';
  * size, mode, owner, mtime, ctime, sha256, symlink target) taken after the
  * case's setup must equal the one taken after the refusal. No case may
  * create anything, even inside the roots: a refusal comes before any change.
+ * Hostile inputs production accepts today are the "findings" below.
  */
 
 type Category = 'xml' | 'symlink' | 'header' | 'path' | 'mode' | 'name' | 'url' | 'ldif';
