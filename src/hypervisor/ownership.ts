@@ -40,6 +40,13 @@ export async function openNoFollow(target: string, kind: 'file' | 'directory' | 
     await h.close();
     throw new BackupError(`${target} is not a regular ${kind === 'either' ? 'file or directory' : kind}`, ReturnCode.symlinkRefused);
   }
+  // A hard link is a second name of a file that may live outside the roots (a
+  // planted link to /etc/shadow): root would chmod, chown or read that file.
+  // Nothing this program makes or copies has more than one link.
+  if (st.isFile() && st.nlink > 1) {
+    await h.close();
+    throw new BackupError(`${target} has ${st.nlink} hard links; refusing a file that may also be another (system) file`, ReturnCode.symlinkRefused);
+  }
   return h;
 }
 

@@ -3,6 +3,7 @@ import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { isImageFormat, type QemuImg } from '../hypervisor/QemuImg.js';
 import { isBelow } from './backupDisks.js';
+import { assertNoSymlinkBelow } from './safeFs.js';
 
 /**
  * An image from a backup is read in the format its definition gives and its
@@ -33,5 +34,12 @@ export async function assertSafeImageHeader(qemuImg: QemuImg, file: string, form
   }
   if (!isImageFormat(info.backingFormat)) {
     throw new BackupError(`${file} names its backing file ${b} without a raw or qcow2 format`, ReturnCode.unsafeImageHeader);
+  }
+  // Inside the roots by its name is not enough: QEMU follows a symlinked component or file wherever it points.
+  const root = imageRoots.find((r) => isBelow(r, b))!;
+  try {
+    await assertNoSymlinkBelow(root, b, 'file');
+  } catch (err) {
+    throw new BackupError(`${file} names ${b} as its backing file, which leads out of the image roots: ${errorMessage(err)}`, ReturnCode.unsafeImageHeader, { cause: err });
   }
 }

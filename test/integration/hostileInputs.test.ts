@@ -32,7 +32,7 @@ import { run } from '../../src/hypervisor/exec.js';
  * size, mode, owner, mtime, ctime, sha256, symlink target) taken after the
  * case's setup must equal the one taken after the refusal. No case may
  * create anything, even inside the roots: a refusal comes before any change.
- * Hostile inputs production accepts today are the "findings" below.
+ * Hostile inputs this suite found accepted are the "findings" below (fixed but one).
  */
 
 type Category = 'xml' | 'symlink' | 'header' | 'path' | 'mode' | 'name' | 'url' | 'ldif';
@@ -422,13 +422,13 @@ describe('hostile inputs are refused with a return code, nothing touched', () =>
  * its hostile part, not because the call or its sandbox is wrong.
  */
 /**
- * FINDINGS (issue #10): hostile inputs the production functions accept
- * today. Each test states what production does now, so that the suite stays
- * green until src is fixed; the fix makes it fail, and the case then moves
- * into the table above with the code it should get. Nothing is harmed here
- * (the check itself opens nothing), the harm comes after the acceptance.
+ * FINDINGS (issue #10): hostile inputs this suite found accepted. The
+ * symlinked backing file, the escaped ou=backup and the hard link are fixed
+ * (the tests now assert the refusal); the video rendernode is still accepted
+ * (see its comment). Nothing is harmed here: the harm would come after an
+ * acceptance.
  */
-describe('findings: hostile inputs accepted today', () => {
+describe('findings of this suite: fixed (refused now), and one still accepted', () => {
   /*
    * A backing file "inside the image roots" is checked by its path only
    * (assertSafeImageHeader, called by restoreStep and unretainLargeFiles).
@@ -440,23 +440,23 @@ describe('findings: hostile inputs accepted today', () => {
    * every component of the backing path lstat-ed below its root and the
    * backing file a regular file (assertNoSymlinkBelow(root, backing, 'file')).
    */
-  it('FINDING: a backing file inside the roots that is a symlink to outside/shadow is accepted', async () => {
+  it('FIXED: a backing file inside the roots that is a symlink to outside/shadow is refused with 59', async () => {
     const s = await sandbox();
     await symlink(shadowOf(s), path.join(s.images, 'template.raw'));
     const img = path.join(s.images, 'restored.img');
     await qcow2Backing((x) => path.join(x.images, 'template.raw'))(s, img);
     const before = await snapshot(s.root);
-    expect((await refusal(() => assertSafeImageHeader(qemuImg, img, 'qcow2', [s.images]))).code).toBe('accepted (no error)');
+    expect((await refusal(() => assertSafeImageHeader(qemuImg, img, 'qcow2', [s.images]))).code).toBe(ReturnCode.unsafeImageHeader);
     expect(await snapshot(s.root)).toEqual(before);
   });
 
-  it('FINDING: a backing file below a symlinked directory inside the roots is accepted', async () => {
+  it('FIXED: a backing file below a symlinked directory inside the roots is refused with 59', async () => {
     const s = await sandbox();
     await symlink(s.outside, path.join(s.images, 'vm-templates'));
     const img = path.join(s.images, 'restored.img');
     await qcow2Backing((x) => path.join(x.images, 'vm-templates', 'shadow'))(s, img);
     const before = await snapshot(s.root);
-    expect((await refusal(() => assertSafeImageHeader(qemuImg, img, 'qcow2', [s.images]))).code).toBe('accepted (no error)');
+    expect((await refusal(() => assertSafeImageHeader(qemuImg, img, 'qcow2', [s.images]))).code).toBe(ReturnCode.unsafeImageHeader);
     expect(await snapshot(s.root)).toEqual(before);
   });
 
@@ -471,12 +471,11 @@ describe('findings: hostile inputs accepted today', () => {
    * unescaped (\XX, \c, #hex) and space-folded before the comparison.
    */
   for (const rdn of ['ou=\\62ackup', 'ou=backup\\20']) {
-    it(`FINDING: a decision LDIF entry ${rdn} (the VM's ou=backup, escaped) is accepted`, async () => {
+    it(`FIXED: a decision LDIF entry ${rdn} (the VM's ou=backup, escaped) is refused with 65`, async () => {
       const s = await sandbox();
       await ldifCase('escaped ou=backup', `version: 1\n\n${vmEntry}\ndn: ${rdn},${VM_DN}\nou: backup\nsstBackupExcludeFromBackup: TRUE\n`).setup?.(s);
       const before = await snapshot(s.root);
-      const entries = await readDecisionLdif(layout(s), VM_DN);
-      expect(entries?.map((e) => e.dn)).toEqual([VM_DN, `${rdn},${VM_DN}`]);
+      expect((await refusal(() => readDecisionLdif(layout(s), VM_DN))).code).toBe(ReturnCode.unsafeDecisionLdif);
       expect(await snapshot(s.root)).toEqual(before);
     });
   }
@@ -490,11 +489,12 @@ describe('findings: hostile inputs accepted today', () => {
    * the link count of the descriptor. Should be 61 (st.nlink > 1 on a file
    * root did not just create), or a documented requirement on the sysctl.
    */
-  it('FINDING: chmodNoFollow through a hard link changes outside/shadow', async () => {
+  it('FIXED: chmodNoFollow through a hard link is refused with 61 and outside/shadow keeps its mode', async () => {
     const s = await sandbox();
     await link(shadowOf(s), path.join(s.images, 'new.qcow2'));
-    expect((await refusal(() => chmodNoFollow(path.join(s.images, 'new.qcow2'), 0o660))).code).toBe('accepted (no error)');
-    expect((await lstat(shadowOf(s))).mode & 0o777).toBe(0o660);
+    const mode = (await lstat(shadowOf(s))).mode & 0o777;
+    expect((await refusal(() => chmodNoFollow(path.join(s.images, 'new.qcow2'), 0o660))).code).toBe(ReturnCode.symlinkRefused);
+    expect((await lstat(shadowOf(s))).mode & 0o777).toBe(mode);
   });
 
   /*

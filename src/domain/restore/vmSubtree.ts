@@ -24,11 +24,39 @@ export function splitDn(dn: string): string[] {
   return out;
 }
 
-/** `sstDisk = VDA` → `sstdisk=vda` */
+/**
+ * An RDN as the server compares it: `sstDisk = VDA` → `sstdisk=vda`. The
+ * value's escapes are undone (`\62ackup` and `back\75p` are `backup`),
+ * insignificant spaces dropped and case folded (caseIgnoreMatch), and `ou`'s
+ * OID spelling read as `ou` — else a hostile LDIF could name the VM's
+ * ou=backup in a spelling that passes a text comparison.
+ */
 export function normalizeRdn(rdn: string): string {
   const eq = rdn.indexOf('=');
   if (eq < 0) return rdn.trim().toLowerCase();
-  return `${rdn.slice(0, eq).trim()}=${rdn.slice(eq + 1).trim()}`.toLowerCase();
+  let type = rdn.slice(0, eq).trim().toLowerCase();
+  if (type === '2.5.4.11' || type === 'organizationalunitname') type = 'ou';
+  const value = unescapeDnValue(rdn.slice(eq + 1)).trim().replace(/\s+/g, ' ').toLowerCase();
+  // Keys made of normalized RDNs are split on commas again: the separators stay escaped.
+  return `${type}=${value.replace(/[\\,+]/g, '\\$&')}`;
+}
+
+/** `\XX` hex pairs (UTF-8 bytes) and `\c` escapes of an RDN value, undone. */
+function unescapeDnValue(v: string): string {
+  const bytes: number[] = [];
+  for (let i = 0; i < v.length; i += 1) {
+    const c = v[i]!;
+    if (c === '\\' && /^[0-9a-fA-F]{2}$/.test(v.slice(i + 1, i + 3))) {
+      bytes.push(parseInt(v.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else if (c === '\\' && i + 1 < v.length) {
+      bytes.push(...Buffer.from(v[i + 1]!, 'utf8'));
+      i += 1;
+    } else {
+      bytes.push(...Buffer.from(c, 'utf8'));
+    }
+  }
+  return Buffer.from(bytes).toString('utf8');
 }
 
 /** Attribute type and value of an RDN (`sstDisk=vda` → ['sstDisk', 'vda']). */
