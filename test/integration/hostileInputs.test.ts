@@ -32,7 +32,7 @@ import { run } from '../../src/hypervisor/exec.js';
  * size, mode, owner, mtime, ctime, sha256, symlink target) taken after the
  * case's setup must equal the one taken after the refusal. No case may
  * create anything, even inside the roots: a refusal comes before any change.
- * Hostile inputs this suite found accepted are the "findings" below (fixed but one).
+ * Hostile inputs this suite found accepted are the "findings" below (all fixed).
  */
 
 type Category = 'xml' | 'symlink' | 'header' | 'path' | 'mode' | 'name' | 'url' | 'ldif';
@@ -423,12 +423,10 @@ describe('hostile inputs are refused with a return code, nothing touched', () =>
  */
 /**
  * FINDINGS (issue #10): hostile inputs this suite found accepted. The
- * symlinked backing file, the escaped ou=backup and the hard link are fixed
- * (the tests now assert the refusal); the video rendernode is still accepted
- * (see its comment). Nothing is harmed here: the harm would come after an
- * acceptance.
+ * symlinked backing file, the escaped ou=backup, the hard link and the video
+ * rendernode are fixed: the tests assert the refusals.
  */
-describe('findings of this suite: fixed (refused now), and one still accepted', () => {
+describe('findings of this suite, fixed: refused now', () => {
   /*
    * A backing file "inside the image roots" is checked by its path only
    * (assertSafeImageHeader, called by restoreStep and unretainLargeFiles).
@@ -498,19 +496,19 @@ describe('findings of this suite: fixed (refused now), and one still accepted', 
   });
 
   /*
-   * <video><model> is an 'any' subtree in the allowlist, but its
-   * <acceleration rendernode='…'/> names a host device path that is never
-   * checked against anything. libvirt honours rendernode only for the
-   * vhost-user GPU backend (a <driver name='vhostuser'/> the allowlist
-   * refuses), so this is a gap in the rule "every host path is checked"
-   * rather than a known exploit. Should be 58.
+   * <video><model> was an 'any' subtree in the allowlist, so its
+   * <acceleration rendernode='…'/> named a host device path that was never
+   * checked (libvirt honours it only for the vhost-user GPU backend, which
+   * the allowlist refuses: a gap in "every host path is checked" rather than
+   * a known exploit). The model's attributes and children are listed now,
+   * rendernode as a path inside the image roots.
    */
-  it('FINDING: a video rendernode naming outside/shadow is accepted by the domain allowlist', async () => {
+  it('FIXED: a video rendernode naming outside/shadow is refused by the domain allowlist with 58', async () => {
     const s = await sandbox();
     const xml = domainXml(s, withDevice(`<video><model type='virtio' heads='1' primary='yes'><acceleration accel3d='yes' rendernode='${shadowOf(s)}'/></model></video>`));
-    const defined = defineXml(s, xml);
-    expect(defined).toContain('rendernode=');
-    expect(defined).toContain(shadowOf(s));
+    expect((await refusal(() => defineXml(s, xml))).code).toBe(ReturnCode.unsafeDomainDefinition);
+    // A model without a host path still passes.
+    expect(defineXml(s, domainXml(s, withDevice(`<video><model type='virtio' heads='1' primary='yes'><acceleration accel3d='no'/></model></video>`)))).toContain('accel3d');
   });
 });
 

@@ -196,7 +196,18 @@ const spec: Spec = {
             audio: { attrs: { id: 'any' } },
           },
         },
-        video: { children: { model: 'any', address, alias, driver: { attrs: { name: ['qemu'] } } } },
+        video: {
+          children: {
+            model: {
+              attrs: { type: 'any', vram: 'any', vram64: 'any', vgamem: 'any', ram: 'any', heads: 'any', primary: ['yes', 'no'], blob: ['on', 'off'] },
+              // rendernode names a host device: it must be inside the image roots like every other host path.
+              children: { acceleration: { attrs: { accel3d: ['yes', 'no'], accel2d: ['yes', 'no'], rendernode: 'path' } }, resolution: 'any' },
+            },
+            address,
+            alias,
+            driver: { attrs: { name: ['qemu'] } },
+          },
+        },
         sound: 'any',
         // audio backends that write or read host files or devices are out
         audio: { attrs: { id: 'any', type: ['none', 'spice'] }, children: { input: 'any', output: 'any' } },
