@@ -278,7 +278,9 @@ describe('kvmbackup (the CLI, as cron runs it)', () => {
     expect(killed.signal).toBe('SIGKILL');
     const [left] = (await w.directory.listLeaves(vms[0]!)).filter((l) => l.mode !== 'finished');
     expect({ mode: left?.mode, rv: left?.returnValue }).toEqual({ mode: 'snapshotted', rv: 0 });
-    // Nothing else drives it: without the resume every later run skipped the VM for good.
+    // Nothing else drives it: without the resume every later run skipped the VM for good. It counts as
+    // left behind once unchanged for the claim timeout (1 s here; modifyTimestamp has whole seconds).
+    await new Promise((r) => setTimeout(r, 2_100));
     const r = await execa('node', [CLI, 'kvmbackup', '--include', vms[0]!], { env: { ...env(), STONEY_CLAIM_TIMEOUT_S: '1' }, reject: false });
     expect({ code: r.exitCode, out: r.stdout }).toMatchObject({ code: 0 });
     expect(r.stderr).toContain(`resuming the interrupted backup ${left!.leaf} of ${vms[0]} (${vms[0]}: snapshotted)`);
