@@ -17,7 +17,6 @@ import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
 import { isPlaceholderState, loadRestoreWork, siblingVmDn, type RestoreWork } from './restoreWork.js';
 import { removeRestoreWorkDir } from './restoreWorkDir.js';
 import { readDecisionLdif } from './restoreDecisionLdif.js';
-import type { LdifEntry } from '../domain/restore/ldifRecords.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
 import { faultPoint } from './faultPoint.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { batchDone, decideBatch, defaultBatchPolicy, type BatchPolicy, type ModeWrite } from '../../src/control/decideBatch.js';
+import { batchDone, decideBatch, defaultBatchPolicy, type BatchPolicy } from '../../src/control/decideBatch.js';
 import type { LeafEntry } from '../../src/directory/types.js';
 import { nodeClaim, nodeReport } from '../../workflows/backupMachine.js';
 import { briefWrites, leafEntry } from '../helpers/leafEntries.js';
