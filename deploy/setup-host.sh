@@ -13,7 +13,7 @@ LIBVIRT_URI="${STONEY_LIBVIRT_URI:-qemu:///system}"
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
 
-need_cmds=(slapd slapadd ldapsearch qemu-img qemu-io qemu-system-x86_64 virsh libvirtd virtlogd strace prometheus promtool systemd-analyze unshare setpriv nsenter)
+need_cmds=(slapd slapadd ldapsearch qemu-img qemu-io qemu-storage-daemon qemu-system-x86_64 virsh libvirtd virtlogd strace prometheus promtool systemd-analyze unshare setpriv nsenter)
 missing=()
 for c in "${need_cmds[@]}"; do
   command -v "$c" >/dev/null 2>&1 || [[ -x "/usr/sbin/$c" ]] || missing+=("$c")

@@ -35,10 +35,15 @@ const LONG_JOB_MS = 48 * 3600 * 1000;
  * `layers` runs top first; the last one is opened without backing.
  */
 export function chainSpec(layers: readonly string[]): string {
+  return `json:${JSON.stringify(chainNode(layers))}`;
+}
+
+/** chainSpec's block-device tree as an object (for QMP's blockdev-add / --blockdev). */
+export function chainNode(layers: readonly string[]): Record<string, unknown> {
   if (layers.length === 0) throw new Error('chainSpec: no layers');
   let node: Record<string, unknown> | null = null;
   for (const p of [...layers].reverse()) node = { driver: 'qcow2', file: { driver: 'file', filename: p }, backing: node };
-  return `json:${JSON.stringify(node)}`;
+  return node!;
 }
 
 export class QemuImg {
@@ -51,6 +56,14 @@ export class QemuImg {
   async createOverlay(path: string, backing: string, backingFormat: string): Promise<void> {
     if (!backing.startsWith('/')) throw new Error(`backing ${backing} is not an absolute path`);
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', backingFormat, '-b', backing, path], { logger: this.logger, timeoutMs: 120_000 });
+  }
+
+  /**
+   * New empty qcow2 image of `virtualSize` bytes whose header names `backing`
+   * (relative to the image's directory) — written as given, not opened.
+   */
+  async createOnBacking(path: string, backing: string, virtualSize: number): Promise<void> {
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, '-u', path, String(virtualSize)], { logger: this.logger, timeoutMs: 120_000 });
   }
 
   /**

@@ -101,8 +101,37 @@ export class Virsh {
     await this.virsh(['define', xmlFile], 60_000);
   }
 
+  /**
+   * Removes the persistent definition. Checkpoint metadata goes with it
+   * (libvirt refuses otherwise): a restore replaces the disks, so the
+   * bitmaps the checkpoints stand for are gone anyway.
+   */
   async undefine(vm: string): Promise<void> {
-    await this.virsh(['undefine', vm], 60_000);
+    await this.virsh(['undefine', '--checkpoints-metadata', vm], 60_000);
+  }
+
+  /**
+   * A libvirt checkpoint: a persistent dirty bitmap named like it in the
+   * current top image of each disk with `bitmap: true`, recording every
+   * write from now on — libvirt carries it into overlays of later snapshots
+   * and merges it back on commit, so it survives the live method's merge.
+   */
+  async checkpointCreate(vm: string, name: string, disks: { target: string; bitmap: boolean }[]): Promise<void> {
+    const esc = (v: string) => v.replaceAll(',', ',,');
+    const args = ['checkpoint-create-as', vm, '--name', name];
+    for (const d of disks) args.push('--diskspec', d.bitmap ? `${esc(d.target)},checkpoint=bitmap,bitmap=${esc(name)}` : `${esc(d.target)},checkpoint=no`);
+    await this.virsh(args, 120_000);
+  }
+
+  /** The domain's checkpoints, parents before children. */
+  async checkpointNames(vm: string): Promise<string[]> {
+    const out = await this.virsh(['checkpoint-list', vm, '--name', '--topological'], 30_000);
+    return out.split('\n').map((l) => l.trim()).filter(Boolean);
+  }
+
+  /** Deletes a checkpoint and its bitmaps (merged into its parent's, if it has one). */
+  async checkpointDelete(vm: string, name: string): Promise<void> {
+    await this.virsh(['checkpoint-delete', vm, name], 120_000);
   }
 
   /**

@@ -101,3 +101,57 @@ export function startCollecting(command: string, args: readonly string[], opts: 
     },
   };
 }
+
+/** A process we talk to line by line on stdin/stdout (e.g. a QMP monitor). */
+export interface LineProcess {
+  send(line: string): void;
+  /** Called with each line the process prints on stdout. */
+  onLine(listener: (line: string) => void): void;
+  /** Settles when the process has ended: its exit code (-1 when killed) and stderr. */
+  readonly ended: Promise<{ exitCode: number; stderr: string }>;
+  kill(): void;
+}
+
+/**
+ * Start a process that reads commands on stdin and answers on stdout. It is
+ * killed after `timeoutMs` at the latest, or when `signal` aborts.
+ */
+export function startLineProcess(command: string, args: readonly string[], opts: { timeoutMs: number; signal?: AbortSignal; logger?: Logger }): LineProcess {
+  const started = performance.now();
+  const child = execa(command, args, {
+    reject: false,
+    timeout: opts.timeoutMs,
+    cancelSignal: opts.signal,
+    detached: true,
+    env: { LC_ALL: 'C' },
+    stdin: 'pipe',
+    stripFinalNewline: false,
+  });
+  const listeners: ((line: string) => void)[] = [];
+  let pending = '';
+  child.stdout?.on('data', (chunk: Buffer) => {
+    pending += chunk.toString('utf8');
+    let nl: number;
+    while ((nl = pending.indexOf('\n')) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      for (const l of listeners) l(line);
+    }
+  });
+  const ended = child.then((r) => {
+    opts.logger?.debug({ cmd: [command, ...args], exitCode: r.exitCode, durationMs: Math.round(performance.now() - started) }, 'exec (line process)');
+    return { exitCode: r.exitCode ?? -1, stderr: String(r.stderr ?? '') };
+  });
+  return {
+    send(line) {
+      child.stdin?.write(`${line}\n`);
+    },
+    onLine(listener) {
+      listeners.push(listener);
+    },
+    ended,
+    kill() {
+      child.kill('SIGKILL');
+    },
+  };
+}

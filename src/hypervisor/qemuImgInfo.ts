@@ -10,6 +10,19 @@ export interface ImageInfo {
   backingName?: string | undefined;
   /** a qcow2 image's external data file (another host file its data lives in), or undefined */
   dataFile?: string | undefined;
+  /** a qcow2 image's persistent dirty bitmaps (absent when it has none) */
+  bitmaps?: ImageBitmap[];
+}
+
+/**
+ * A persistent dirty bitmap stored in a qcow2 image. Flags as qemu-img
+ * prints them: `auto` = recording whenever the image is written, `in-use` =
+ * the image was not closed cleanly since (the bitmap cannot be trusted).
+ */
+export interface ImageBitmap {
+  name: string;
+  flags: string[];
+  granularity: number;
 }
 
 export function parseQemuImgInfo(json: string): ImageInfo {
@@ -22,6 +35,7 @@ export function parseQemuImgInfo(json: string): ImageInfo {
   const specific = o['format-specific'] as { data?: Record<string, unknown> } | undefined;
   const df = specific?.data?.['data-file'];
   const dataFile = typeof df === 'string' ? df : undefined;
+  const bitmaps = parseBitmaps(specific?.data?.['bitmaps']);
   return {
     format,
     virtualSize,
@@ -30,5 +44,18 @@ export function parseQemuImgInfo(json: string): ImageInfo {
     backingFormat: str('backing-filename-format'),
     ...(str('backing-filename') !== undefined ? { backingName: str('backing-filename') } : {}),
     ...(dataFile !== undefined ? { dataFile } : {}),
+    ...(bitmaps.length > 0 ? { bitmaps } : {}),
   };
+}
+
+function parseBitmaps(raw: unknown): ImageBitmap[] {
+  if (!Array.isArray(raw)) return [];
+  const out: ImageBitmap[] = [];
+  for (const b of raw as unknown[]) {
+    if (typeof b !== 'object' || b === null) continue;
+    const { name, flags, granularity } = b as Record<string, unknown>;
+    if (typeof name !== 'string' || typeof granularity !== 'number' || !Array.isArray(flags)) continue;
+    out.push({ name, granularity, flags: flags.filter((f): f is string => typeof f === 'string') });
+  }
+  return out;
 }

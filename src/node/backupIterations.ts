@@ -21,6 +21,8 @@ export interface ManifestFile {
   backing?: ChainLink;
   /** disk images stored whole: why this one is not incremental */
   fullReason?: string;
+  /** incremental images: how the changes were found (a dirty bitmap, or comparing contents) */
+  changesFoundBy?: 'bitmap' | 'comparison';
 }
 
 export interface BackupManifest {
@@ -73,6 +75,7 @@ export function parseManifestEntry(raw: unknown, leaf: string, i = 0): ManifestF
     out.backing = link;
   }
   if (typeof f['fullReason'] === 'string') out.fullReason = f['fullReason'];
+  if (f['changesFoundBy'] === 'bitmap' || f['changesFoundBy'] === 'comparison') out.changesFoundBy = f['changesFoundBy'];
   return out;
 }
 

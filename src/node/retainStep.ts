@@ -16,6 +16,7 @@ import { backupFileMode } from '../domain/settings.js';
 import { sparseCopy } from './sparseCopy.js';
 import { parseManifestEntry, readManifestFile, type BackupManifest, type ManifestFile } from './backupIterations.js';
 import { storeDiskImage } from './storeDiskImage.js';
+import { dropEarlierCheckpoints } from './checkpoints.js';
 import { legacyPoolPath } from './backupLocation.js';
 import { finishInterruptedRotation, removeIteration } from './rotateChains.js';
 import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
@@ -120,6 +121,8 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   await chownByName(layout.manifestPath, settings.image.owner, settings.image.group, logger);
   await chmodNoFollow(layout.manifestPath, manifestMode); // the umask applied at create
   await syncDir(layout.backupDir);
+  // The next backup builds on this one now; earlier checkpoints serve nothing.
+  await dropEarlierCheckpoints(ctx);
 
   try {
     await rm(layout.retainDir, { recursive: true });

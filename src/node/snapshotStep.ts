@@ -9,6 +9,7 @@ import { parseLifecycleEvents, stoppedWindowMs } from '../hypervisor/lifecycleEv
 import { liveOverlayName } from '../domain/layout.js';
 import { mergeIntoLiveImages } from './mergeStep.js';
 import { keepInBackup } from './keepInBackup.js';
+import { createCheckpointForNextBackup } from './checkpoints.js';
 import { chownByName } from '../hypervisor/ownership.js';
 import { chooseStateDirectory, requireFreeSpace } from './freeSpace.js';
 import { removeOrphanedRetainDirs } from './orphanedRetain.js';
@@ -208,6 +209,7 @@ async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: D
     await Promise.all(overlays.map((o) => rm(o.file, { force: true })));
     throw err;
   }
+  await createCheckpointForNextBackup(ctx, disks, allDisks);
   ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message: `live snapshot: memory to ${stateFile}, disks onto overlays` });
   const watch = await virsh.watchLifecycle(vm.name, 60 * 60 * 1000).catch((err: unknown) => {
     logger.warn({ vm: vm.name, err: errorMessage(err) }, 'cannot watch lifecycle events; the stopped window is not measured');

@@ -7,6 +7,10 @@ import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { finishedIterations, listIterationDirs, type ManifestFile } from './backupIterations.js';
 import { finishInterruptedRotation } from './rotateChains.js';
 import { fileSha256, sparseCopy } from './sparseCopy.js';
+import { chainMembers } from './materializeChain.js';
+import { copyChangedClusters } from '../hypervisor/copyChangedClusters.js';
+import type { ImageInfo } from '../hypervisor/qemuImgInfo.js';
+import { trackedChanges, type TrackedChanges } from '../domain/changeTracking.js';
 import type { StepContext } from './StepContext.js';
 
 /**
@@ -34,10 +38,24 @@ export async function storeDiskImage(
     : { kind: 'full', reason: `disk format ${JSON.stringify(args.format)} is not one the project reads` };
   const t0 = performance.now();
   if (plan.kind === 'incremental') {
+    const tracked = await trackedChangesOf(ctx, info, plan.base.leaf);
+    if (tracked.use === 'bitmap') {
+      try {
+        const r = await writeChangedClusters(ctx, { source, partial, plan, step, imageFileName, bitmap: tracked.bitmap, virtualSize: info?.virtualSize ?? 0 });
+        logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, kind: 'incremental', changesFoundBy: 'bitmap', base: plan.base.leaf, depth: plan.depth, bytes: r.size, durationMs: Math.round(performance.now() - t0) }, 'disk image stored incrementally');
+        return { ...r, format: 'qcow2', virtualSize: info?.virtualSize ?? 0, backing: plan.base, changesFoundBy: 'bitmap' };
+      } catch (err) {
+        if (ctx.signal?.aborted) throw err;
+        await rm(partial, { force: true });
+        logger.warn({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, base: plan.base.leaf, err: errorMessage(err) }, 'copying by the dirty bitmap failed; finding the changes by comparison');
+      }
+    } else {
+      logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, base: plan.base.leaf, why: tracked.why }, 'no trusted dirty bitmap; finding the changes by comparison');
+    }
     try {
       const r = await writeIncremental(ctx, { source, format: format ?? 'qcow2', partial, plan, step, imageFileName });
-      logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, kind: 'incremental', base: plan.base.leaf, depth: plan.depth, bytes: r.size, durationMs: Math.round(performance.now() - t0) }, 'disk image stored incrementally');
-      return { ...r, format: 'qcow2', virtualSize: info?.virtualSize ?? 0, backing: plan.base };
+      logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, kind: 'incremental', changesFoundBy: 'comparison', base: plan.base.leaf, depth: plan.depth, bytes: r.size, durationMs: Math.round(performance.now() - t0) }, 'disk image stored incrementally');
+      return { ...r, format: 'qcow2', virtualSize: info?.virtualSize ?? 0, backing: plan.base, changesFoundBy: 'comparison' };
     } catch (err) {
       if (ctx.signal?.aborted) throw err;
       // Never a wrong incremental, and never no backup because the base is unreadable: store it whole.
@@ -82,6 +100,47 @@ async function writeIncremental(
   await rm(a.partial, { force: true });
   await qemuImg.createOverlay(a.partial, a.source, a.format);
   await qemuImg.rebaseComparing(a.partial, rel, 'qcow2', ctx.signal);
+  return finishIncremental(ctx, { ...a, rel });
+}
+
+/** Whether the frozen image's dirty bitmap can say what changed since `baseLeaf` (changeTracking.ts). */
+async function trackedChangesOf(ctx: StepContext, info: ImageInfo | undefined, baseLeaf: string): Promise<TrackedChanges> {
+  if (info === undefined || info.format !== 'qcow2') return { use: 'comparison', why: 'not a qcow2 image' };
+  const checkpoints = await ctx.virsh.checkpointNames(ctx.vm.name).catch(() => [] as string[]);
+  return trackedChanges({ baseLeaf, bitmaps: info.bitmaps ?? [], checkpoints, dataFile: info.dataFile });
+}
+
+/**
+ * The incremental image made from the dirty bitmap: an empty qcow2 image
+ * naming the base, into which QEMU copies exactly the marked clusters of
+ * the frozen image (copyChangedClusters) — reads and writes only what the
+ * guest wrote since the base's moment.
+ */
+async function writeChangedClusters(
+  ctx: StepContext,
+  a: { source: string; partial: string; plan: Extract<ImageBasePlan, { kind: 'incremental' }>; step: string; imageFileName: string; bitmap: string; virtualSize: number },
+): Promise<{ name: string; size: number; sha256: string }> {
+  const { qemuImg, vm, logger } = ctx;
+  const rel = relativeBackingPath(a.plan.base);
+  const members = await chainMembers(ctx, a.plan.base);
+  const message = `storing what changed in ${a.imageFileName} since ${a.plan.base.leaf} (dirty bitmap)`;
+  ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message });
+  await rm(a.partial, { force: true });
+  await qemuImg.createOnBacking(a.partial, rel, a.virtualSize);
+  await copyChangedClusters({
+    source: a.source,
+    bitmap: a.bitmap,
+    target: a.partial,
+    targetBacking: members.map((m) => m.path),
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
+    logger,
+  });
+  return finishIncremental(ctx, { ...a, rel });
+}
+
+async function finishIncremental(ctx: StepContext, a: { partial: string; rel: string; step: string; imageFileName: string }): Promise<{ name: string; size: number; sha256: string }> {
+  const { qemuImg, vm } = ctx;
+  const rel = a.rel;
   const header = await qemuImg.info(a.partial, { format: 'qcow2' });
   if (header.backingName !== rel) throw new Error(`the incremental image names ${JSON.stringify(header.backingName)} as backing, not ${rel}`);
   await syncFile(a.partial);

@@ -209,7 +209,7 @@ async function incremental(w: World, vm: string, image: string): Promise<Increme
     const names = (await run('virsh', ['-c', w.libvirtUri, 'checkpoint-list', vm, '--name', '--topological'])).stdout.split('\n').map((l) => l.trim()).filter(Boolean);
     for (const n of names.reverse()) await run('virsh', ['-c', w.libvirtUri, 'checkpoint-delete', vm, n, '--metadata']);
   }
-  return { oursWallS: ours.wallS, oursStepsS: ours.stepsS, oursImageMiB: (img?.size ?? NaN) / MiB, oursStateMiB: (state?.size ?? NaN) / MiB, kind: img?.backing ? 'incremental' : `full (${img?.fullReason ?? '?'})`, nbdWallS, nbdStoredMiB, foldS };
+  return { oursWallS: ours.wallS, oursStepsS: ours.stepsS, oursImageMiB: (img?.size ?? NaN) / MiB, oursStateMiB: (state?.size ?? NaN) / MiB, kind: img?.backing ? `incremental (changes found by ${img.changesFoundBy ?? '?'})` : `full (${img?.fullReason ?? '?'})`, nbdWallS, nbdStoredMiB, foldS };
 }
 
 /** sparseCopy in a child process (its own RSS), cp --sparse=always + sync; alternating, median. */

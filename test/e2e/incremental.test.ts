@@ -9,6 +9,7 @@ import { runRestore } from '../../src/control/runRestore.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { readManifest } from '../../src/node/retainStep.js';
 import type { LeafEntry } from '../../src/directory/types.js';
+import { QemuImg } from '../../src/hypervisor/QemuImg.js';
 
 /**
  * Incremental backups on real libvirt/QEMU: after the first, a backup stores
@@ -39,6 +40,15 @@ async function cli(args: string[]) {
   return execa('node', [CLI, ...args], { env: { ...process.env, ...w.cliEnv() }, reject: false });
 }
 
+async function checkpointsOf(vm: string): Promise<string[]> {
+  return (await execa('virsh', ['-q', '-c', w.libvirtUri, 'checkpoint-list', vm, '--name', '--topological'])).stdout.split('\n').map((l) => l.trim()).filter(Boolean);
+}
+
+async function bitmapsOf(image: string): Promise<string[]> {
+  const info = await new QemuImg().info(image, { shared: true, format: 'qcow2' });
+  return (info.bitmaps ?? []).map((b) => b.name);
+}
+
 async function imageEntry(vm: string, leaf: string, disk: string) {
   const layout = w.layoutOf(vm, leaf);
   const manifest = await readManifest(layout.manifestPath);
@@ -65,7 +75,14 @@ describe('three live backups with guest writes between them, two kept', () => {
     await backup(vm, L2);
     await guestWrite(vm, 'vda', P2, '4M', '1M');
     await guestWrite(vm, 'vda', P3, '2M', '512K');
+    await guestWrite(vm, 'vda', 0, '100M', '1M'); // zeros over data: must not read as the data below
     await backup(vm, L3);
+  });
+
+  it('found the third backup\'s changes by the dirty bitmap of the second\'s checkpoint, and kept only the newest checkpoint', async () => {
+    expect((await imageEntry(vm, L3, disk)).entry.changesFoundBy).toBe('bitmap');
+    expect(await checkpointsOf(vm)).toEqual([`stoney-${L3}`]);
+    expect(await bitmapsOf(disk)).toEqual([`stoney-${L3}`]);
   });
 
   it('stored the second backup as the changes since the first, the third as the changes since the second', async () => {
@@ -93,7 +110,10 @@ describe('three live backups with guest writes between them, two kept', () => {
     expect(await imageMatches(third, P3, '2M', '512K')).toBe(true);
     expect(await imageMatches(third, P1, '2560K', '512K')).toBe(true);
     expect(await imageMatches(third, P2, '4M', '1M')).toBe(true);
-    expect(await imageMatches(third, A, '64M', '64M')).toBe(true);
+    expect(await imageMatches(third, A, '64M', '36M')).toBe(true);
+    expect(await imageMatches(third, 0, '100M', '1M')).toBe(true);
+    expect(await imageMatches(third, A, '101M', '27M')).toBe(true);
+    expect(await imageMatches(second, A, '100M', '1M')).toBe(true);
   });
 
   it('list says which backup is incremental and of what; verify finds everything intact', async () => {
@@ -120,8 +140,11 @@ describe('three live backups with guest writes between them, two kept', () => {
     expect(await guestReadMatches(vm, 'vda', P3, '2M', '512K')).toBe(true);
     expect(await guestReadMatches(vm, 'vda', P1, '2560K', '512K')).toBe(true);
     expect(await guestReadMatches(vm, 'vda', P2, '4M', '1M')).toBe(true);
-    expect(await guestReadMatches(vm, 'vda', A, '64M', '64M')).toBe(true);
+    expect(await guestReadMatches(vm, 'vda', A, '64M', '36M')).toBe(true);
+    expect(await guestReadMatches(vm, 'vda', 0, '100M', '1M')).toBe(true);
     expect(await backingFileOf(disk)).toBeUndefined();
+    // The restored disks carry no bitmap, and libvirt forgot the checkpoints with the definition.
+    expect(await checkpointsOf(vm)).toEqual([]);
   });
 
   it('restores the older kept backup too, without the later writes', async () => {
@@ -194,11 +217,52 @@ describe('incremental backups with the save method', () => {
     const second = await imageEntry(vm, L2, disk);
     expect(first.entry.fullReason).toBe('no earlier finished backup of the VM');
     expect(second.entry.backing).toEqual({ leaf: L1, name: path.basename(first.file) });
+    expect(second.entry.changesFoundBy).toBe('comparison'); // the save method makes no checkpoints
     expect(second.entry.size).toBeLessThan(4 * MiB);
     await guestWrite(vm, 'vda', P2, '2M', '1M');
     await restore(vm, L2);
     expect(await guestReadMatches(vm, 'vda', P1, '2M', '1M')).toBe(true);
     expect(await guestReadMatches(vm, 'vda', A, '32M', '32M')).toBe(true);
     expect(await backingFileOf(disk)).toBeUndefined();
+  });
+});
+
+describe('dirty bitmaps are used only when they can be trusted', () => {
+  const L1 = '20261127T010000Z';
+  const L2 = '20261127T020000Z';
+  const L3 = '20261127T030000Z';
+  const L4 = '20261127T040000Z';
+
+  it('compares contents without the base\'s checkpoint, uses the bitmap with it, and compares again after a restore', async () => {
+    const tiny = await w.addVm('inctrust', { running: true, pattern: A, method: 'live', sizeMiB: 128, backupAttributes: ['sstBackupNumberOfIterations: 4'] });
+    const vm = tiny.name;
+    const disk = tiny.disks[0]!.path;
+    await guestWrite(vm, 'vda', A, '32M', '32M');
+    await backup(vm, L1);
+    await guestWrite(vm, 'vda', P1, '2M', '1M');
+    // Someone dropped the checkpoint's metadata: the bitmap may be there, libvirt no longer vouches for it.
+    await execa('virsh', ['-c', w.libvirtUri, 'checkpoint-delete', vm, `stoney-${L1}`, '--metadata']);
+    await backup(vm, L2);
+    const second = await imageEntry(vm, L2, disk);
+    expect([second.entry.backing?.leaf, second.entry.changesFoundBy]).toEqual([L1, 'comparison']);
+    expect(await imageMatches(second.file, P1, '2M', '1M')).toBe(true);
+    await guestWrite(vm, 'vda', P2, '40M', '1M');
+    await backup(vm, L3);
+    const third = await imageEntry(vm, L3, disk);
+    expect([third.entry.backing?.leaf, third.entry.changesFoundBy]).toEqual([L2, 'bitmap']);
+    expect(third.entry.size).toBeLessThan(4 * MiB);
+    expect(await imageMatches(third.file, P2, '40M', '1M')).toBe(true);
+    expect(await imageMatches(third.file, P1, '2M', '1M')).toBe(true);
+    expect(await imageMatches(third.file, A, '41M', '23M')).toBe(true);
+    await restore(vm, L2);
+    await guestWrite(vm, 'vda', P3, '8M', '1M');
+    await backup(vm, L4);
+    const fourth = await imageEntry(vm, L4, disk);
+    // The base is L3 (the newest finished backup); the restored disk differs from it where L2 and L3 differ.
+    expect([fourth.entry.backing?.leaf, fourth.entry.changesFoundBy]).toEqual([L3, 'comparison']);
+    expect(await imageMatches(fourth.file, P3, '8M', '1M')).toBe(true);
+    expect(await imageMatches(fourth.file, A, '40M', '1M')).toBe(true);
+    expect(await imageMatches(fourth.file, P1, '2M', '1M')).toBe(true);
+    expect(await checkpointsOf(vm)).toEqual([`stoney-${L4}`]);
   });
 });

@@ -100,3 +100,18 @@ describe('parseQemuImgInfo refuses what it cannot use', () => {
     expect(() => parseQemuImgInfo(text)).toThrow();
   });
 });
+
+describe('parseQemuImgInfo with persistent bitmaps', () => {
+  it('reads each bitmap\'s name, flags and granularity', () => {
+    expect(parseQemuImgInfo(fixture('qemu-img-info-bitmaps.json')).bitmaps).toEqual([
+      { name: 'stoney-20261130T010000Z', flags: ['auto'], granularity: 65536 },
+      { name: 'other', flags: [], granularity: 65536 },
+    ]);
+  });
+
+  it('skips malformed bitmap entries', () => {
+    const o = JSON.parse(fixture('qemu-img-info-bitmaps.json')) as { 'format-specific': { data: Record<string, unknown> } };
+    o['format-specific'].data['bitmaps'] = [{ name: 7, flags: [], granularity: 1 }, { name: 'ok', flags: ['auto', 3], granularity: 4096 }, null];
+    expect(parseQemuImgInfo(JSON.stringify(o)).bitmaps).toEqual([{ name: 'ok', flags: ['auto'], granularity: 4096 }]);
+  });
+});
