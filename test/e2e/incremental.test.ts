@@ -119,10 +119,10 @@ describe('three live backups with guest writes between them, two kept', () => {
   it('list says which backup is incremental and of what; verify finds everything intact', async () => {
     const list = await cli(['list', vm, '--json']);
     expect(list.exitCode).toBe(0);
-    const rows = JSON.parse(list.stdout).backups as { leaf: string; kind: string; basedOn: string[] }[];
-    expect(rows.filter((r) => r.leaf !== L1).map((r) => [r.leaf, r.kind, r.basedOn])).toEqual([
-      [L2, 'full', []],
-      [L3, 'incremental', [L2]],
+    const rows = JSON.parse(list.stdout).backups as { leaf: string; kind: string; basedOn: string[]; changesFoundBy: string[] }[];
+    expect(rows.filter((r) => r.leaf !== L1).map((r) => [r.leaf, r.kind, r.basedOn, r.changesFoundBy])).toEqual([
+      [L2, 'full', [], []],
+      [L3, 'incremental', [L2], ['bitmap']],
     ]);
     const v = await cli(['verify', vm, '--json']);
     expect(v.stderr.split('\n').filter((l) => /"level":(50|60)/.test(l))).toEqual([]);

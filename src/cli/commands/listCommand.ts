@@ -52,6 +52,8 @@ ${exitCodeHelp}`,
           fullReasons: images.filter((f) => f.fullReason !== undefined).map((f) => ({ image: f.name, reason: f.fullReason })),
           /** the earlier backups this one needs (direct bases of its incremental images) */
           basedOn: [...new Set(images.flatMap((f) => (f.backing ? [f.backing.leaf] : [])))],
+          /** how the changes of its incremental images were found: `bitmap` (read only those) or `comparison` (read the whole disk) */
+          changesFoundBy: [...new Set(images.flatMap((f) => (f.backing && f.changesFoundBy ? [f.changesFoundBy] : [])))],
           backupDir: layout?.backupDir ?? null,
           /** found under the VM-pool path an earlier stoney-backup version used */
           vmPoolPath: located?.legacy ?? false,
