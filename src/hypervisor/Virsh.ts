@@ -129,9 +129,13 @@ export class Virsh {
     return out.split('\n').map((l) => l.trim()).filter(Boolean);
   }
 
-  /** Deletes a checkpoint and its bitmaps (merged into its parent's, if it has one). */
-  async checkpointDelete(vm: string, name: string): Promise<void> {
-    await this.virsh(['checkpoint-delete', vm, name], 120_000);
+  /**
+   * Deletes a checkpoint and its bitmaps (merged into its parent's, if it has
+   * one); `metadataOnly`: only libvirt's record, for a checkpoint whose
+   * bitmaps are gone with the images that held them.
+   */
+  async checkpointDelete(vm: string, name: string, opts: { metadataOnly?: boolean } = {}): Promise<void> {
+    await this.virsh(['checkpoint-delete', vm, name, ...(opts.metadataOnly ? ['--metadata'] : [])], 120_000);
   }
 
   /**

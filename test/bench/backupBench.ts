@@ -66,25 +66,9 @@ async function ioWriteBytes(pid: string): Promise<number> {
   return Number(/^write_bytes:\s+(\d+)/m.exec(io)?.[1] ?? NaN);
 }
 
-async function setBackupAttribute(w: World, vm: string, attribute: string, value: string): Promise<void> {
-  await ldapModify(w.slapd, `dn: ou=backup,${vmDn(vm)}
-changetype: modify
-replace: ${attribute}
-${attribute}: ${value}
-`);
-}
-
-async function setMethod(w: World, vm: string, method: 'live' | 'save'): Promise<void> {
-  await ldapModify(w.slapd, `dn: ou=backup,${vmDn(vm)}
-changetype: modify
-replace: sstBackupSnapshotMethod
-sstBackupSnapshotMethod: ${method}
-`);
-}
-
 /** One backup driven step by step like the control side, measuring around the merge. */
 async function backup(w: World, vm: string, method: 'live' | 'save', leaf: string, deltaAt: number): Promise<BackupFigures> {
-  await setMethod(w, vm, method);
+  await w.setBackupAttribute(vm, 'sstBackupSnapshotMethod', method);
   const t0 = performance.now();
   const watch = await virsh.watchLifecycle(vm, 30 * 60_000);
   if (!(await w.directory.createLeaf(vm, leaf))) throw new Error(`leaf ${leaf} exists`);
@@ -175,8 +159,8 @@ async function dirBytes(dir: string): Promise<number> {
 
 /** Our incremental backup and virtnbdbackup's, each after DELTA_MIB of guest writes, then the fold of our chain. */
 async function incremental(w: World, vm: string, image: string): Promise<IncrementalFigures> {
-  await setBackupAttribute(w, vm, 'sstBackupFullEvery', '7');
-  await setBackupAttribute(w, vm, 'sstBackupNumberOfIterations', '10');
+  await w.setBackupAttribute(vm, 'sstBackupFullEvery', '7');
+  await w.setBackupAttribute(vm, 'sstBackupNumberOfIterations', '10');
   const baseLeaf = '20261129T030000Z';
   const incLeaf = '20261129T031000Z';
   // The base backup writes DELTA_MIB after its snapshot: exactly what the next backup has to store.

@@ -266,3 +266,36 @@ describe('dirty bitmaps are used only when they can be trusted', () => {
     expect(await checkpointsOf(vm)).toEqual([`stoney-${L4}`]);
   });
 });
+
+describe('checkpoints across method switches and a shut-off VM', () => {
+  const L1 = '20261126T010000Z';
+  const L2 = '20261126T020000Z';
+  const L3 = '20261126T030000Z';
+  const L4 = '20261126T040000Z';
+
+  it('live, save, live, then shut off: every backup is right and only the newest live backup\'s checkpoint is left', async () => {
+    const tiny = await w.addVm('incswitch', { running: true, pattern: A, method: 'live', sizeMiB: 128, backupAttributes: ['sstBackupNumberOfIterations: 4'] });
+    const vm = tiny.name;
+    const disk = tiny.disks[0]!.path;
+    await guestWrite(vm, 'vda', A, '0', '16M');
+    await backup(vm, L1);
+    await guestWrite(vm, 'vda', P1, '2M', '1M');
+    await w.setBackupAttribute(vm, 'sstBackupSnapshotMethod', 'save');
+    await backup(vm, L2); // the save method's merge (block pull) with a checkpoint in place
+    await guestWrite(vm, 'vda', P2, '4M', '1M');
+    await w.setBackupAttribute(vm, 'sstBackupSnapshotMethod', 'live');
+    await backup(vm, L3);
+    expect(await checkpointsOf(vm)).toEqual([`stoney-${L3}`]);
+    await guestWrite(vm, 'vda', P3, '6M', '1M');
+    await virsh.destroy(vm);
+    await backup(vm, L4);
+    expect(await checkpointsOf(vm)).toEqual([`stoney-${L3}`]); // libvirt deletes checkpoints of running VMs only
+    for (const [leaf, present] of [[L2, [P1]], [L3, [P1, P2]], [L4, [P1, P2, P3]]] as [string, number[]][]) {
+      const { entry, file } = await imageEntry(vm, leaf, disk);
+      expect(entry.backing?.leaf, leaf).toBeDefined();
+      for (const [i, p] of [P1, P2, P3].entries()) {
+        expect(await imageMatches(file, present.includes(p) ? p : A, `${2 * (i + 1)}M`, '1M'), `${leaf} at ${2 * (i + 1)}M`).toBe(true);
+      }
+    }
+  });
+});

@@ -269,6 +269,11 @@ ${this.backupSettings(o.backupAttributes)}
     await rm(this.root, { recursive: true, force: true });
   }
 
+  /** Replace one attribute of the VM's ou=backup entry (a project attribute needs addVm's `method`, which adds its class). */
+  async setBackupAttribute(vm: string, attribute: string, value: string): Promise<void> {
+    await ldapModify(this.slapd, `dn: ou=backup,${vmDn(vm)}\nchangetype: modify\nreplace: ${attribute}\n${attribute}: ${value}\n`);
+  }
+
   get libvirtUri(): string {
     return LIBVIRT_URI;
   }
