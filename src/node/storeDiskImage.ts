@@ -123,6 +123,11 @@ async function writeChangedClusters(
   const { qemuImg, vm, logger } = ctx;
   const rel = relativeBackingPath(a.plan.base);
   const members = await chainMembers(ctx, a.plan.base);
+  // Backup files are untrusted: a member naming a data file would have QEMU open that host file.
+  for (const m of members) {
+    const header = await qemuImg.info(m.path, { format: 'qcow2' });
+    if (header.dataFile !== undefined) throw new Error(`${m.path} names an external data file`);
+  }
   const message = `storing what changed in ${a.imageFileName} since ${a.plan.base.leaf} (dirty bitmap)`;
   ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message });
   await rm(a.partial, { force: true });
