@@ -15,6 +15,8 @@ export interface ChangedClustersCopy {
   onProgress?: (done: number, total: number) => void;
   /** fail when the job copies nothing for this long (default 10 min) */
   noProgressMs?: number;
+  /** bandwidth limit in bytes/s (0 or absent: none) */
+  speedBytesPerSecond?: number;
   /** poll interval of the job's progress (default 1 s) */
   pollMs?: number;
   logger?: Logger;
@@ -47,9 +49,11 @@ interface QmpMessage {
 export async function copyChangedClusters(o: ChangedClustersCopy): Promise<{ bytes: number }> {
   const source = { driver: 'qcow2', 'node-name': 'src', 'read-only': true, 'force-share': true, backing: null, file: { driver: 'file', filename: o.source, 'read-only': true, 'force-share': true } };
   const target = { driver: 'qcow2', 'node-name': 'dst', file: { driver: 'file', filename: o.target }, backing: chainNode(o.targetBacking) };
+  // The daemon would outlive us (it ignores the end of its stdin) holding the
+  // frozen image open into the merge's commit: the kernel kills it when we die.
   const proc = startLineProcess(
-    'qemu-storage-daemon',
-    ['--chardev', 'stdio,id=qmp', '--monitor', 'chardev=qmp,mode=control', '--blockdev', JSON.stringify(source), '--blockdev', JSON.stringify(target)],
+    'setpriv',
+    ['--pdeathsig', 'SIGKILL', '--', 'qemu-storage-daemon', '--chardev', 'stdio,id=qmp', '--monitor', 'chardev=qmp,mode=control', '--blockdev', JSON.stringify(source), '--blockdev', JSON.stringify(target)],
     { timeoutMs: LONG_JOB_MS, ...(o.signal ? { signal: o.signal } : {}), ...(o.logger ? { logger: o.logger } : {}) },
   );
   const replies = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
@@ -90,7 +94,7 @@ export async function copyChangedClusters(o: ChangedClustersCopy): Promise<{ byt
   try {
     await Promise.race([greeting, died]);
     await Promise.race([command('qmp_capabilities'), died]);
-    await Promise.race([command('blockdev-backup', { 'job-id': JOB, device: 'src', target: 'dst', sync: 'bitmap', bitmap: o.bitmap, 'bitmap-mode': 'never', 'auto-finalize': true, 'auto-dismiss': true }), died]);
+    await Promise.race([command('blockdev-backup', { 'job-id': JOB, device: 'src', target: 'dst', sync: 'bitmap', bitmap: o.bitmap, 'bitmap-mode': 'never', 'auto-finalize': true, 'auto-dismiss': true, ...(o.speedBytesPerSecond ? { speed: o.speedBytesPerSecond } : {}) }), died]);
     let last = { done: -1, at: performance.now() };
     const noProgressMs = o.noProgressMs ?? 10 * 60_000;
     const stalled = new Promise<never>((_, reject) => {

@@ -137,6 +137,8 @@ async function writeChangedClusters(
     bitmap: a.bitmap,
     target: a.partial,
     targetBacking: members.map((m) => m.path),
+    // It reads live storage like the merge's block jobs: the same limit (sstVirtualizationBandwidthMerge, MiB/s).
+    speedBytesPerSecond: ctx.settings.bandwidthMerge * 1024 * 1024,
     ...(ctx.signal ? { signal: ctx.signal } : {}),
     logger,
   });

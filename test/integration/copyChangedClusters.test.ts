@@ -76,3 +76,24 @@ describe('copyChangedClusters', () => {
     expect(ps.stdout.trim()).toBe('');
   });
 });
+
+describe('copyChangedClusters when its process dies', () => {
+  it('takes qemu-storage-daemon with it (the daemon ignores the end of its stdin); the limit holds the copy back', async () => {
+    const { live, previous, incremental } = await image('d');
+    const module = path.resolve('dist/src/hypervisor/copyChangedClusters.js');
+    await io(live, 'write -P 0x44 0 64M');
+    // A stand-in for the node daemon: a copy of 64 MiB limited to 1 MiB/s, killed while it runs.
+    const script = `const { copyChangedClusters } = await import(${JSON.stringify(module)});
+await copyChangedClusters({ source: ${JSON.stringify(live)}, bitmap: 'since-previous', target: ${JSON.stringify(incremental)}, targetBacking: [${JSON.stringify(previous)}], speedBytesPerSecond: 1048576 });
+await new Promise(() => setInterval(() => undefined, 1000));`;
+    const { execa } = await import('execa');
+    const child = execa(process.execPath, ['--input-type=module', '-e', script], { reject: false });
+    const daemon = async () => (await run('pgrep', ['-f', `qemu-storage-daemon.*${path.basename(incremental)}`], { okExitCodes: [0, 1] })).stdout.trim();
+    for (let i = 0; i < 100 && (await daemon()) === ''; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await daemon()).not.toBe('');
+    child.kill('SIGKILL');
+    await child;
+    for (let i = 0; i < 40 && (await daemon()) !== ''; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await daemon()).toBe('');
+  });
+});
