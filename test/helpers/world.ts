@@ -8,6 +8,7 @@ import { createTinyVm, macsOf, removeVm, requireLibvirt, virsh, LIBVIRT_URI, typ
 import { connectDirectory, type DirectoryConnectionOptions } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
+import { createChangeFeed } from '../../src/directory/createChangeFeed.js';
 import { NodeDaemon, type NodeDaemonOptions } from '../../src/node/NodeDaemon.js';
 import { QemuImg } from '../../src/hypervisor/QemuImg.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -184,8 +185,11 @@ ${this.backupSettings(o.backupAttributes)}
   readonly extraAllowedRoots: string[] = [];
 
   /** `directory`: the node daemon's own session (e.g. bound as its node identity under the shipped ACL). */
-  async startNodeDaemon(nodeName = this.nodeName, directory: LdapBackupDirectory = this.directory): Promise<NodeDaemon> {
-    const feed = new PollingChangeFeed(directory, { node: nodeName }, { intervalMs: 150, logger: this.logger });
+  async startNodeDaemon(nodeName = this.nodeName, directory: LdapBackupDirectory = this.directory, opts: { feed?: 'poll' | 'sync' } = {}): Promise<NodeDaemon> {
+    // Tests poll (simple, fast enough); the bench takes production's push feed, whose latency is part of a backup's wall time.
+    const feed = opts.feed === 'sync'
+      ? createChangeFeed('sync', { ...this.connection, scope: { node: nodeName }, stateFile: path.join(this.root, `feed-${nodeName}.json`), logger: this.logger }, directory)
+      : new PollingChangeFeed(directory, { node: nodeName }, { intervalMs: 150, logger: this.logger });
     const daemon = new NodeDaemon(this.nodeDaemonOptions(feed, directory, nodeName));
     await daemon.start();
     this.daemons.push(daemon);
@@ -228,13 +232,13 @@ ${this.backupSettings(o.backupAttributes)}
   }
 
   /** Wait until the leaf reaches one of `modes` (or time out with what it shows). */
-  async waitForMode(vm: string, leaf: string, modes: string[], timeoutMs = 60_000): Promise<LeafEntry> {
+  async waitForMode(vm: string, leaf: string, modes: string[], timeoutMs = 60_000, pollMs = 100): Promise<LeafEntry> {
     const end = Date.now() + timeoutMs;
     let last: LeafEntry | undefined;
     while (Date.now() < end) {
       last = (await this.directory.listLeaves(vm)).find((x) => x.leaf === leaf);
       if (last && modes.includes(last.mode)) return last;
-      await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, pollMs));
     }
     throw new Error(`leaf ${vm}/${leaf} did not reach ${modes.join('|')}; last ${JSON.stringify(last)}`);
   }
