@@ -186,6 +186,8 @@ async function incremental(w: World, vm: string, image: string): Promise<Increme
   let nbdWallS: number | undefined;
   let nbdStoredMiB: number | undefined;
   if (await ensureVirtnbdbackup().catch(() => false)) {
+    // virtnbdbackup refuses to start beside checkpoints it did not make (ours).
+    for (const n of await virsh.checkpointNames(vm)) await virsh.checkpointDelete(vm, n);
     const out = path.join(w.root, 'virtnbdbackup-inc');
     await rm(out, { recursive: true, force: true });
     await run('virtnbdbackup', ['-d', vm, '-l', 'full', '-o', out, '-S', w.root, '-U', w.libvirtUri], { timeoutMs: 30 * 60_000 });

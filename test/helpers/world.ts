@@ -11,6 +11,7 @@ import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { createChangeFeed } from '../../src/directory/createChangeFeed.js';
 import { NodeDaemon, type NodeDaemonOptions } from '../../src/node/NodeDaemon.js';
 import { QemuImg } from '../../src/hypervisor/QemuImg.js';
+import { Virsh } from '../../src/hypervisor/Virsh.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { devicesEntryLines, diskEntryLines, interfaceEntryLines, ldifText, vmEntryLines } from './directoryEntries.js';
@@ -202,8 +203,8 @@ ${this.backupSettings(o.backupAttributes)}
       nodeName,
       directory,
       feed,
-      virsh,
-      qemuImg: new QemuImg(),
+      virsh: new Virsh(LIBVIRT_URI, this.logger),
+      qemuImg: new QemuImg(this.logger),
       imageRoots: [this.imageRoot],
       allowedRoots: [this.backupRoot, this.retainRoot, ...this.extraAllowedRoots],
       logger: this.logger,
