@@ -18,11 +18,11 @@ export async function createCheckpointForNextBackup(ctx: StepContext, disks: rea
   if (tracked.size === 0) return;
   const t0 = performance.now();
   try {
-    // A retried snapshot of this leaf keeps the checkpoint made before the first try: it started earlier, so it marks more, never less.
-    if ((await virsh.checkpointNames(vm.name)).includes(name)) return;
     await virsh.checkpointCreate(vm.name, name, allDisks.map((d) => ({ target: d.target, bitmap: tracked.has(d.target) })));
     logger.info({ vm: vm.name, leaf: ctx.leaf, checkpoint: name, disks: [...tracked], durationMs: Math.round(performance.now() - t0) }, 'checkpoint created for the next incremental backup');
   } catch (err) {
+    // A retried snapshot of this leaf keeps the checkpoint made before the first try: it started earlier, so it marks more, never less.
+    if (/already exists/i.test(errorMessage(err))) return;
     logger.warn({ vm: vm.name, leaf: ctx.leaf, checkpoint: name, err: errorMessage(err) }, 'cannot create a checkpoint; the next backup finds its changes by comparison');
   }
 }

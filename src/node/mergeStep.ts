@@ -26,7 +26,7 @@ import { seconds, type StepContext, type StepResult } from './StepContext.js';
 export async function mergeStep(ctx: StepContext): Promise<StepResult> {
   const { vm, virsh, layout, logger } = ctx;
   const t0 = performance.now();
-  if (!(await virsh.domainExists(vm.name))) throw new BackupError(`VM ${vm.name} is not defined in libvirt`, ReturnCode.cannotFindMachine);
+  // A VM libvirt does not know fails here with cannotFindMachine (Virsh maps it).
   const runState = await virsh.domState(vm.name);
   const startedByUs = runState === 'shut off' || runState === 'shutdown' || runState === 'crashed';
   if (startedByUs) {
@@ -143,6 +143,7 @@ async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: str
 async function waitForBlockJob(ctx: StepContext, target: string): Promise<void> {
   const { virsh, vm } = ctx;
   let watch: ProgressWatch | undefined;
+  let polls = 0;
   for (;;) {
     if (ctx.signal?.aborted) throw new Error(`stopped while waiting for the block job on ${target}`);
     const job = await virsh.blockJob(vm.name, target);
@@ -162,6 +163,7 @@ async function waitForBlockJob(ctx: StepContext, target: string): Promise<void> 
     // A line per tenth of the job, not per poll.
     if (last === undefined || Math.floor(job.percent / 10) !== Math.floor(last / 10)) ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `${job.type.toLowerCase()} of ${target}: ${Math.floor(job.percent / 10) * 10} %` });
     if (r.verdict === 'stalled') throw new Error(stalledMessage(`the block job on ${target} (${job.type})`, STALL_MS, job.percent));
-    await new Promise((r) => setTimeout(r, 200));
+    // A small delta is committed within tens of milliseconds: look again soon at first, then every 200 ms.
+    await new Promise((r) => setTimeout(r, Math.min(200, 25 * 2 ** polls++)));
   }
 }

@@ -39,9 +39,7 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   if (vm.type === '') {
     throw new BackupError(`VM ${vm.name} has no sstVirtualMachineType; set it (e.g. persistent) before backing it up`, ReturnCode.missingVirtualMachineType);
   }
-  if (!(await virsh.domainExists(vm.name))) {
-    throw new BackupError(`VM ${vm.name} is not defined in libvirt`, ReturnCode.cannotFindMachine);
-  }
+  // A VM libvirt does not know fails here with cannotFindMachine (Virsh maps it).
   const runState = await virsh.domState(vm.name);
   const liveXml = await virsh.dumpXml(vm.name);
   if (!(await exists(settings.retainDirectory))) {
