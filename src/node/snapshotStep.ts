@@ -15,7 +15,7 @@ import { chooseStateDirectory, requireFreeSpace } from './freeSpace.js';
 import { removeOrphanedRetainDirs } from './orphanedRetain.js';
 import { selectBackupDisks, type BackupDisk } from './backupDisks.js';
 import { exists, moveFile, sameFilesystem, syncDir, writeFileDurably } from './durableFs.js';
-import { assertNoSymlinkBelow, chmodNoFollow, createPrivateStateFile, mkdirBelow } from './safeFs.js';
+import { assertNoSymlinkBelow, chmodNoFollow, createPrivateStateFile, mkdirBelow, openRegularForRead } from './safeFs.js';
 import { isBelow } from './backupDisks.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
@@ -208,6 +208,7 @@ async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: D
     throw err;
   }
   await createCheckpointForNextBackup(ctx, disks, allDisks);
+  await flushDiskImages(ctx, disks);
   ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message: `live snapshot: memory to ${stateFile}, disks onto overlays` });
   const watch = await virsh.watchLifecycle(vm.name, 60 * 60 * 1000).catch((err: unknown) => {
     logger.warn({ vm: vm.name, err: errorMessage(err) }, 'cannot watch lifecycle events; the stopped window is not measured');
@@ -246,6 +247,26 @@ async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: D
   await keepInBackup(ctx, stateFile, layout.stateFileName, 'state', 'snapshot');
   logger.info({ vm: vm.name, leaf: ctx.leaf, stoppedMs, method: 'live' }, 'live snapshot taken');
   return Math.round(stoppedMs) / 1000;
+}
+
+/**
+ * QEMU flushes every disk while the guest is paused for the snapshot; what
+ * the host still holds unwritten of the images (after a restore or a block
+ * pull: the whole disk) would be written inside that pause — measured
+ * 0.3–0.4 s. Written now, while the guest runs, the pause has only the last
+ * moments' writes to flush.
+ */
+async function flushDiskImages(ctx: StepContext, disks: readonly BackupDisk[]): Promise<void> {
+  const t0 = performance.now();
+  for (const d of disks) {
+    const h = await openRegularForRead(d.source);
+    try {
+      await h.datasync();
+    } finally {
+      await h.close();
+    }
+  }
+  ctx.logger.debug({ vm: ctx.vm.name, leaf: ctx.leaf, disks: disks.length, durationMs: Math.round(performance.now() - t0) }, 'disk images flushed before the snapshot');
 }
 
 /**
