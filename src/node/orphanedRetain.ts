@@ -1,6 +1,8 @@
 import { readFile, readdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { isLeafName } from '../domain/leafName.js';
+import { BackupError } from '../domain/errors.js';
+import { ReturnCode } from '../domain/returnCodes.js';
 import { KEPT_RECORD_SUFFIX, LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
@@ -17,9 +19,11 @@ import type { StepContext } from './StepContext.js';
  */
 export async function liveReferenceBelow(ctx: StepContext, dir: string): Promise<{ target: string; file: string } | undefined> {
   const { vm, virsh, qemuImg } = ctx;
-  if (!(await virsh.domainExists(vm.name))) return undefined;
-  const running = (await virsh.domState(vm.name)) !== 'shut off';
-  const xmls = [await virsh.dumpXml(vm.name, { inactive: true }), ...(running ? [await virsh.dumpXml(vm.name)] : [])];
+  // Both definitions at once (a shut-off VM's live one is its persistent one); a VM libvirt does not know references nothing.
+  const xmls = await Promise.all([virsh.dumpXml(vm.name, { inactive: true }), virsh.dumpXml(vm.name)]).catch((err: unknown) => {
+    if (err instanceof BackupError && err.code === ReturnCode.cannotFindMachine) return [];
+    throw err;
+  });
   for (const xml of xmls) {
     for (const d of parseDomainDisks(xml)) {
       const refs = [...(d.source === undefined ? [] : [d.source]), ...d.backingChain];

@@ -39,9 +39,9 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   if (vm.type === '') {
     throw new BackupError(`VM ${vm.name} has no sstVirtualMachineType; set it (e.g. persistent) before backing it up`, ReturnCode.missingVirtualMachineType);
   }
-  // A VM libvirt does not know fails here with cannotFindMachine (Virsh maps it).
-  const runState = await virsh.domState(vm.name);
-  const liveXml = await virsh.dumpXml(vm.name);
+  // Read at once; a VM libvirt does not know fails here with cannotFindMachine (Virsh maps it).
+  // The inactive definition of a transient VM is its live one.
+  const [runState, liveXml, inactiveXml] = await Promise.all([virsh.domState(vm.name), virsh.dumpXml(vm.name), virsh.dumpXml(vm.name, { inactive: true })]);
   if (!(await exists(settings.retainDirectory))) {
     throw new BackupError(`retain directory ${settings.retainDirectory} does not exist`, ReturnCode.retainRootMissing);
   }
@@ -79,7 +79,7 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
 
   // --- Outside the window: XML and directory entry as of now.
   progress('saving XML and directory entry');
-  const definitionXml = (await virsh.isPersistent(vm.name)) ? await virsh.dumpXml(vm.name, { inactive: true }) : liveXml;
+  const definitionXml = inactiveXml;
   try {
     await writeFileDurably(layout.retainPath(layout.xmlFileName), stripBackingStores(definitionXml));
   } catch (err) {
@@ -207,13 +207,20 @@ async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: D
     await Promise.all(overlays.map((o) => rm(o.file, { force: true })));
     throw err;
   }
-  await createCheckpointForNextBackup(ctx, disks, allDisks);
-  await flushDiskImages(ctx, disks);
   ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message: `live snapshot: memory to ${stateFile}, disks onto overlays` });
-  const watch = await virsh.watchLifecycle(vm.name, 60 * 60 * 1000).catch((err: unknown) => {
-    logger.warn({ vm: vm.name, err: errorMessage(err) }, 'cannot watch lifecycle events; the stopped window is not measured');
-    return undefined;
-  });
+  // Independent of each other, all before the snapshot: side by side.
+  const [watched, , flushed] = await Promise.allSettled([
+    virsh.watchLifecycle(vm.name, 60 * 60 * 1000),
+    createCheckpointForNextBackup(ctx, disks, allDisks),
+    flushDiskImages(ctx, disks),
+  ]);
+  const watch = watched.status === 'fulfilled' ? watched.value : undefined;
+  if (watched.status === 'rejected') logger.warn({ vm: vm.name, err: errorMessage(watched.reason) }, 'cannot watch lifecycle events; the stopped window is not measured');
+  if (flushed.status === 'rejected') {
+    await watch?.stop();
+    await Promise.all(overlays.map((o) => rm(o.file, { force: true })));
+    throw new BackupError(`cannot flush the disk images before the snapshot: ${errorMessage(flushed.reason)}`, ReturnCode.cannotSaveMachineState, { cause: flushed.reason });
+  }
   let failure: unknown;
   const downtime = await tightenDowntimeLimit(ctx);
   try {
