@@ -151,7 +151,8 @@ async function completeFold(ctx: ChainContext, j: FoldJournal): Promise<void> {
   const manifest = await readManifestFile(manifestPath, j.child.leaf);
   manifest.files = manifest.files.map((f) => {
     if (f.name !== j.child.name) return f;
-    const { backing: _old, fullReason: _reason, ...rest } = f;
+    // The image now holds what two backups changed: how either's changes were found no longer describes it.
+    const { backing: _old, fullReason: _reason, changesFoundBy: _found, ...rest } = f;
     return {
       ...rest,
       size: r.size,

@@ -7,6 +7,7 @@ import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { runRestore } from '../../src/control/runRestore.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
+import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { readManifest } from '../../src/node/retainStep.js';
 import type { LeafEntry } from '../../src/directory/types.js';
 import { QemuImg } from '../../src/hypervisor/QemuImg.js';
@@ -91,6 +92,7 @@ describe('three live backups with guest writes between them, two kept', () => {
     // L1 was rotated away; L2 absorbed it (a fold) and is whole now.
     expect(second.entry.backing).toBeUndefined();
     expect(second.entry.fullReason).toMatch(/made whole when 20261129T010000Z was removed/);
+    expect(second.entry.changesFoundBy).toBeUndefined(); // it holds both backups' changes now
     expect(third.entry.backing).toEqual({ leaf: L2, name: path.basename(second.file) });
     expect(path.resolve((await backingFileOf(third.file)) ?? '')).toBe(second.file);
     // 1.5 MiB changed: the incremental image holds that plus qcow2 metadata, not the 65 MiB of data.
@@ -297,5 +299,43 @@ describe('checkpoints across method switches and a shut-off VM', () => {
         expect(await imageMatches(file, present.includes(p) ? p : A, `${2 * (i + 1)}M`, '1M'), `${leaf} at ${2 * (i + 1)}M`).toBe(true);
       }
     }
+  });
+});
+
+describe('a node daemon killed while it stored the changes by bitmap', () => {
+  const L1 = '20261125T010000Z';
+  const L2 = '20261125T020000Z';
+
+  it('is restarted: the merge is redone by bitmap over the half-written image, and the backup holds exactly its moment', async () => {
+    const tiny = await w.addVm('inckill', { running: true, pattern: A, method: 'live', sizeMiB: 128, backupAttributes: ['sstBackupNumberOfIterations: 3'] });
+    const vm = tiny.name;
+    const disk = tiny.disks[0]!.path;
+    await guestWrite(vm, 'vda', A, '0', '16M');
+    await backup(vm, L1);
+    await guestWrite(vm, 'vda', P1, '2M', '1M');
+    expect(await w.directory.createLeaf(vm, L2)).toBe(true);
+    const dn = (await w.leaf(vm, L2)).dn;
+    expect(await w.directory.casMode(dn, 'initialize', 'initialized')).toBe(true);
+    expect(await w.directory.casMode(dn, 'initialized', 'snapshot', { state: '0' })).toBe(true);
+    expect((await w.waitForMode(vm, L2, ['snapshotted'])).returnValue).toBe(0);
+    await w.stopNodeDaemons();
+    await guestWrite(vm, 'vda', P2, '4M', '1M'); // after the instant: in the live disk only
+    // What a daemon killed in the bitmap copy leaves: the leaf merging, a half-written incremental image.
+    expect(await w.directory.casMode(dn, 'snapshotted', 'merging', { state: '0' })).toBe(true);
+    const layout = w.layoutOf(vm, L2);
+    await mkdir(layout.backupDir, { recursive: true });
+    await writeFile(`${layout.backupPath(path.basename(disk))}.partial`, 'half an image');
+    await w.startNodeDaemon();
+    expect(await w.leaf(vm, L2).then((l) => [l.mode, l.returnValue])).toEqual(['merged', 0]);
+    const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf: L2, policy, logger: w.logger });
+    expect([done?.mode, done?.returnValue]).toEqual(['finished', 0]);
+    const second = await imageEntry(vm, L2, disk);
+    expect([second.entry.backing?.leaf, second.entry.changesFoundBy]).toEqual([L1, 'bitmap']);
+    expect(await imageMatches(second.file, P1, '2M', '1M')).toBe(true);
+    expect(await imageMatches(second.file, A, '4M', '1M')).toBe(true);
+    expect(await guestReadMatches(vm, 'vda', P2, '4M', '1M')).toBe(true);
+    expect(await backingFileOf(disk)).toBeUndefined();
+    const partials = (await readdir(w.root, { recursive: true })).filter((n) => n.endsWith('.partial'));
+    expect(partials).toEqual([]);
   });
 });
