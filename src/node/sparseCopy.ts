@@ -172,17 +172,21 @@ async function copyBlocks(
 export async function fileSha256(path: string): Promise<CopyResult> {
   const hash = createHash('sha256');
   const f = await openRegularForRead(path);
+  const buffers = [Buffer.allocUnsafe(BLOCK), Buffer.allocUnsafe(BLOCK)];
+  let next = awaitedLater(f.read(buffers[0] as Buffer, 0, BLOCK, 0));
   try {
-    const buf = Buffer.allocUnsafe(BLOCK);
     let size = 0;
-    for (;;) {
-      const { bytesRead } = await f.read(buf, 0, BLOCK, null);
+    for (let i = 0; ; i++) {
+      const { bytesRead } = await next;
       if (bytesRead === 0) break;
-      hash.update(buf.subarray(0, bytesRead));
+      // The next block is read in libuv's pool while this one is hashed here.
+      next = awaitedLater(f.read(buffers[(i + 1) % 2] as Buffer, 0, BLOCK, size + bytesRead));
+      hash.update((buffers[i % 2] as Buffer).subarray(0, bytesRead));
       size += bytesRead;
     }
     return { size, sha256: hash.digest('hex') };
   } finally {
+    await next.catch(() => undefined);
     await f.close();
   }
 }
