@@ -53,7 +53,7 @@ interface RingHasher {
   close(): Promise<void>;
 }
 
-/** Hashes on this thread: for small files, and the reference the worker must agree with. */
+/** Hashes on this thread, for files too small to be worth starting a worker. */
 function inlineHasher(ring: Buffer): RingHasher {
   const hash = createHash('sha256');
   return {
