@@ -1,10 +1,17 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { stat } from 'node:fs/promises';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { Sha256Worker } from '../../src/node/Sha256Worker.js';
 
 const KiB = 1024;
 const threads = () => readdirSync('/proc/self/task').length;
+
+// libuv starts its whole thread pool at the first asynchronous fs call; done
+// here, that cannot happen between two counts of this process's threads.
+beforeAll(async () => {
+  await stat('/');
+});
 
 /** Random bytes with runs of zeros, like a disk image: 10 MiB + 17 bytes. */
 function imageLike(): Buffer {
