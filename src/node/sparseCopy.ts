@@ -13,7 +13,7 @@ export interface CopyResult {
  * 1 MiB blocks in a ring of eight (8 MiB, whatever the file's size): each
  * slot is read again as soon as its block is hashed and written, so the hash
  * finds up to 8 MiB read ahead. Measured here (600 MB qcow2, page cache
- * warm): 2 MiB blocks cost three times the system time, a ring of 16 was no
+ * warm): 2 or 4 MiB blocks cost 2-3 times the system time, a ring of 16 was no
  * faster and costs 8 MiB more.
  */
 const BLOCK = 1024 * 1024;
