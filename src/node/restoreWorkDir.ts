@@ -4,7 +4,8 @@ import type { Logger } from 'pino';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import type { BackupLayout } from '../domain/layout.js';
-import { chownByName, openNoFollow } from '../hypervisor/ownership.js';
+import { openNoFollow } from '../hypervisor/openNoFollow.js';
+import { chownByName } from '../hypervisor/ownership.js';
 import { assertNoSymlinkBelow, createExclusive, mkdirBelow } from './safeFs.js';
 
 /**

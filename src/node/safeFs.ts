@@ -3,7 +3,7 @@ import { lstat, mkdir, mkdtemp, open, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { openNoFollow } from '../hypervisor/ownership.js';
+import { openNoFollow } from '../hypervisor/openNoFollow.js';
 import { isBelow } from './backupDisks.js';
 
 /**

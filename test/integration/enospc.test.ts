@@ -2,11 +2,12 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { sparseCopy } from '../../src/node/sparseCopy.js';
 import { moveFile } from '../../src/node/durableFs.js';
 
-/** A copy that runs out of room leaves nothing behind: a real 1 MiB tmpfs, a 3 MiB file. */
+/** A copy that runs out of room leaves nothing behind: a real 1 MiB tmpfs, a 3 MiB file (and a 70 MiB one). */
 let work: string;
 let small: string;
 beforeEach(async () => {
@@ -25,6 +26,15 @@ describe('a copy into a full filesystem', () => {
   it('sparseCopy fails with ENOSPC and removes what it wrote', async () => {
     await expect(sparseCopy(path.join(work, 'src'), path.join(small, 'dst'))).rejects.toMatchObject({ code: 'ENOSPC' });
     expect(await readdir(small)).toEqual([]);
+  });
+
+  it('sparseCopy of a large file (hashed on a worker thread) fails with ENOSPC, removes what it wrote and ends the thread', async () => {
+    const big = path.join(work, 'big');
+    await writeFile(big, randomBytes(70 * 1024 * 1024));
+    const before = readdirSync('/proc/self/task').length;
+    await expect(sparseCopy(big, path.join(small, 'dst'))).rejects.toMatchObject({ code: 'ENOSPC' });
+    expect(await readdir(small)).toEqual([]);
+    expect(readdirSync('/proc/self/task').length).toBe(before);
   });
 
   it('moveFile across filesystems fails, leaves no .partial and keeps the source', async () => {

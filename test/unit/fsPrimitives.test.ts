@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,6 +9,7 @@ import { fileSha256, sparseCopy } from '../../src/node/sparseCopy.js';
 import { freeSpaceOf } from '../../src/node/freeSpace.js';
 
 const MiB = 1024 * 1024;
+const threads = () => readdirSync('/proc/self/task').length;
 
 let dir: string;
 let n = 0;
@@ -151,6 +152,39 @@ describe('sparseCopy', () => {
     expect(progress).toEqual([0, 64 * MiB]);
     // Stopped before the end, and what was written is removed again.
     expect(existsSync(dst)).toBe(false);
+  });
+
+  it('copies a large file (hashed on a worker thread): data, zero blocks and holes at odd offsets, same bytes and sha256, holes kept, no thread left', async () => {
+    const before = threads();
+    const content = randomBytes(80 * MiB + 4097);
+    content.fill(0, 5 * MiB, 45 * MiB + 3); // zeros, partly written in the source
+    content.fill(0, 79 * MiB); // and a tail of zeros
+    const file = sub();
+    const h = await open(file, 'wx');
+    try {
+      // The source has real holes too: only the non-zero parts are written.
+      await h.write(content, 0, 6 * MiB, 0);
+      await h.write(content, 45 * MiB + 3, 34 * MiB - 3, 45 * MiB + 3);
+      await h.truncate(content.length);
+    } finally {
+      await h.close();
+    }
+    const dst = sub();
+    expect(await sparseCopy(file, dst)).toEqual({ size: content.length, sha256: sha256(content) });
+    expect((await readFile(dst)).equals(content)).toBe(true);
+    // 39 MiB of data (and the blocks around its edges); the 40 MiB of zeros are holes in the copy.
+    expect((await stat(dst)).blocks * 512).toBeLessThan(48 * MiB);
+    expect(threads()).toBe(before);
+  });
+
+  it('ends its hashing thread when aborted in the middle of a large file, and removes the copy', async () => {
+    const before = threads();
+    const src = await sparseFile(randomBytes(70 * MiB), 0, randomBytes(10));
+    const dst = sub();
+    const ac = new AbortController();
+    await expect(sparseCopy(src.file, dst, (done) => done > 0 && ac.abort(), ac.signal)).rejects.toMatchObject({ name: 'AbortError' });
+    expect(existsSync(dst)).toBe(false);
+    expect(threads()).toBe(before);
   });
 
   it('does not copy at all with an already aborted signal', async () => {
