@@ -4,7 +4,7 @@ import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { startSlapd, ldapAdd, ldapModify, type PrivateSlapd } from './slapd.js';
 import { startSlapdPair, type SlapdPair } from './slapdPair.js';
-import { createTinyVm, macsOf, removeVm, requireLibvirt, virsh, LIBVIRT_URI, type TinyVm } from './libvirt.js';
+import { createTinyVm, macsOf, removeVm, requireLibvirt, LIBVIRT_URI, type TinyVm } from './libvirt.js';
 import { connectDirectory, type DirectoryConnectionOptions } from '../../src/directory/connect.js';
 import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirectory.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';

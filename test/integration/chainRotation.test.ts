@@ -13,6 +13,8 @@ import { chainMembers, checkChainMembers } from '../../src/node/materializeChain
 import { verifyBackups } from '../../src/node/verifyBackups.js';
 import { writeFileDurably } from '../../src/node/durableFs.js';
 import type { StepContext } from '../../src/node/StepContext.js';
+import { Virsh } from '../../src/hypervisor/Virsh.js';
+import { LIBVIRT_URI } from '../helpers/libvirt.js';
 
 /**
  * Rotation of incremental chains with real qemu-img images and no VM: three
@@ -55,7 +57,7 @@ function ctxFor(base: string, leaf: string): StepContext {
   const settings = settingsFor(base);
   const layout = new BackupLayout({ rootDirectory: settings.rootDirectory, retainDirectory: settings.retainDirectory, vmType: 'vm-persistent', pool: 'p1', vm: 'rotvm', leaf });
   const logger = pino({ level: 'silent' });
-  return { vm: { name: 'rotvm' } as StepContext['vm'], leaf, leafDn: '', settings, layout, directory: undefined as unknown as StepContext['directory'], virsh: undefined as unknown as StepContext['virsh'], qemuImg: new QemuImg(logger), imageRoots: [base], logger };
+  return { vm: { name: 'rotvm' } as StepContext['vm'], leaf, leafDn: '', settings, layout, directory: undefined as unknown as StepContext['directory'], virsh: new Virsh(LIBVIRT_URI, logger), qemuImg: new QemuImg(logger), imageRoots: [base], logger };
 }
 
 /** Three backups of a disk written between them; `expected/<leaf>.qcow2` holds each moment's disk. */
