@@ -313,7 +313,7 @@ describe('the restore command', () => {
     expect(dry.exitCode).toBe(0);
     expect(dry.stdout).toContain('dry run');
     const undecided = await execa('node', [CLI, 'restore', vm.name, leaf], { env, reject: false, input: '' });
-    expect(undecided.exitCode).toBe(2);
+    expect(undecided.exitCode, undecided.stderr).toBe(2);
     expect(undecided.stderr).toContain('need a decision');
     expect((await w.leaf(vm.name, leaf)).mode).toBe('finished');
     const ok = await execa('node', [CLI, 'restore', vm.name, leaf, '--prefer', 'backup'], { env, reject: false, input: '' });
