@@ -209,20 +209,23 @@ async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: D
   }
   ctx.onProgress?.({ step: 'snapshot', vm: vm.name, leaf: ctx.leaf, message: `live snapshot: memory to ${stateFile}, disks onto overlays` });
   // Independent of each other, all before the snapshot: side by side.
-  const [watched, , flushed] = await Promise.allSettled([
+  const [watched, , flushed, tightened] = await Promise.allSettled([
     virsh.watchLifecycle(vm.name, 60 * 60 * 1000),
     createCheckpointForNextBackup(ctx, disks, allDisks),
     flushDiskImages(ctx, disks),
+    tightenDowntimeLimit(ctx),
   ]);
   const watch = watched.status === 'fulfilled' ? watched.value : undefined;
   if (watched.status === 'rejected') logger.warn({ vm: vm.name, err: errorMessage(watched.reason) }, 'cannot watch lifecycle events; the stopped window is not measured');
+  // tightenDowntimeLimit never rejects (it warns and leaves the limit as it was).
+  const downtime = tightened.status === 'fulfilled' ? tightened.value : { restore: async () => undefined };
   if (flushed.status === 'rejected') {
+    await downtime.restore();
     await watch?.stop();
     await Promise.all(overlays.map((o) => rm(o.file, { force: true })));
     throw new BackupError(`cannot flush the disk images before the snapshot: ${errorMessage(flushed.reason)}`, ReturnCode.cannotSaveMachineState, { cause: flushed.reason });
   }
   let failure: unknown;
-  const downtime = await tightenDowntimeLimit(ctx);
   try {
     await virsh.snapshotLive(vm.name, stateFile, overlays, others);
   } catch (err) {
