@@ -47,6 +47,8 @@ node -e '
 # Nothing of ours may outlive the run.
 leftover=$(pgrep -f 'slapd -F /tmp/stoney' || true)
 if [[ -n $leftover ]]; then echo "stray slapd processes: $leftover" >&2; status=1; fi
+leftover=$(pgrep -f 'qemu-storage-daemon' || true)
+if [[ -n $leftover ]]; then echo "stray qemu-storage-daemon processes: $leftover" >&2; status=1; fi
 if virsh -c "${STONEY_LIBVIRT_URI:-qemu:///system}" list --all --name 2>/dev/null | grep -q '^sbt'; then
   echo "stray test VMs:" >&2; virsh -c "${STONEY_LIBVIRT_URI:-qemu:///system}" list --all --name | grep '^sbt' >&2; status=1
 fi
