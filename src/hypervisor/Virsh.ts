@@ -14,6 +14,8 @@ export interface JobWatchOptions {
   stallMs?: number;
   pollMs?: number;
   judge?: ProgressJudge;
+  /** hears every look at the job (crash tests kill the process at one that shows it running) */
+  onSample?: (sample: JobSample) => void;
 }
 
 /**
@@ -223,6 +225,7 @@ export class Virsh {
       if (done && sample?.active !== true) break;
       if (done) await pause(pollMs);
       if (sample === undefined) continue;
+      o.onSample?.(sample);
       const r = judge(watch, sample, Date.now(), stallMs);
       watch = r.watch;
       if (r.verdict === 'stalled' && aborted === undefined) {
