@@ -8,6 +8,7 @@ import { judgeProgress, STALL_MS, stalledMessage, type JobSample, type ProgressJ
 
 /** No wall-clock limit for a job that progresses: the command waits as long as this at most (a guard, not a timeout). */
 const LONG_JOB_MS = 48 * 3600 * 1000;
+const FIRST_LOOK_MS = 100;
 
 /** How a long domain job (save, live snapshot) is watched; tests shorten it or inject a stall. */
 export interface JobWatchOptions {
@@ -211,8 +212,11 @@ export class Virsh {
     const pause = (ms: number) => new Promise<boolean>((r) => setTimeout(() => r(false), ms));
     let watch: ProgressWatch | undefined;
     let aborted: string | undefined;
+    // The first look comes early: a job shorter than one poll interval is still seen running once.
+    let wait = Math.min(pollMs, FIRST_LOOK_MS);
     for (;;) {
-      const done = await Promise.race([settled, pause(pollMs)]);
+      const done = await Promise.race([settled, pause(wait)]);
+      wait = pollMs;
       // virsh returns success once libvirt's job has completed: no further look
       // (for a save, it would lengthen the VM's stopped window).
       if (done && aborted === undefined && (await command) === undefined) return;
@@ -269,13 +273,16 @@ export interface BlockJobInfo {
 }
 
 /**
- * `virsh domjobinfo --rawstats`: "Job type: <n>" (libvirt's virDomainJobType:
- * 1 bounded and 2 unbounded run; 0 none, 3 completed, 4 failed, 5 cancelled
- * do not) and `data_processed: <bytes>` while one runs.
+ * `virsh domjobinfo --rawstats`: "Job type: <n>" (libvirt's virDomainJobType)
+ * and `data_processed: <bytes>`. Only 0 (none) means libvirt runs no job:
+ * domjobinfo shows the job libvirt still holds, and 3 (completed), 4 (failed)
+ * or 5 (cancelled) are a job still finishing — seen here for 1.4 s of a 2.2 s
+ * `virsh save`, with the VM "paused (saving)" and the state file not yet
+ * complete. Once the job is over libvirt shows none.
  */
 export function parseDomainJobStats(stdout: string): JobSample {
   const type = /^Job type:\s*(\S+)/m.exec(stdout)?.[1];
-  const active = type === '1' || type === '2' || type === 'Bounded' || type === 'Unbounded';
+  const active = type !== undefined && type !== '0' && type !== 'None';
   const processed = /^data_processed:\s*(\d+)/m.exec(stdout)?.[1];
   return active ? { active, ...(processed !== undefined ? { progress: Number(processed) } : {}) } : { active: false };
 }
