@@ -11,7 +11,7 @@
  * child process, killed by itself at a fault point (STONEY_TEST_FAULT); the
  * others run in-process with a progress hook that acts at an exact moment.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { open, readdir, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
@@ -55,15 +55,26 @@ afterAll(async () => {
   await w?.cleanup();
 });
 
+/** CLI node daemons a test started: stopped after it, whatever happened. */
+const children: ResultPromise<{ reject: false }>[] = [];
+afterEach(async () => {
+  for (const c of children.splice(0)) {
+    if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    await c;
+  }
+});
+
 /** `stoney-backup node` for NODE2 in a child process; with `fault`, it kills itself at that point. */
 function cliNodeDaemon(fault?: string): ResultPromise<{ reject: false }> {
-  return execa('node', [CLI, 'node'], {
+  const child = execa('node', [CLI, 'node'], {
     reject: false,
     env: {
       ...w.cliEnv(), STONEY_NODE_NAME: NODE2, STONEY_RUN_DIR: w.runDir, STONEY_CHANGE_FEED: 'poll', STONEY_POLL_INTERVAL_MS: '150',
       STONEY_LOG_LEVEL: process.env.STONEY_TEST_LOG ?? 'warn', ...(fault ? { STONEY_TEST_FAULT: fault } : {}),
     },
   });
+  children.push(child);
+  return child;
 }
 
 async function stopCliNodeDaemon(child: ResultPromise<{ reject: false }>): Promise<void> {
@@ -122,7 +133,9 @@ describe('the save method: the node daemon killed (SIGKILL) in the snapshot, the
     await guestWrite(vm.name, 'vda', C, '4M', '1M'); // written by the guest before the backup
     const first = cliNodeDaemon(fault);
     await startSnapshot(vm.name, leaf);
-    const died = await first;
+    // A fault point that is never reached would leave the daemon running: bounded.
+    const timer = setTimeout(() => first.kill('SIGTERM'), 90_000);
+    const died = await first.finally(() => clearTimeout(timer));
     expect({ signal: died.signal, stderr: died.stderr }).toEqual({ signal: 'SIGKILL', stderr: '' });
     expect((await w.leaf(vm.name, leaf)).mode).toBe('snapshotting');
     const second = cliNodeDaemon();
