@@ -18,15 +18,10 @@ import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { World } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, restartLibvirtd, virsh, type TinyVm } from '../helpers/libvirt.js';
-import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
-import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import type { StepProgress } from '../../src/node/StepContext.js';
-import { runBackupBatch } from '../../src/control/runBackupBatch.js';
-import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { ReturnCode } from '../../src/domain/returnCodes.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import { run } from '../../src/hypervisor/exec.js';
-import type { LeafEntry } from '../../src/directory/types.js';
 
 const A = 0xab;
 const B = 0xcd;
@@ -34,10 +29,8 @@ const C = 0x5a;
 const CLI = path.resolve('bin/stoney-backup.js');
 /** VMs whose node daemon is the CLI child (node-01 is the in-process one). */
 const NODE2 = 'node-02.example.com';
-const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 
 let w: World;
-let daemon: NodeDaemon | undefined;
 /** Called at each progress report of the in-process daemon's steps. */
 let onProgress: ((p: StepProgress) => void) | undefined;
 
@@ -46,21 +39,20 @@ beforeAll(async () => {
     throw new Error('dist/ is missing: run `npm run build` (the test command does) before the e2e tests');
   });
   w = await World.start();
-  const feed = new PollingChangeFeed(w.directory, { node: w.nodeName }, { intervalMs: 150, logger: w.logger });
-  daemon = new NodeDaemon({ ...w.nodeDaemonOptions(feed), onProgress: (p) => onProgress?.(p) });
-  await daemon.start();
+  await w.startNodeDaemon(w.nodeName, w.directory, { onProgress: (p) => onProgress?.(p) });
 });
 afterAll(async () => {
-  await daemon?.stop();
   await w?.cleanup();
 });
 
-/** CLI node daemons a test started: stopped after it, whatever happened. */
+/** CLI node daemons a test started: stopped after it whatever happened; one still running must stop cleanly. */
 const children: ResultPromise<{ reject: false }>[] = [];
 afterEach(async () => {
   for (const c of children.splice(0)) {
-    if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
-    await c;
+    if (c.exitCode !== null || c.signalCode !== null) continue;
+    c.kill('SIGTERM');
+    const r = await c;
+    expect({ code: r.exitCode, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
   }
 });
 
@@ -75,31 +67,6 @@ function cliNodeDaemon(fault?: string): ResultPromise<{ reject: false }> {
   });
   children.push(child);
   return child;
-}
-
-async function stopCliNodeDaemon(child: ResultPromise<{ reject: false }>): Promise<void> {
-  child.kill('SIGTERM');
-  const r = await child;
-  expect({ code: r.exitCode, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
-}
-
-async function startSnapshot(vm: string, leaf: string): Promise<string> {
-  expect(await w.directory.createLeaf(vm, leaf)).toBe(true);
-  const dn = (await w.leaf(vm, leaf)).dn;
-  expect(await w.directory.casMode(dn, 'initialize', 'initialized')).toBe(true);
-  expect(await w.directory.casMode(dn, 'initialized', 'snapshot', { state: '0' })).toBe(true);
-  return dn;
-}
-
-async function finishBackup(vm: string, leaf: string): Promise<LeafEntry> {
-  const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf, policy, logger: w.logger });
-  return done!;
-}
-
-/** Files below the test's roots that only an unfinished step leaves: overlays, partial copies, private state directories. */
-async function leftovers(): Promise<string[]> {
-  const out = (await run('find', [w.root, '-name', '*.overlay', '-o', '-name', '*.partial', '-o', '-name', '.stoney-state-*'])).stdout.trim();
-  return out === '' ? [] : out.split('\n');
 }
 
 /** Whatever retain still holds for the VM (nothing, once a backup ended or failed cleanly). */
@@ -125,76 +92,54 @@ async function expectIntact(vm: TinyVm, patterns: [number, string][]): Promise<v
 describe('the save method: the node daemon killed (SIGKILL) in the snapshot, then started again', () => {
   /**
    * A VM on NODE2 whose snapshot the CLI daemon runs until `fault` kills it;
-   * then a new daemon starts (its recovery runs first) and the leaf must end
-   * the snapshot with 50. Returns the new daemon, still running (in an
-   * object: returned bare, the child process would be awaited).
+   * then a new daemon starts (its recovery runs first): the leaf must end the
+   * snapshot with 50, the VM run intact, and its next backup go through.
    */
-  async function killedSnapshot(vm: TinyVm, leaf: string, fault: string) {
+  async function killedSnapshotThenNextBackup(vm: TinyVm, leaf: string, next: string, fault: string, restoredFromState: boolean): Promise<void> {
     await guestWrite(vm.name, 'vda', C, '4M', '1M'); // written by the guest before the backup
     const first = cliNodeDaemon(fault);
-    await startSnapshot(vm.name, leaf);
+    await w.startSnapshot(vm.name, leaf);
     // A fault point that is never reached would leave the daemon running: bounded.
     const timer = setTimeout(() => first.kill('SIGTERM'), 90_000);
     const died = await first.finally(() => clearTimeout(timer));
     expect({ signal: died.signal, stderr: died.stderr }).toEqual({ signal: 'SIGKILL', stderr: '' });
     expect((await w.leaf(vm.name, leaf)).mode).toBe('snapshotting');
-    const second = cliNodeDaemon();
+    cliNodeDaemon();
     const l = await w.waitForMode(vm.name, leaf, ['snapshotted'], 120_000);
     expect({ mode: l.mode, rv: l.returnValue }).toEqual({ mode: 'snapshotted', rv: ReturnCode.interruptedByRestart });
     await expectIntact(vm, [[A, '0'], [C, '4M']]);
+    if (restoredFromState) expect(await virsh.domStateReason(vm.name)).toBe('running (restored)');
     await guestWrite(vm.name, 'vda', B, '2M', '1M'); // after the recovery
     await expectIntact(vm, [[A, '0'], [C, '4M'], [B, '2M']]);
     expect(await retainedFiles(vm.name)).toEqual([]);
-    expect(await leftovers()).toEqual([]);
-    return { second };
-  }
+    expect(await w.stepLeftovers()).toEqual([]);
 
-  /** The next backup of the VM runs through, and the chain stays flat. */
-  async function nextBackupOk(vm: TinyVm, leaf: string): Promise<void> {
-    const done = await finishBackup(vm.name, leaf);
+    const done = await w.finishBackup(vm.name, next);
     expect({ mode: done.mode, rv: done.returnValue }).toEqual({ mode: 'finished', rv: 0 });
     await expectIntact(vm, [[A, '0'], [C, '4M'], [B, '2M']]);
     expect(await retainedFiles(vm.name)).toEqual([]);
-    expect(await leftovers()).toEqual([]);
+    expect(await w.stepLeftovers()).toEqual([]);
   }
 
   it('killed while libvirtd writes the state (virsh save still running): recovery waits for the save and restores the VM from it', async () => {
-    // 640 MiB of random data in guest RAM: the save takes seconds, so the
-    // daemon dies while libvirt reports the job running (the fault point is
-    // a look at the job that shows it active) and its successor starts meanwhile.
+    // 640 MiB of random data in guest RAM: the save takes a second or more, so
+    // the daemon dies while libvirt reports the job running (the fault point is
+    // a look at the job that shows it active), and its successor usually starts
+    // before the save has ended.
     const ram = path.join(w.root, 'ram.bin');
     const f = await open(ram, 'w');
     for (let i = 0; i < 640; i++) await f.write(randomBytes(1024 * 1024));
     await f.close();
     const vm = await w.addVm('savekill', { running: true, pattern: A, method: 'save', node: NODE2, memoryMiB: 768, ramLoader: ram });
-    const { second } = await killedSnapshot(vm, '20261130T010000Z', 'snapshot:save-running');
-    try {
-      expect(await virsh.domStateReason(vm.name)).toBe('running (restored)');
-      await nextBackupOk(vm, '20261130T010100Z');
-    } finally {
-      await stopCliNodeDaemon(second);
-    }
+    await killedSnapshotThenNextBackup(vm, '20261130T010000Z', '20261130T010100Z', 'snapshot:save-running', true);
   });
 
-  it('killed with the state file complete, the VM saved and its disks not yet swapped: recovery restores it from that file', async () => {
-    const vm = await w.addVm('savedkill', { running: true, pattern: A, method: 'save', node: NODE2 });
-    const { second } = await killedSnapshot(vm, '20261130T011000Z', 'snapshot:after-save');
-    try {
-      expect(await virsh.domStateReason(vm.name)).toBe('running (restored)');
-      await nextBackupOk(vm, '20261130T011100Z');
-    } finally {
-      await stopCliNodeDaemon(second);
-    }
-  });
-
-  it('killed with the snapshot done (state in retain, guest on overlays) before its report: recovery pulls the overlays back', async () => {
-    const vm = await w.addVm('reportkill', { running: true, pattern: A, method: 'save', node: NODE2 });
-    const { second } = await killedSnapshot(vm, '20261130T012000Z', 'before-report:snapshot');
-    try {
-      await nextBackupOk(vm, '20261130T012100Z');
-    } finally {
-      await stopCliNodeDaemon(second);
-    }
+  it.each([
+    ['snapshot:after-save', 'with the state file complete, the VM saved and its disks not yet swapped: recovery restores it from that file', 'savedkill', '20261130T011000Z', true],
+    ['before-report:snapshot', 'with the snapshot done (state in retain, guest on overlays) before its report: recovery pulls the overlays back', 'reportkill', '20261130T012000Z', false],
+  ] as const)('killed at %s, %s', async (fault, _what, short, leaf, restoredFromState) => {
+    const vm = await w.addVm(short, { running: true, pattern: A, method: 'save', node: NODE2 });
+    await killedSnapshotThenNextBackup(vm, leaf, leaf.replace(/00Z$/, '30Z'), fault, restoredFromState);
   });
 });
 
@@ -213,7 +158,7 @@ describe('slapd killed in the middle of a live snapshot and started again a few 
       }
     };
     try {
-      await startSnapshot(vm.name, leaf);
+      await w.startSnapshot(vm.name, leaf);
       await w.waitFor(async () => killed !== undefined);
       await killed;
       // The step's host part ends without the directory: guest on its overlay, memory in the backup. Its report fails meanwhile.
@@ -230,11 +175,11 @@ describe('slapd killed in the middle of a live snapshot and started again a few 
     const l = await w.waitForMode(vm.name, leaf, ['snapshotted'], 120_000);
     expect({ mode: l.mode, rv: l.returnValue }).toEqual({ mode: 'snapshotted', rv: 0 });
     await guestWrite(vm.name, 'vda', B, '2M', '1M');
-    const done = await finishBackup(vm.name, leaf);
+    const done = await w.finishBackup(vm.name, leaf);
     expect({ mode: done.mode, rv: done.returnValue }).toEqual({ mode: 'finished', rv: 0 });
     await expectIntact(vm, [[A, '0'], [C, '4M'], [B, '2M']]);
     expect(await retainedFiles(vm.name)).toEqual([]);
-    expect(await leftovers()).toEqual([]);
+    expect(await w.stepLeftovers()).toEqual([]);
   });
 });
 
@@ -245,7 +190,7 @@ describe('libvirtd restarted while the live merge\'s block commit runs', () => {
     const vm = await w.addVm('virtdrestart', { running: true, pattern: A, method: 'live', backupAttributes: ['sstVirtualizationBandwidthMerge: 2'] });
     await guestWrite(vm.name, 'vda', C, '4M', '1M');
     const leaf = '20261130T030000Z';
-    const dn = await startSnapshot(vm.name, leaf);
+    const dn = await w.startSnapshot(vm.name, leaf);
     expect((await w.waitForMode(vm.name, leaf, ['snapshotted'])).returnValue).toBe(0);
     await guestWrite(vm.name, 'vda', B, '8M', '40M');
     let restarted: Promise<void> | undefined;
@@ -265,12 +210,12 @@ describe('libvirtd restarted while the live merge\'s block commit runs', () => {
       onProgress = undefined;
     }
     await expectIntact(vm, [[A, '0'], [C, '4M'], [B, '8M'], [B, '47M']]);
-    const done = await finishBackup(vm.name, leaf);
+    const done = await w.finishBackup(vm.name, leaf);
     expect({ mode: done.mode, rv: done.returnValue }).toEqual({ mode: 'finished', rv: 0 });
     // The backup holds the snapshot instant: what was written before it, none of what came after.
     const backupImage = w.layoutOf(vm.name, leaf).backupPath(path.basename(vm.disks[0]!.path));
     for (const [pattern, offset] of [[A, '0'], [C, '4M'], [0, '8M'], [0, '47M']] as const) expect({ offset, matches: await imageMatches(backupImage, pattern, offset, '1M') }).toEqual({ offset, matches: true });
     expect(await retainedFiles(vm.name)).toEqual([]);
-    expect(await leftovers()).toEqual([]);
+    expect(await w.stepLeftovers()).toEqual([]);
   });
 });
