@@ -14,17 +14,19 @@ import path from 'node:path';
  */
 export async function fileReadPosition(file: string, procRoot = '/proc'): Promise<number | undefined> {
   const target = await realpath(file).catch(() => path.resolve(file));
-  let furthest: number | undefined;
-  for (const pid of await readdir(procRoot).catch(() => [] as string[])) {
-    if (!/^\d+$/.test(pid)) continue;
+  const pids = (await readdir(procRoot).catch(() => [] as string[])).filter((p) => /^\d+$/.test(p));
+  // Processes come and go, and others' descriptors may be closed meanwhile: what cannot be read is skipped.
+  const positions = await Promise.all(pids.map(async (pid) => {
     const fdDir = path.join(procRoot, pid, 'fd');
-    // Processes come and go, and others' descriptors may be closed meanwhile: what cannot be read is skipped.
+    const found: number[] = [];
     for (const fd of await readdir(fdDir).catch(() => [] as string[])) {
       if ((await readlink(path.join(fdDir, fd)).catch(() => undefined)) !== target) continue;
       const info = await readFile(path.join(procRoot, pid, 'fdinfo', fd), 'utf8').catch(() => '');
       const pos = /^pos:\s*(\d+)/m.exec(info)?.[1];
-      if (pos !== undefined) furthest = Math.max(furthest ?? 0, Number(pos));
+      if (pos !== undefined) found.push(Number(pos));
     }
-  }
-  return furthest;
+    return found;
+  }));
+  const all = positions.flat();
+  return all.length > 0 ? Math.max(...all) : undefined;
 }
