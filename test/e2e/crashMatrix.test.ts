@@ -183,6 +183,49 @@ describe('slapd killed in the middle of a live snapshot and started again a few 
   });
 });
 
+describe('slapd killed in the middle of retain and started again a few seconds later', () => {
+  it('the complete backup is reported once the directory is back, not failed for its pruning', async () => {
+    const vm = await w.addVm('slapdretain', { running: true, pattern: A, method: 'live' });
+    await guestWrite(vm.name, 'vda', C, '4M', '1M');
+    const older = '20261130T024000Z';
+    await w.backupOk(vm.name, older); // something for pruning to look at (one iteration is kept)
+    const leaf = '20261130T025000Z';
+    const layout = w.layoutOf(vm.name, leaf);
+    let killed: Promise<void> | undefined;
+    onProgress = (p) => {
+      if (p.vm === vm.name && p.step === 'retain') {
+        onProgress = undefined;
+        killed = w.slapd.kill();
+      }
+    };
+    // Driven step by step as the control side does, so that only the node lives through the outage.
+    const dn = await w.startSnapshot(vm.name, leaf);
+    expect((await w.waitForMode(vm.name, leaf, ['snapshotted'])).returnValue).toBe(0);
+    expect(await w.directory.casMode(dn, 'snapshotted', 'merge', { state: '0' })).toBe(true);
+    expect((await w.waitForMode(vm.name, leaf, ['merged'])).returnValue).toBe(0);
+    try {
+      expect(await w.directory.casMode(dn, 'merged', 'retain', { state: '0' })).toBe(true);
+      await w.waitFor(async () => killed !== undefined, 60_000);
+      await killed;
+      // Retain ends on the host without the directory: manifest written, retain copy gone. Its report fails meanwhile.
+      await w.waitFor(async () => (await stat(layout.manifestPath).then(() => true, () => false)) && !(await stat(layout.retainDir).then(() => true, () => false)));
+      await new Promise((r) => setTimeout(r, 2_000));
+    } finally {
+      onProgress = undefined;
+      await w.slapd.start();
+    }
+    const retained = await w.waitForMode(vm.name, leaf, ['retained'], 120_000);
+    expect({ mode: retained.mode, rv: retained.returnValue }).toEqual({ mode: 'retained', rv: 0 });
+    const done = await w.finishBackup(vm.name, leaf);
+    expect({ mode: done.mode, rv: done.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    // Pruning waited for a node that could ask the directory: the next retain prunes the older backup.
+    expect((await readdir(path.dirname(layout.backupDir))).sort()).toEqual([older, leaf]);
+    await expectIntact(vm, [[A, '0'], [C, '4M']]);
+    expect(await retainedFiles(vm.name)).toEqual([]);
+    expect(await w.stepLeftovers()).toEqual([]);
+  });
+});
+
 describe('libvirtd restarted while the live merge\'s block commit runs', () => {
   it('the VM runs on; the merge ends the commit (pivot) and the backup finishes with the snapshot instant', async () => {
     // 2 MiB/s for the merge and 40 MiB written after the snapshot: the commit runs for
