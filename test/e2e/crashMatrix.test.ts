@@ -143,6 +143,30 @@ describe('the save method: the node daemon killed (SIGKILL) in the snapshot, the
   });
 });
 
+/**
+ * slapd killed (SIGKILL) at the first progress report that `when` picks, of
+ * a step `issue` starts; started again 2 s after `hostDone` says the step's
+ * work on the host is over, so that its report has failed at least once.
+ */
+async function withSlapdKilledDuring(when: (p: StepProgress) => boolean, issue: () => Promise<unknown>, hostDone: () => Promise<boolean>): Promise<void> {
+  let killed: Promise<void> | undefined;
+  onProgress = (p) => {
+    if (!when(p)) return;
+    onProgress = undefined;
+    killed = w.slapd.kill(); // SIGKILL sent before this returns: the step goes on without a directory
+  };
+  try {
+    await issue();
+    await w.waitFor(async () => killed !== undefined, 60_000);
+    await killed;
+    await w.waitFor(hostDone);
+    await new Promise((r) => setTimeout(r, 2_000));
+  } finally {
+    onProgress = undefined;
+    await w.slapd.start();
+  }
+}
+
 describe('slapd killed in the middle of a live snapshot and started again a few seconds later', () => {
   it('the node reports the snapshot once the directory is back; the backup then finishes', async () => {
     const vm = await w.addVm('slapdgone', { running: true, pattern: A, method: 'live' });
@@ -150,28 +174,13 @@ describe('slapd killed in the middle of a live snapshot and started again a few 
     const leaf = '20261130T020000Z';
     const layout = w.layoutOf(vm.name, leaf);
     const overlay = layout.retainPath(`${path.basename(vm.disks[0]!.path)}.overlay`);
-    let killed: Promise<void> | undefined;
-    onProgress = (p) => {
-      if (p.vm === vm.name && p.step === 'snapshot' && p.message.startsWith('live snapshot:')) {
-        onProgress = undefined;
-        killed = w.slapd.kill(); // SIGKILL sent before this returns: the snapshot runs without a directory
-      }
-    };
-    try {
-      await w.startSnapshot(vm.name, leaf);
-      await w.waitFor(async () => killed !== undefined);
-      await killed;
-      // The step's host part ends without the directory: guest on its overlay, memory in the backup. Its report fails meanwhile.
-      await w.waitFor(async () => {
-        const live = parseDomainDisks(await virsh.dumpXml(vm.name))[0];
-        const inBackup = await readdir(layout.backupDir).catch(() => [] as string[]);
-        return live?.source === overlay && inBackup.includes(`${vm.name}.state.${leaf}`);
-      });
-      await new Promise((r) => setTimeout(r, 2_000));
-    } finally {
-      onProgress = undefined;
-      await w.slapd.start();
-    }
+    // Killed once the LDIF is exported (the step needs the directory before that), as libvirt takes the snapshot.
+    await withSlapdKilledDuring((p) => p.vm === vm.name && p.step === 'snapshot' && p.message.startsWith('live snapshot:'), () => w.startSnapshot(vm.name, leaf), async () => {
+      // The step's host part ends without the directory: guest on its overlay, memory in the backup.
+      const live = parseDomainDisks(await virsh.dumpXml(vm.name))[0];
+      const inBackup = await readdir(layout.backupDir).catch(() => [] as string[]);
+      return live?.source === overlay && inBackup.includes(`${vm.name}.state.${leaf}`);
+    });
     const l = await w.waitForMode(vm.name, leaf, ['snapshotted'], 120_000);
     expect({ mode: l.mode, rv: l.returnValue }).toEqual({ mode: 'snapshotted', rv: 0 });
     await guestWrite(vm.name, 'vda', B, '2M', '1M');
@@ -191,29 +200,15 @@ describe('slapd killed in the middle of retain and started again a few seconds l
     await w.backupOk(vm.name, older); // something for pruning to look at (one iteration is kept)
     const leaf = '20261130T025000Z';
     const layout = w.layoutOf(vm.name, leaf);
-    let killed: Promise<void> | undefined;
-    onProgress = (p) => {
-      if (p.vm === vm.name && p.step === 'retain') {
-        onProgress = undefined;
-        killed = w.slapd.kill();
-      }
-    };
     // Driven step by step as the control side does, so that only the node lives through the outage.
     const dn = await w.startSnapshot(vm.name, leaf);
     expect((await w.waitForMode(vm.name, leaf, ['snapshotted'])).returnValue).toBe(0);
     expect(await w.directory.casMode(dn, 'snapshotted', 'merge', { state: '0' })).toBe(true);
     expect((await w.waitForMode(vm.name, leaf, ['merged'])).returnValue).toBe(0);
-    try {
-      expect(await w.directory.casMode(dn, 'merged', 'retain', { state: '0' })).toBe(true);
-      await w.waitFor(async () => killed !== undefined, 60_000);
-      await killed;
-      // Retain ends on the host without the directory: manifest written, retain copy gone. Its report fails meanwhile.
-      await w.waitFor(async () => (await stat(layout.manifestPath).then(() => true, () => false)) && !(await stat(layout.retainDir).then(() => true, () => false)));
-      await new Promise((r) => setTimeout(r, 2_000));
-    } finally {
-      onProgress = undefined;
-      await w.slapd.start();
-    }
+    const exists = (f: string) => stat(f).then(() => true, () => false);
+    await withSlapdKilledDuring((p) => p.vm === vm.name && p.step === 'retain', () => w.directory.casMode(dn, 'merged', 'retain', { state: '0' }), async () =>
+      // Retain ends on the host without the directory: manifest written, retain copy gone.
+      (await exists(layout.manifestPath)) && !(await exists(layout.retainDir)));
     const retained = await w.waitForMode(vm.name, leaf, ['retained'], 120_000);
     expect({ mode: retained.mode, rv: retained.returnValue }).toEqual({ mode: 'retained', rv: 0 });
     const done = await w.finishBackup(vm.name, leaf);
