@@ -19,6 +19,8 @@ import { execa, type ResultPromise } from 'execa';
 import { World } from '../helpers/world.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, restartLibvirtd, virsh, type TinyVm } from '../helpers/libvirt.js';
 import type { StepProgress } from '../../src/node/StepContext.js';
+import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
+import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import { ReturnCode } from '../../src/domain/returnCodes.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import { run } from '../../src/hypervisor/exec.js';
@@ -31,6 +33,8 @@ const CLI = path.resolve('bin/stoney-backup.js');
 const NODE2 = 'node-02.example.com';
 
 let w: World;
+/** node-01's daemon, in-process: its progress hook lets a test act at an exact point of a step. */
+let daemon: NodeDaemon | undefined;
 /** Called at each progress report of the in-process daemon's steps. */
 let onProgress: ((p: StepProgress) => void) | undefined;
 
@@ -39,9 +43,12 @@ beforeAll(async () => {
     throw new Error('dist/ is missing: run `npm run build` (the test command does) before the e2e tests');
   });
   w = await World.start();
-  await w.startNodeDaemon(w.nodeName, w.directory, { onProgress: (p) => onProgress?.(p) });
+  const feed = new PollingChangeFeed(w.directory, { node: w.nodeName }, { intervalMs: 150, logger: w.logger });
+  daemon = new NodeDaemon({ ...w.nodeDaemonOptions(feed), onProgress: (p) => onProgress?.(p) });
+  await daemon.start();
 });
 afterAll(async () => {
+  await daemon?.stop();
   await w?.cleanup();
 });
 

@@ -10,11 +10,11 @@ import type { LdapBackupDirectory } from '../../src/directory/LdapBackupDirector
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { NodeDaemon, type NodeDaemonOptions } from '../../src/node/NodeDaemon.js';
 import { QemuImg } from '../../src/hypervisor/QemuImg.js';
-import { run } from '../../src/hypervisor/exec.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { devicesEntryLines, diskEntryLines, interfaceEntryLines, ldifText, vmEntryLines } from './directoryEntries.js';
 import type { BackupDirectory, ChangeFeed, LeafEntry } from '../../src/directory/types.js';
+import { run } from '../../src/hypervisor/exec.js';
 
 export const POOL = '0f83f084-8080-413e-b558-b678e504836e';
 /**
@@ -184,13 +184,10 @@ ${this.backupSettings(o.backupAttributes)}
   /** Roots the node daemons allow besides backup and retain (e.g. a RAM disk), as STONEY_ALLOWED_ROOTS would. */
   readonly extraAllowedRoots: string[] = [];
 
-  /**
-   * `directory`: the node daemon's own session (e.g. bound as its node identity under the shipped ACL);
-   * `extra`: more daemon options (e.g. an onProgress hook that acts at an exact point of a step).
-   */
-  async startNodeDaemon(nodeName = this.nodeName, directory: LdapBackupDirectory = this.directory, extra: Partial<NodeDaemonOptions> = {}): Promise<NodeDaemon> {
+  /** `directory`: the node daemon's own session (e.g. bound as its node identity under the shipped ACL). */
+  async startNodeDaemon(nodeName = this.nodeName, directory: LdapBackupDirectory = this.directory): Promise<NodeDaemon> {
     const feed = new PollingChangeFeed(directory, { node: nodeName }, { intervalMs: 150, logger: this.logger });
-    const daemon = new NodeDaemon({ ...this.nodeDaemonOptions(feed, directory, nodeName), ...extra });
+    const daemon = new NodeDaemon(this.nodeDaemonOptions(feed, directory, nodeName));
     await daemon.start();
     this.daemons.push(daemon);
     return daemon;
