@@ -11,16 +11,15 @@
  * child process, killed by itself at a fault point (STONEY_TEST_FAULT); the
  * others run in-process with a progress hook that acts at an exact moment.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { open, readdir, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
-import { World } from '../helpers/world.js';
+import type { World } from '../helpers/world.js';
+import { useWorldWithProgressHook } from '../helpers/useWorld.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, restartLibvirtd, virsh, type TinyVm } from '../helpers/libvirt.js';
 import type { StepProgress } from '../../src/node/StepContext.js';
-import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
-import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import { ReturnCode } from '../../src/domain/returnCodes.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import { run } from '../../src/hypervisor/exec.js';
@@ -33,23 +32,13 @@ const CLI = path.resolve('bin/stoney-backup.js');
 const NODE2 = 'node-02.example.com';
 
 let w: World;
-/** node-01's daemon, in-process: its progress hook lets a test act at an exact point of a step. */
-let daemon: NodeDaemon | undefined;
-/** Called at each progress report of the in-process daemon's steps. */
+/** Called at each progress report of node-01's daemon (in-process) steps. */
 let onProgress: ((p: StepProgress) => void) | undefined;
-
+useWorldWithProgressHook((x) => (w = x), () => onProgress);
 beforeAll(async () => {
   await stat('dist/src/cli/main.js').catch(() => {
     throw new Error('dist/ is missing: run `npm run build` (the test command does) before the e2e tests');
   });
-  w = await World.start();
-  const feed = new PollingChangeFeed(w.directory, { node: w.nodeName }, { intervalMs: 150, logger: w.logger });
-  daemon = new NodeDaemon({ ...w.nodeDaemonOptions(feed), onProgress: (p) => onProgress?.(p) });
-  await daemon.start();
-});
-afterAll(async () => {
-  await daemon?.stop();
-  await w?.cleanup();
 });
 
 /** CLI node daemons a test started: stopped after it whatever happened; one still running must stop cleanly. */
