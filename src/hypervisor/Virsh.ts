@@ -2,18 +2,33 @@ import type { Logger } from 'pino';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { CommandError, run, startCollecting, type CollectingProcess } from './exec.js';
-import { parseDomState, type DomainRunState } from './domainXml.js';
+import { parseDomainName, parseDomState, type DomainRunState } from './domainXml.js';
+import { fileReadPosition } from './fileReadPosition.js';
+import { readFile } from 'node:fs/promises';
 import { parseDomainCapabilities, type DomainCapabilities } from './domainCapabilities.js';
 import { judgeProgress, STALL_MS, stalledMessage, type JobSample, type ProgressJudge, type ProgressWatch } from './jobProgress.js';
 
 /** No wall-clock limit for a job that progresses: the command waits as long as this at most (a guard, not a timeout). */
 const LONG_JOB_MS = 48 * 3600 * 1000;
+const FIRST_LOOK_MS = 100;
 
-/** How a long domain job (save, live snapshot) is watched; tests shorten it or inject a stall. */
+/** How a long job in libvirtd (save, live snapshot, restore) is watched; tests shorten it or inject a stall. */
+/** What watchedCommand looks at and does for one kind of job. */
+interface WatchedJob {
+  /** one look at the job; `returned`: virsh has returned */
+  sample(returned: boolean): Promise<JobSample>;
+  abort(): Promise<void>;
+  /** said after the stall message once aborted */
+  aborted: string;
+  code: number;
+}
+
 export interface JobWatchOptions {
   stallMs?: number;
   pollMs?: number;
   judge?: ProgressJudge;
+  /** hears every look at the job (crash tests kill the process at one that shows it running) */
+  onSample?: (sample: JobSample) => void;
 }
 
 /**
@@ -71,13 +86,41 @@ export class Virsh {
     await this.watchedDomainJob(vm, ['save', vm, file], `virsh save of ${vm}`, watch);
   }
 
+  /** A virsh command whose work is a job of the domain in libvirtd (save, live snapshot), watched by that job. */
+  private async watchedDomainJob(vm: string, args: string[], what: string, o: JobWatchOptions): Promise<void> {
+    await this.watchedCommand(args, what, o, {
+      // Over only when libvirt runs no job any more (virsh may fail or be cut off while libvirtd still writes).
+      sample: () => this.domainJob(vm),
+      abort: () => this.abortDomainJob(vm),
+      aborted: 'aborted, libvirt runs no job on the domain any more',
+      code: ReturnCode.cannotSaveMachineState,
+    });
+  }
+
   /** The domain XML embedded in a state file. */
   async saveImageXml(file: string): Promise<string> {
     return this.virsh(['save-image-dumpxml', file], 60_000);
   }
 
-  async restore(file: string, xmlFile?: string): Promise<void> {
-    await this.virsh(['restore', file, ...(xmlFile ? ['--xml', xmlFile] : [])]);
+  /**
+   * Starts the VM from a state file, for as long as the file is read on
+   * (watchedCommand; libvirt reports no job for a restore, so the progress is
+   * how far libvirtd and QEMU have read the file). A restore that reads
+   * nothing for the stall limit is ended by destroying the domain being
+   * restored and fails with 21; the state file is left as it was.
+   */
+  async restore(file: string, xmlFile?: string, watch: JobWatchOptions = {}): Promise<void> {
+    await this.watchedCommand(['restore', file, ...(xmlFile ? ['--xml', xmlFile] : [])], `virsh restore of ${file}`, watch, {
+      sample: async (returned) => (returned ? { active: false } : { active: true, progress: await fileReadPosition(file) }),
+      abort: async () => {
+        const xml = xmlFile ? await readFile(xmlFile, 'utf8') : await this.saveImageXml(file);
+        const name = parseDomainName(xml);
+        if (name === undefined) throw new Error(`no domain name in the XML of ${file}`);
+        await this.virsh(['destroy', name], 120_000);
+      },
+      aborted: 'the domain being restored was destroyed',
+      code: ReturnCode.cannotRestoreMachine,
+    });
   }
 
   async start(vm: string, opts: { paused?: boolean } = {}): Promise<void> {
@@ -226,14 +269,14 @@ export class Virsh {
   }
 
   /**
-   * Run a virsh command whose work is a domain job inside libvirtd, watching
-   * the job's progress meanwhile instead of a fixed timeout: a dump of many
-   * GiB takes as long as it takes. When the job makes no progress for
-   * `stallMs`, it is aborted and the command fails — but only once libvirt
-   * shows no job any more: the caller may then remove the file the job wrote,
-   * which libvirtd would otherwise still be writing.
+   * Run a virsh command whose work happens inside libvirtd (and QEMU),
+   * watching its progress meanwhile instead of a fixed timeout: a dump or a
+   * restore of many GiB takes as long as it takes. When it makes no progress
+   * for `stallMs`, the work is aborted and the command fails — but only once
+   * the job is over (`sample` says inactive): the caller may then remove the
+   * file the job wrote, which libvirtd would otherwise still be writing.
    */
-  private async watchedDomainJob(vm: string, args: string[], what: string, o: JobWatchOptions): Promise<void> {
+  private async watchedCommand(args: string[], what: string, o: JobWatchOptions, job: WatchedJob): Promise<void> {
     const stallMs = o.stallMs ?? STALL_MS;
     const pollMs = o.pollMs ?? 1000;
     const judge = o.judge ?? judgeProgress;
@@ -242,33 +285,34 @@ export class Virsh {
     const pause = (ms: number) => new Promise<boolean>((r) => setTimeout(() => r(false), ms));
     let watch: ProgressWatch | undefined;
     let aborted: string | undefined;
+    // The first look comes early: a job shorter than one poll interval is still seen running once.
+    let wait = Math.min(pollMs, FIRST_LOOK_MS);
     for (;;) {
-      const done = await Promise.race([settled, pause(pollMs)]);
+      const done = await Promise.race([settled, pause(wait)]);
+      wait = pollMs;
       // virsh returns success once libvirt's job has completed: no further look
       // (for a save, it would lengthen the VM's stopped window).
       if (done && aborted === undefined && (await command) === undefined) return;
-      const sample = await this.domainJob(vm).catch((err: unknown) => {
-        this.logger?.warn({ vm, err: String(err) }, 'cannot read the domain job; watching on');
+      const sample = await job.sample(done).catch((err: unknown) => {
+        this.logger?.warn({ what, err: String(err) }, 'cannot read the job\'s progress; watching on');
         return undefined;
       });
-      // Over only when virsh has returned and libvirt runs no job any more
-      // (virsh may fail or be cut off while libvirtd still writes).
       if (done && sample?.active !== true) break;
       if (done) await pause(pollMs);
       if (sample === undefined) continue;
+      o.onSample?.(sample);
       const r = judge(watch, sample, Date.now(), stallMs);
       watch = r.watch;
       if (r.verdict === 'stalled' && aborted === undefined) {
         aborted = stalledMessage(what, stallMs, sample.progress);
-        this.logger?.error({ vm, progress: sample.progress }, `${aborted}; aborting the job`);
-        await this.abortDomainJob(vm).catch((err: unknown) => this.logger?.error({ vm, err: String(err) }, 'domjobabort failed; waiting for the job to end'));
+        this.logger?.error({ what, progress: sample.progress }, `${aborted}; aborting it`);
+        await job.abort().catch((err: unknown) => this.logger?.error({ what, err: String(err) }, 'cannot abort; waiting for the job to end'));
       }
     }
     const outcome = await command;
-    if (aborted !== undefined) throw new BackupError(`${aborted}; aborted, libvirt runs no job on the domain any more`, ReturnCode.cannotSaveMachineState, { cause: outcome?.err });
+    if (aborted !== undefined) throw new BackupError(`${aborted}; ${job.aborted}`, job.code, { cause: outcome?.err });
     if (outcome !== undefined) throw outcome.err;
   }
-
 
   /**
    * Start collecting the VM's lifecycle events (for the stopped window); the
@@ -299,13 +343,16 @@ export interface BlockJobInfo {
 }
 
 /**
- * `virsh domjobinfo --rawstats`: "Job type: <n>" (libvirt's virDomainJobType:
- * 1 bounded and 2 unbounded run; 0 none, 3 completed, 4 failed, 5 cancelled
- * do not) and `data_processed: <bytes>` while one runs.
+ * `virsh domjobinfo --rawstats`: "Job type: <n>" (libvirt's virDomainJobType)
+ * and `data_processed: <bytes>`. Only 0 (none) means libvirt runs no job:
+ * domjobinfo shows the job libvirt still holds, and 3 (completed), 4 (failed)
+ * or 5 (cancelled) are a job still finishing — seen here for 1.4 s of a 2.2 s
+ * `virsh save`, with the VM "paused (saving)" and the state file not yet
+ * complete. Once the job is over libvirt shows none.
  */
 export function parseDomainJobStats(stdout: string): JobSample {
   const type = /^Job type:\s*(\S+)/m.exec(stdout)?.[1];
-  const active = type === '1' || type === '2' || type === 'Bounded' || type === 'Unbounded';
+  const active = type !== undefined && type !== '0' && type !== 'None';
   const processed = /^data_processed:\s*(\d+)/m.exec(stdout)?.[1];
   return active ? { active, ...(processed !== undefined ? { progress: Number(processed) } : {}) } : { active: false };
 }

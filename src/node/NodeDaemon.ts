@@ -242,6 +242,8 @@ export class NodeDaemon {
     // sstProvisioningExecutionTime describes the backup (snapshot, downtime, merge,
     // retain); a restore's timings go to the log only, so an aborted restore leaves no trace.
     const isBackupStep = step === 'snapshot' || step === 'merge' || step === 'retain';
+    // Killed with the step done on the host but not reported: recovery must judge the world.
+    faultPoint(`before-report:${step}`);
     const reported = await this.report(leaf.dn, NodeStepModes[step].working, done, {
       state: protocolTimestamp(),
       returnValue,

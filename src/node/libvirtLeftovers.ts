@@ -3,6 +3,7 @@ import path from 'node:path';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { exists } from './durableFs.js';
+import { judgeProgress, STALL_MS, stalledMessage, type ProgressWatch } from '../hypervisor/jobProgress.js';
 import type { StepContext } from './StepContext.js';
 
 /**
@@ -11,14 +12,23 @@ import type { StepContext } from './StepContext.js';
  * state files it was writing in private directories.
  */
 
-/** Wait until libvirt runs no job on the VM: a save or snapshot our dead process asked for may outlive it. */
-export async function waitForDomainJob(ctx: StepContext): Promise<void> {
-  const end = Date.now() + 30 * 60 * 1000;
-  let logged = false;
-  while (await ctx.virsh.domainJobActive(ctx.vm.name)) {
-    if (!logged) ctx.logger.warn({ vm: ctx.vm.name, leaf: ctx.leaf }, 'recovery: libvirt still runs a job on the VM; waiting for it to end');
-    logged = true;
-    if (Date.now() > end) throw new BackupError('recovery: a libvirt job on the VM did not end within 30 minutes', ReturnCode.cannotLockMachine);
+/**
+ * Wait until libvirt runs no job on the VM: a save or snapshot our dead
+ * process asked for may outlive it. Watched by the job's progress, not by a
+ * wall clock (a save of many GiB takes as long as it takes); a job that has
+ * not moved for `stallMs` fails the recovery, the VM left as libvirt has it.
+ */
+export async function waitForDomainJob(ctx: StepContext, stallMs = STALL_MS): Promise<void> {
+  let watch: ProgressWatch | undefined;
+  for (;;) {
+    const job = await ctx.virsh.domainJob(ctx.vm.name);
+    const r = judgeProgress(watch, job, Date.now(), stallMs);
+    if (r.verdict === 'ended') return;
+    if (watch === undefined) ctx.logger.warn({ vm: ctx.vm.name, leaf: ctx.leaf }, 'recovery: libvirt still runs a job on the VM; waiting for it to end');
+    watch = r.watch;
+    if (r.verdict === 'stalled') {
+      throw new BackupError(`recovery: ${stalledMessage('a libvirt job on the VM', stallMs, job.progress)}; the VM is left as libvirt has it`, ReturnCode.cannotLockMachine);
+    }
     await new Promise((r) => setTimeout(r, 500));
   }
 }

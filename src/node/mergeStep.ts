@@ -4,6 +4,7 @@ import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
 import { parseDomainDisks, type DomainDisk } from '../hypervisor/domainXml.js';
+import type { BlockJobInfo } from '../hypervisor/Virsh.js';
 import { isBelow } from './backupDisks.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { keepInBackup } from './keepInBackup.js';
@@ -146,15 +147,30 @@ async function waitForBlockJob(ctx: StepContext, target: string): Promise<void> 
   let polls = 0;
   for (;;) {
     if (ctx.signal?.aborted) throw new Error(`stopped while waiting for the block job on ${target}`);
-    const job = await virsh.blockJob(vm.name, target);
-    if (job === undefined) return; // it ended (e.g. pivoted before we died)
+    let job: BlockJobInfo | undefined;
+    try {
+      job = await virsh.blockJob(vm.name, target);
+    } catch (err) {
+      // libvirtd restarting (or busy) does not end the job inside QEMU: keep
+      // watching; a look that fails counts as no progress, so a libvirtd that
+      // stays away fails the step after STALL_MS like a stuck job.
+      if (err instanceof BackupError && err.code === ReturnCode.cannotFindMachine) throw err;
+      ctx.logger.warn({ vm: vm.name, disk: target, err: errorMessage(err) }, 'cannot read the block job; watching on');
+      const r = judgeProgress(watch, { active: true, progress: watch?.progress }, Date.now(), STALL_MS);
+      watch = r.watch;
+      if (r.verdict === 'stalled') throw new Error(stalledMessage(`the block job on ${target}`, STALL_MS, watch?.progress), { cause: err });
+      await new Promise((r) => setTimeout(r, 1000));
+      continue;
+    }
+    if (job === undefined) return; // it ended (e.g. pivoted before we died); the caller checks the chain
     if (job.percent >= 100 && !/pull/i.test(job.type)) {
       try {
         await virsh.blockJobPivot(vm.name, target);
         return;
       } catch (err) {
-        // 100 % shown a moment before libvirt calls the job ready: look again.
-        if (!/not ready|still active/i.test(errorMessage(err))) throw err;
+        // 100 % shown a moment before libvirt calls the job ready, or libvirtd
+        // away for a moment: look again (a pivot that did happen ends the job).
+        ctx.logger.warn({ vm: vm.name, disk: target, err: errorMessage(err) }, 'pivot not done; looking at the block job again');
       }
     }
     const last = watch?.progress;

@@ -19,6 +19,7 @@ import { assertNoSymlinkBelow, chmodNoFollow, createPrivateStateFile, mkdirBelow
 import { isBelow } from './backupDisks.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
+import { faultPoint } from './faultPoint.js';
 
 /**
  * Snapshot: freeze the VM's memory, CPU and disks at one instant with the
@@ -103,7 +104,8 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       progress(`saving memory state to ${stateFile}`);
       const tDown = performance.now();
       try {
-        await virsh.save(vm.name, stateFile);
+        // A crash test kills the daemon while libvirtd writes the state (STONEY_TEST_FAULT).
+        await virsh.save(vm.name, stateFile, { onSample: (s) => { if (s.active) faultPoint('snapshot:save-running'); } });
       } catch (err) {
         // libvirtd may have finished the save although virsh failed: never leave the VM stopped.
         if ((await virsh.domState(vm.name)) === 'shut off' && (await exists(stateFile))) {
@@ -114,6 +116,7 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
         throw new BackupError(`virsh save failed: ${errorMessage(err)}`, ReturnCode.cannotSaveMachineState, { cause: err });
       }
       // From here until restore the VM is stopped.
+      faultPoint('snapshot:after-save');
       const restoreXml = path.join(tmp, 'restore.xml');
       const swapped: BackupDisk[] = [];
       try {

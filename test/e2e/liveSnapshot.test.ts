@@ -7,8 +7,6 @@ import { World } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout } from '../../src/domain/layout.js';
-import { runBackupBatch } from '../../src/control/runBackupBatch.js';
-import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { fileSha256 } from '../../src/node/sparseCopy.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import { parseLifecycleEvents } from '../../src/hypervisor/lifecycleEvents.js';
@@ -25,7 +23,6 @@ import type { BackupManifest } from '../../src/node/retainStep.js';
 const A = 0xab;
 const B = 0xcd;
 const NODE2 = 'node-02.example.com';
-const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 const vmStorageGid = Number(execFileSync('getent', ['group', 'vm-storage']).toString().split(':')[2]);
 
 let w: World;
@@ -33,24 +30,9 @@ useWorldWithNodeDaemon((x) => (w = x));
 
 const layoutOf = (vm: string, leaf: string): BackupLayout => w.layoutOf(vm, leaf);
 
-async function startSnapshot(vm: string, leaf: string): Promise<string> {
-  expect(await w.directory.createLeaf(vm, leaf)).toBe(true);
-  const dn = (await w.leaf(vm, leaf)).dn;
-  expect(await w.directory.casMode(dn, 'initialize', 'initialized')).toBe(true);
-  expect(await w.directory.casMode(dn, 'initialized', 'snapshot', { state: '0' })).toBe(true);
-  return dn;
-}
-
-async function finishBackup(vm: string, leaf: string): Promise<LeafEntry> {
-  const [done] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm))!], leaf, policy, logger: w.logger });
-  return done!;
-}
-
-/** Every file below the test's roots whose name says it is a live overlay or a partial copy. */
-async function leftovers(): Promise<string[]> {
-  const out = (await run('find', [w.root, '-name', '*.overlay', '-o', '-name', '*.partial'])).stdout.trim();
-  return out === '' ? [] : out.split('\n');
-}
+const startSnapshot = (vm: string, leaf: string): Promise<string> => w.startSnapshot(vm, leaf);
+const finishBackup = (vm: string, leaf: string): Promise<LeafEntry> => w.finishBackup(vm, leaf);
+const leftovers = (): Promise<string[]> => w.stepLeftovers();
 
 async function liveChain(vm: string): Promise<[string, string | undefined, string[]][]> {
   return parseDomainDisks(await virsh.dumpXml(vm)).map((d) => [d.target, d.source, d.backingChain]);

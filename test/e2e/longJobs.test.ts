@@ -1,14 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { createTinyVm, removeVm, requireLibvirt, virsh } from '../helpers/libvirt.js';
+import { createTinyVm, LIBVIRT_URI, removeVm, requireLibvirt, virsh } from '../helpers/libvirt.js';
+import { Virsh } from '../../src/hypervisor/Virsh.js';
 import { ReturnCode } from '../../src/domain/returnCodes.js';
 import { judgeProgress, type ProgressJudge } from '../../src/hypervisor/jobProgress.js';
 
 /**
  * `virsh save` and the live snapshot's memory dump watched by libvirt's job
- * progress (domjobinfo) instead of a wall clock, on a real VM with 384 MiB of random data in its RAM (a save of
+ * progress (domjobinfo) instead of a wall clock, `virsh restore` by how far the
+ * state file has been read (libvirt reports no job for a restore), on a real VM with 384 MiB of random data in its RAM (a save of
  * about half a second here). A stall cannot be produced on demand, so one
  * test injects the stall verdict (stallAtOnce); the abort and the wait for libvirt are real.
  */
@@ -76,5 +78,52 @@ describe('a live snapshot watched by its progress', () => {
     expect(await virsh.domainJobActive(name)).toBe(false);
     expect(await virsh.domState(name)).toBe('running');
     expect(await readdir(dir)).not.toContain('live.state');
+  });
+});
+
+describe('a restore watched by its progress', () => {
+  it('that reads on runs to its end, although every other command of that Virsh times out after 200 ms (the fixed timeout restores had)', async () => {
+    const file = path.join(dir, 'restore-ok.state');
+    await virsh.save(name, file);
+    const positions: (number | undefined)[] = [];
+    const recording: ProgressJudge = (watch, sample, now, stallMs) => {
+      positions.push(sample.progress);
+      return judgeProgress(watch, sample, now, stallMs);
+    };
+    const hurried = new Virsh(LIBVIRT_URI, undefined, 200);
+    const t0 = Date.now();
+    await hurried.restore(file, undefined, { pollMs: 50, stallMs: 5_000, judge: recording });
+    expect(Date.now() - t0).toBeGreaterThan(200);
+    expect(await virsh.domState(name)).toBe('running');
+    // It saw QEMU read the state file (384 MiB of it is guest RAM).
+    expect(positions.some((p) => p !== undefined && p > 32 * 1024 * 1024)).toBe(true);
+    await rm(file);
+  });
+
+  it('that reads nothing for the stall limit is ended: the domain being restored is destroyed, 21, the state file left as it was', async () => {
+    const file = path.join(dir, 'restore-stuck.state');
+    await virsh.save(name, file);
+    const size = (await stat(file)).size;
+    const pidFile = `/run/libvirt/qemu/${name}.pid`;
+    await expect(stat(pidFile)).rejects.toThrow(/ENOENT/);
+    const restoring = virsh.restore(file, undefined, { pollMs: 100, stallMs: 2_000 }).then(() => undefined, (e: unknown) => e);
+    // A QEMU that reads no more: stopped (SIGSTOP) as soon as it exists. A real stall, not an injected verdict.
+    let pid: number | undefined;
+    for (const end = Date.now() + 30_000; pid === undefined && Date.now() < end; ) {
+      const p = Number(await readFile(pidFile, 'utf8').catch(() => ''));
+      const cmdline = p > 0 ? await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '') : '';
+      if (cmdline.includes(`guest=${name}`)) pid = p;
+      else await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(pid).toBeDefined();
+    process.kill(pid!, 'SIGSTOP');
+    const err = await restoring;
+    expect(err).toMatchObject({ code: ReturnCode.cannotRestoreMachine, message: expect.stringMatching(/virsh restore of .* made no progress for 2000 ms.*destroyed/) });
+    expect(await virsh.domState(name)).toBe('shut off');
+    expect((await stat(file)).size).toBe(size);
+    // The state file is intact: the VM comes back from it.
+    await virsh.restore(file);
+    expect(await virsh.domState(name)).toBe('running');
+    await rm(file);
   });
 });

@@ -1,13 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { World, vmDn } from '../helpers/world.js';
+import { vmDn, type World } from '../helpers/world.js';
+import { useWorldWithProgressHook } from '../helpers/useWorld.js';
 import { ldapToolArgs } from '../helpers/slapd.js';
 import { protocolTimestamp } from '../../src/domain/leafName.js';
-import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
-import { NodeDaemon } from '../../src/node/NodeDaemon.js';
+import type { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import type { StepProgress } from '../../src/node/StepContext.js';
 import { backingFileOf, guestReadMatches, guestWrite, virsh } from '../helpers/libvirt.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
@@ -31,16 +31,7 @@ let w: World;
 let daemon: NodeDaemon | undefined;
 /** Called at each progress report of a node step: lets a test act at an exact point of a copy. */
 let onProgress: ((p: StepProgress) => void) | undefined;
-beforeAll(async () => {
-  w = await World.start();
-  const feed = new PollingChangeFeed(w.directory, { node: w.nodeName }, { intervalMs: 150, logger: w.logger });
-  daemon = new NodeDaemon({ ...w.nodeDaemonOptions(feed), onProgress: (p) => onProgress?.(p) });
-  await daemon.start();
-});
-afterAll(async () => {
-  await daemon?.stop();
-  await w?.cleanup();
-});
+useWorldWithProgressHook((x, d) => ((w = x), (daemon = d)), () => onProgress);
 
 /** Write zeros to a new file in `dir` until its filesystem is full. */
 function fillUp(dir: string): void {

@@ -157,3 +157,30 @@ export async function backingFileOf(image: string): Promise<string | undefined> 
   const o = JSON.parse(r.stdout) as Record<string, unknown>;
   return (o['full-backing-filename'] ?? o['backing-filename']) as string | undefined;
 }
+
+/**
+ * Restart libvirtd the way deploy/setup-host.sh runs it on a host without
+ * systemd (`libvirtd -d`): SIGTERM to the running daemon (its QEMU processes
+ * keep running), wait for it to exit, start it again, wait until it answers.
+ */
+export async function restartLibvirtd(): Promise<void> {
+  const { readFile } = await import('node:fs/promises');
+  const pid = Number((await readFile('/run/libvirtd.pid', 'utf8')).trim());
+  if (!Number.isInteger(pid) || pid <= 1) throw new Error(`no libvirtd pid in /run/libvirtd.pid: ${pid}`);
+  const alive = () => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  process.kill(pid, 'SIGTERM');
+  const end = Date.now() + 30_000;
+  while (alive()) {
+    if (Date.now() > end) throw new Error(`libvirtd ${pid} did not exit within 30 s of SIGTERM`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await run('libvirtd', ['-d'], { timeoutMs: 30_000 });
+  await requireLibvirt();
+}

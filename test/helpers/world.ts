@@ -16,6 +16,7 @@ import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { devicesEntryLines, diskEntryLines, interfaceEntryLines, ldifText, vmEntryLines } from './directoryEntries.js';
 import type { BackupDirectory, ChangeFeed, LeafEntry } from '../../src/directory/types.js';
+import { run } from '../../src/hypervisor/exec.js';
 
 export const POOL = '0f83f084-8080-413e-b558-b678e504836e';
 /**
@@ -251,9 +252,31 @@ ${this.backupSettings(o.backupAttributes)}
 
   /** One backup of `vm` driven like the control side; fails the test unless it finished with 0. */
   async backupOk(vm: string, leaf: string): Promise<LeafEntry> {
-    const [done] = await runBackupBatch({ directory: this.directory, vms: [(await this.directory.getVm(vm))!], leaf, policy: { ...defaultBatchPolicy, claimTimeoutMs: 60_000 }, logger: this.logger });
-    if (done?.mode !== 'finished' || done.returnValue !== 0) throw new Error(`backup ${leaf} of ${vm} ended ${done?.mode} with ${done?.returnValue}`);
+    const done = await this.finishBackup(vm, leaf);
+    if (done.mode !== 'finished' || done.returnValue !== 0) throw new Error(`backup ${leaf} of ${vm} ended ${done.mode} with ${done.returnValue}`);
     return done;
+  }
+
+  /** Drive the backup `leaf` of `vm` (new, or where a test left it) like the control side; the leaf as it ended. */
+  async finishBackup(vm: string, leaf: string): Promise<LeafEntry> {
+    const [done] = await runBackupBatch({ directory: this.directory, vms: [(await this.directory.getVm(vm))!], leaf, policy: { ...defaultBatchPolicy, claimTimeoutMs: 60_000 }, logger: this.logger });
+    if (!done) throw new Error(`backup ${leaf} of ${vm}: the batch returned no leaf`);
+    return done;
+  }
+
+  /** Create the leaf and issue `snapshot` on it as the control side does; the test drives the rest. Returns its DN. */
+  async startSnapshot(vm: string, leaf: string): Promise<string> {
+    if (!(await this.directory.createLeaf(vm, leaf))) throw new Error(`leaf ${leaf} of ${vm} exists already`);
+    const dn = (await this.leaf(vm, leaf)).dn;
+    if (!(await this.directory.casMode(dn, 'initialize', 'initialized'))) throw new Error(`leaf ${leaf} of ${vm} is not at initialize`);
+    if (!(await this.directory.casMode(dn, 'initialized', 'snapshot', { state: '0' }))) throw new Error(`leaf ${leaf} of ${vm} is not at initialized`);
+    return dn;
+  }
+
+  /** Files below the world's roots that only an unfinished step leaves: live overlays, partial copies, private state directories. */
+  async stepLeftovers(): Promise<string[]> {
+    const out = (await run('find', [this.root, '-name', '*.overlay', '-o', '-name', '*.partial', '-o', '-name', '.stoney-state-*'])).stdout.trim();
+    return out === '' ? [] : out.split('\n');
   }
 
   /** Environment for the real CLI (`node bin/stoney-backup.js …`) against this world. */

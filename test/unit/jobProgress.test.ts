@@ -45,10 +45,13 @@ describe('parseDomainJobStats', () => {
   it('reads a running job and its bytes processed', () => {
     expect(parseDomainJobStats(during)).toEqual({ active: true, progress: 178269204 });
   });
-  it('reads no job, a completed and a cancelled one as not running', () => {
+  it('reads no job as not running', () => {
     expect(parseDomainJobStats('Job type: 0\n\n')).toEqual({ active: false });
-    expect(parseDomainJobStats(during.replace('Job type: 2', 'Job type: 3'))).toEqual({ active: false });
-    expect(parseDomainJobStats(cancelled)).toEqual({ active: false });
     expect(parseDomainJobStats('Job type:         None        \n')).toEqual({ active: false });
+  });
+  it('reads a completed, failed or cancelled job that libvirt still shows as running: it is still finishing (a save writes on)', () => {
+    expect(parseDomainJobStats(during.replace('Job type: 2', 'Job type: 3'))).toEqual({ active: true, progress: 178269204 });
+    expect(parseDomainJobStats(during.replace('Job type: 2', 'Job type: 4'))).toEqual({ active: true, progress: 178269204 });
+    expect(parseDomainJobStats(cancelled)).toEqual({ active: true, progress: 0 });
   });
 });
