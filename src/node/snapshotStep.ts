@@ -100,6 +100,7 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
     const state = await createStateFile(ctx, stateDir);
     const stateFile = state.file;
     const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
+    let stateMoved = false;
     try {
       progress(`saving memory state to ${stateFile}`);
       const tDown = performance.now();
@@ -110,7 +111,7 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
         // libvirtd may have finished the save although virsh failed: never leave the VM stopped.
         if ((await virsh.domState(vm.name)) === 'shut off' && (await exists(stateFile))) {
           logger.error({ vm: vm.name, err: errorMessage(err) }, 'virsh save failed but the VM is stopped; restoring it from the state file');
-          await virsh.restore(stateFile);
+          await restoreOrKeep(ctx, stateFile, err);
         }
         await rm(stateFile, { force: true });
         throw new BackupError(`virsh save failed: ${errorMessage(err)}`, ReturnCode.cannotSaveMachineState, { cause: err });
@@ -143,7 +144,8 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
               ReturnCode.cannotMoveImageBack, { cause: undoErr },
             );
           }
-          await virsh.restore(stateFile); // its embedded XML names the original images, which are back in place
+          // Its embedded XML names the original images, which are back in place.
+          await restoreOrKeep(ctx, stateFile, err);
           await rm(stateFile, { force: true });
           throw err instanceof BackupError
             ? err
@@ -154,9 +156,13 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       await verifyLiveChain(ctx, disks, stateFile);
       progress('moving the state file into retain');
       await moveStateIntoRetain(stateFile, retainState, (done, total) => progress('copying the state file into retain', done, total));
+      stateMoved = true;
     } finally {
       await rm(tmp, { recursive: true, force: true });
-      await state.release();
+      // A VM left stopped (both restores failed, or the images could not be
+      // moved back) has its memory only in this file: never delete it then.
+      if (stateMoved || (await runsAgain(ctx)) || !(await exists(stateFile))) await state.release();
+      else logger.error({ vm: vm.name, leaf: ctx.leaf, stateFile }, 'the VM is stopped and this state file holds its memory: kept for `virsh restore` (docs/restore-runbook.md)');
     }
   } else if (runState === 'shut off' || runState === 'shutdown' || runState === 'crashed') {
     await writeFileDurably(retainState, `${NO_STATE_MARKER}\n`);
@@ -177,6 +183,27 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   const result = { executionTime: { snapshot: seconds(t0), downtime } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, runState, disks: disks.map((d) => d.target), ...result.executionTime }, 'snapshot done');
   return result;
+}
+
+/**
+ * Bring a VM stopped by our save back from its state file; when even that
+ * fails, say so with where its memory is (the caller keeps the file).
+ */
+async function restoreOrKeep(ctx: StepContext, stateFile: string, first: unknown): Promise<void> {
+  try {
+    await ctx.virsh.restore(stateFile);
+  } catch (err) {
+    throw new BackupError(
+      `snapshot failed (${errorMessage(first)}) and restoring the VM onto its own images failed too (${errorMessage(err)}); the VM is left STOPPED, its memory in ${stateFile}: see docs/restore-runbook.md`,
+      ReturnCode.cannotRestoreMachine, { cause: err },
+    );
+  }
+}
+
+/** Whether the VM is running (or paused) again; false when stopped or when libvirt cannot tell. */
+async function runsAgain(ctx: StepContext): Promise<boolean> {
+  const state = await ctx.virsh.domState(ctx.vm.name).catch(() => 'other' as const);
+  return ['running', 'paused', 'blocked', 'idle', 'in shutdown', 'pmsuspended'].includes(state);
 }
 
 /**
