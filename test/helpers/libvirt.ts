@@ -97,7 +97,16 @@ export async function macsOf(vm: string): Promise<string[]> {
 }
 
 export async function removeVm(name: string): Promise<void> {
-  if (!(await virsh.domainExists(name))) return;
+  // A test that restarts libvirtd leaves it away for a second or so: wait for it rather than leave the VM.
+  for (let i = 0; ; i++) {
+    try {
+      if (!(await virsh.domainExists(name))) return;
+      break;
+    } catch (err) {
+      if (i >= 20 || !/failed to connect/i.test(String(err))) throw err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
   if ((await virsh.domState(name)) !== 'shut off') await virsh.destroy(name).catch(() => undefined);
   await virsh.undefine(name).catch(() => undefined);
 }

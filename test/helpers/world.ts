@@ -288,13 +288,22 @@ ${this.backupSettings(o.backupAttributes)}
     };
   }
 
+  /** Every part is removed even when one fails (libvirtd briefly away, say); the first failure is thrown at the end. */
   async cleanup(): Promise<void> {
-    await this.stopNodeDaemons();
-    for (const vm of this.vms) await removeVm(vm);
-    await this.directory.close();
-    if (this.pair) await this.pair.stop();
-    else await this.slapd.stop();
-    await rm(this.root, { recursive: true, force: true });
+    const failures: unknown[] = [];
+    const attempt = async (f: () => Promise<unknown>) => {
+      try {
+        await f();
+      } catch (err) {
+        failures.push(err);
+      }
+    };
+    await attempt(() => this.stopNodeDaemons());
+    for (const vm of this.vms) await attempt(() => removeVm(vm));
+    await attempt(() => this.directory.close());
+    await attempt(() => (this.pair ? this.pair.stop() : this.slapd.stop()));
+    await attempt(() => rm(this.root, { recursive: true, force: true }));
+    if (failures.length > 0) throw failures[0];
   }
 
   /** Replace one attribute of the VM's ou=backup entry (a project attribute needs addVm's `method`, which adds its class). */
