@@ -1,7 +1,8 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { World } from '../helpers/world.js';
+import { useWorld } from '../helpers/useWorld.js';
 import { guestReadMatches, virsh } from '../helpers/libvirt.js';
 import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { NodeDaemon } from '../../src/node/NodeDaemon.js';
@@ -24,12 +25,7 @@ class RestoreFails extends Virsh {
 
 const A = 0xab;
 let w: World;
-beforeAll(async () => {
-  w = await World.start();
-});
-afterAll(async () => {
-  await w?.cleanup();
-});
+useWorld((x) => (w = x));
 
 async function stateFilesBelow(dir: string, name: string): Promise<string[]> {
   const all = await readdir(dir, { recursive: true }).catch(() => [] as string[]);

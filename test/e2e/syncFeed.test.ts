@@ -5,8 +5,9 @@
  * is set far beyond the test, so the daemons move only on what the feeds
  * deliver.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { World } from '../helpers/world.js';
+import { useWorld } from '../helpers/useWorld.js';
 import { backingFileOf, guestReadMatches } from '../helpers/libvirt.js';
 import { virsh } from '../helpers/libvirt.js';
 import { NodeDaemon } from '../../src/node/NodeDaemon.js';
@@ -18,13 +19,7 @@ import { tappedSyncFeed, windowed } from '../helpers/daemonWindows.js';
 
 const A = 0xab;
 let w: World;
-
-beforeAll(async () => {
-  w = await World.start();
-});
-afterAll(async () => {
-  await w?.cleanup();
-});
+useWorld((x) => (w = x));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -4,6 +4,18 @@ import { PollingChangeFeed } from '../../src/directory/PollingChangeFeed.js';
 import { NodeDaemon } from '../../src/node/NodeDaemon.js';
 import type { StepProgress } from '../../src/node/StepContext.js';
 
+/** One World for the whole file, no daemon (the file starts its own), removed afterwards. */
+export function useWorld(set: (w: World) => void): void {
+  let world: World | undefined;
+  beforeAll(async () => {
+    world = await World.start();
+    set(world);
+  });
+  afterAll(async () => {
+    await world?.cleanup();
+  });
+}
+
 /**
  * The usual e2e file: one World with a node daemon for the whole file,
  * removed afterwards. `set` receives the world once it runs, e.g.
