@@ -12,7 +12,6 @@ import { judgeProgress, STALL_MS, stalledMessage, type JobSample, type ProgressJ
 const LONG_JOB_MS = 48 * 3600 * 1000;
 const FIRST_LOOK_MS = 100;
 
-/** How a long job in libvirtd (save, live snapshot, restore) is watched; tests shorten it or inject a stall. */
 /** What watchedCommand looks at and does for one kind of job. */
 interface WatchedJob {
   /** one look at the job; `returned`: virsh has returned */
@@ -23,6 +22,7 @@ interface WatchedJob {
   code: number;
 }
 
+/** How a long job in libvirtd (save, live snapshot, restore) is watched; tests shorten it or inject a stall. */
 export interface JobWatchOptions {
   stallMs?: number;
   pollMs?: number;

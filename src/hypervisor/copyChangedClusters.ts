@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { startLineProcess } from './exec.js';
 import { chainNode } from './QemuImg.js';
+import { judgeProgress, STALL_MS, stalledMessage, type ProgressWatch } from './jobProgress.js';
 
 export interface ChangedClustersCopy {
   /** the frozen qcow2 image: nothing writes it while this runs */
@@ -95,8 +96,8 @@ export async function copyChangedClusters(o: ChangedClustersCopy): Promise<{ byt
     await Promise.race([greeting, died]);
     await Promise.race([command('qmp_capabilities'), died]);
     await Promise.race([command('blockdev-backup', { 'job-id': JOB, device: 'src', target: 'dst', sync: 'bitmap', bitmap: o.bitmap, 'bitmap-mode': 'never', 'auto-finalize': true, 'auto-dismiss': true, ...(o.speedBytesPerSecond ? { speed: o.speedBytesPerSecond } : {}) }), died]);
-    let last = { done: -1, at: performance.now() };
-    const noProgressMs = o.noProgressMs ?? 10 * 60_000;
+    let watch: ProgressWatch | undefined;
+    const stallMs = o.noProgressMs ?? STALL_MS;
     const stalled = new Promise<never>((_, reject) => {
       poll = setInterval(() => {
         command('query-jobs').then((jobs) => {
@@ -104,8 +105,9 @@ export async function copyChangedClusters(o: ChangedClustersCopy): Promise<{ byt
           if (!job) return;
           const done = job['current-progress'] ?? 0;
           o.onProgress?.(done, job['total-progress'] ?? 0);
-          if (done !== last.done) last = { done, at: performance.now() };
-          else if (performance.now() - last.at > noProgressMs) reject(new Error(`the copy of changed clusters made no progress for ${Math.round(noProgressMs / 1000)} s`));
+          const r = judgeProgress(watch, { active: true, progress: done }, Date.now(), stallMs);
+          watch = r.watch;
+          if (r.verdict === 'stalled') reject(new Error(stalledMessage(`the copy of the changed clusters of ${o.source}`, stallMs, done)));
         }, () => undefined);
       }, o.pollMs ?? 1000);
     });

@@ -38,12 +38,15 @@ export async function storeDiskImage(
     : { kind: 'full', reason: `disk format ${JSON.stringify(args.format)} is not one the project reads` };
   const t0 = performance.now();
   if (plan.kind === 'incremental') {
+    const base = plan.base;
+    const stored = (r: { name: string; size: number; sha256: string }, changesFoundBy: 'bitmap' | 'comparison'): ManifestFile => {
+      logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, kind: 'incremental', changesFoundBy, base: base.leaf, depth: plan.depth, bytes: r.size, durationMs: Math.round(performance.now() - t0) }, 'disk image stored incrementally');
+      return { ...r, format: 'qcow2', virtualSize: info?.virtualSize ?? 0, backing: base, changesFoundBy };
+    };
     const tracked = await trackedChangesOf(ctx, info, plan.base.leaf);
     if (tracked.use === 'bitmap') {
       try {
-        const r = await writeChangedClusters(ctx, { source, partial, plan, step, imageFileName, bitmap: tracked.bitmap, virtualSize: info?.virtualSize ?? 0 });
-        logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, kind: 'incremental', changesFoundBy: 'bitmap', base: plan.base.leaf, depth: plan.depth, bytes: r.size, durationMs: Math.round(performance.now() - t0) }, 'disk image stored incrementally');
-        return { ...r, format: 'qcow2', virtualSize: info?.virtualSize ?? 0, backing: plan.base, changesFoundBy: 'bitmap' };
+        return stored(await writeChangedClusters(ctx, { source, partial, plan, step, imageFileName, bitmap: tracked.bitmap, virtualSize: info?.virtualSize ?? 0 }), 'bitmap');
       } catch (err) {
         if (ctx.signal?.aborted) throw err;
         await rm(partial, { force: true });
@@ -53,9 +56,7 @@ export async function storeDiskImage(
       logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, base: plan.base.leaf, why: tracked.why }, 'no trusted dirty bitmap; finding the changes by comparison');
     }
     try {
-      const r = await writeIncremental(ctx, { source, format: format ?? 'qcow2', partial, plan, step, imageFileName });
-      logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, kind: 'incremental', changesFoundBy: 'comparison', base: plan.base.leaf, depth: plan.depth, bytes: r.size, durationMs: Math.round(performance.now() - t0) }, 'disk image stored incrementally');
-      return { ...r, format: 'qcow2', virtualSize: info?.virtualSize ?? 0, backing: plan.base, changesFoundBy: 'comparison' };
+      return stored(await writeIncremental(ctx, { source, format: format ?? 'qcow2', partial, plan, step, imageFileName }), 'comparison');
     } catch (err) {
       if (ctx.signal?.aborted) throw err;
       // Never a wrong incremental, and never no backup because the base is unreadable: store it whole.
