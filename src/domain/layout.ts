@@ -43,7 +43,7 @@ export function liveOverlayName(imageFileName: string): string {
 /**
  * A live backup's disk image is copied into the backup directory during the
  * merge (before the commit changes the original); this record in retain,
- * `<image file name>.kept.json` = { name, size, sha256 }, says the copy is
+ * `<image file name>.kept.json` = { name, size, sha256PerMiB }, says the copy is
  * complete and lets retain list it in the manifest without reading it again.
  */
 export const KEPT_RECORD_SUFFIX = '.kept.json';

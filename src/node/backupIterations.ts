@@ -6,13 +6,14 @@ import { isSafeName } from '../domain/names.js';
 import { MANIFEST_NAME, ROTATION_MARKER } from '../domain/layout.js';
 import { isImageFormat, type ImageFormat } from '../hypervisor/QemuImg.js';
 import { assertNoSymlinkBelow, openRegularForRead } from './safeFs.js';
+import type { DigestedFile } from './fileDigest.js';
 
-/** One file of a finished backup, as its manifest lists it. */
-export interface ManifestFile {
+/** One file of a finished backup, as its manifest lists it: with its size and content digest (fileDigest.ts). */
+export type ManifestFile = ManifestFileFacts & DigestedFile;
+
+interface ManifestFileFacts {
   /** final name in the backup directory, `<file>.<leaf>` */
   name: string;
-  size: number;
-  sha256: string;
   /** disk images: the format the file is stored in (an incremental image is always qcow2) */
   format?: ImageFormat;
   /** disk images: guest-visible size in bytes */
@@ -56,11 +57,15 @@ export function parseManifest(text: string, leaf: string): BackupManifest {
 export function parseManifestEntry(raw: unknown, leaf: string, i = 0): ManifestFile {
   if (typeof raw !== 'object' || raw === null) throw new Error(`manifest file ${i} is not an object`);
   const f = raw as Record<string, unknown>;
-  const { name, size, sha256 } = f;
+  const { name, size, sha256, sha256PerMiB } = f;
   if (typeof name !== 'string' || !isSafeName(name) || !name.endsWith(`.${leaf}`)) throw new Error(`manifest file ${i}: ${JSON.stringify(name)} is not a file name of backup ${leaf}`);
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) throw new Error(`manifest file ${name}: bad size`);
-  if (typeof sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`manifest file ${name}: bad sha256`);
-  const out: ManifestFile = { name, size, sha256 };
+  const hex = (v: unknown): v is string => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v);
+  // Exactly one digest: a second one of another kind would go unchecked.
+  if ((sha256 === undefined) === (sha256PerMiB === undefined)) throw new Error(`manifest file ${name}: needs exactly one of sha256PerMiB and sha256`);
+  if (sha256 !== undefined && !hex(sha256)) throw new Error(`manifest file ${name}: bad sha256`);
+  if (sha256PerMiB !== undefined && !hex(sha256PerMiB)) throw new Error(`manifest file ${name}: bad sha256PerMiB`);
+  const out: ManifestFile = { name, size, ...(hex(sha256PerMiB) ? { sha256PerMiB } : { sha256: sha256 as string }) };
   if (f['format'] !== undefined) {
     if (typeof f['format'] !== 'string' || !isImageFormat(f['format'])) throw new Error(`manifest file ${name}: bad format`);
     out.format = f['format'];

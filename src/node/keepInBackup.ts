@@ -16,7 +16,7 @@ import type { StepContext } from './StepContext.js';
 /**
  * Copy a file of this backup straight into the backup directory under its
  * final name `<name>.<leaf>` — the one copy this backup makes of it — and
- * record its size and sha256 in retain (`<name>.kept.json`, written last) for
+ * record its size and digest in retain (`<name>.kept.json`, written last) for
  * the manifest. The live method keeps its frozen disk images this way in the
  * merge, and its memory state right after the snapshot (it need not wait in
  * retain: nothing restores a live VM from it). A disk image is stored whole
@@ -44,7 +44,7 @@ export async function keepInBackup(ctx: StepContext, source: string, name: strin
       kept = await storeDiskImage(ctx, { source, format, imageFileName: name, partial, step });
     } else {
       const r = await sparseCopy(source, partial, (done, total) => ctx.onProgress?.({ step, vm: vm.name, leaf: ctx.leaf, message: `keeping ${name}`, done, total }), ctx.signal);
-      kept = { name: path.basename(final), size: r.size, sha256: r.sha256 };
+      kept = { name: path.basename(final), ...r };
     }
     await chmodNoFollow(partial, backupFileMode(kind, settings.image.mode));
     await chownByName(partial, settings.image.owner, settings.image.group, logger);

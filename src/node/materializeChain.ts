@@ -3,7 +3,8 @@ import path from 'node:path';
 import { relativeBackingPath, walkChain, type ChainLink } from '../domain/backupChain.js';
 import { chainSpec } from '../hypervisor/QemuImg.js';
 import { finishedIterations, listIterationDirs, type ManifestFile } from './backupIterations.js';
-import { fileSha256, sparseCopy } from './sparseCopy.js';
+import { sparseCopy } from './sparseCopy.js';
+import { digestKindOf, digestMismatch, fileDigest } from './fileDigest.js';
 import type { StepContext } from './StepContext.js';
 
 /** One member of an image chain with what its manifest says of it. */
@@ -31,7 +32,7 @@ export async function chainMembers(ctx: Pick<StepContext, 'settings' | 'layout'>
 }
 
 /**
- * Check every member of a chain against its own manifest (size, sha256),
+ * Check every member of a chain against its own manifest (size, digest),
  * its header (qcow2, backing file exactly the recorded relative name, no
  * data file) and `qemu-img check`. Returns the problems found, none when
  * the chain is intact.
@@ -41,9 +42,9 @@ export async function checkChainMembers(ctx: Pick<StepContext, 'qemuImg'>, membe
   for (const m of members) {
     const where = `${m.link.leaf}/${m.link.name}`;
     try {
-      const r = await fileSha256(m.path);
-      if (r.size !== m.entry.size || r.sha256 !== m.entry.sha256) {
-        problems.push(`${where} does not match its manifest (size ${r.size} vs ${m.entry.size}, sha256 ${r.sha256.slice(0, 12)}… vs ${m.entry.sha256.slice(0, 12)}…)`);
+      const mismatch = digestMismatch(await fileDigest(m.path, digestKindOf(m.entry)), m.entry);
+      if (mismatch) {
+        problems.push(`${where} does not match its manifest (${mismatch})`);
         continue;
       }
       const header = await ctx.qemuImg.info(m.path, { format: 'qcow2' });
@@ -74,10 +75,9 @@ export async function materializeChain(ctx: StepContext, start: ChainLink, dest:
       const copy = `${dest}.chain-${i}`;
       await rm(copy, { force: true });
       copies.push(copy);
-      const r = await sparseCopy(m.path, copy, (done, total) => ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `copying ${m.link.name} (${i + 1} of ${members.length} of the chain)`, done, total }), ctx.signal);
-      if (r.size !== m.entry.size || r.sha256 !== m.entry.sha256) {
-        throw new Error(`${m.link.leaf}/${m.link.name} does not match its manifest (size ${r.size} vs ${m.entry.size}, sha256 ${r.sha256.slice(0, 12)}… vs ${m.entry.sha256.slice(0, 12)}…)`);
-      }
+      const r = await sparseCopy(m.path, copy, (done, total) => ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `copying ${m.link.name} (${i + 1} of ${members.length} of the chain)`, done, total }), ctx.signal, digestKindOf(m.entry));
+      const mismatch = digestMismatch(r, m.entry);
+      if (mismatch) throw new Error(`${m.link.leaf}/${m.link.name} does not match its manifest (${mismatch})`);
       await ctx.qemuImg.check(copy, 'qcow2');
     }
     ctx.onProgress?.({ step: 'unretainLargeFiles', vm: ctx.vm.name, leaf: ctx.leaf, message: `converting ${start.name} and its chain into one image` });

@@ -9,7 +9,7 @@ import { chownByName } from '../hypervisor/ownership.js';
 import { finishedIterations, listIterationDirs, readManifestFile } from './backupIterations.js';
 import { exists, syncDir, syncFile, writeFileDurably } from './durableFs.js';
 import { faultPoint } from './faultPoint.js';
-import { fileSha256 } from './sparseCopy.js';
+import { fileDigest } from './fileDigest.js';
 import { chmodNoFollow } from './safeFs.js';
 import type { StepContext } from './StepContext.js';
 
@@ -24,7 +24,7 @@ import type { StepContext } from './StepContext.js';
  *      kept image is left as it is, so its chain reads the same throughout;
  *   4. the backing image, now holding the kept image's content, is renamed
  *      over the kept image (atomic);
- *   5. the kept iteration's manifest gets the new size and sha256, and the
+ *   5. the kept iteration's manifest gets the new size and digest, and the
  *      backing image's own backing (none: the image is whole now);
  *   6. the journal goes, then the removed iteration's directory.
  * Each step can run again: finishInterruptedRotation completes what a
@@ -146,17 +146,17 @@ async function completeFold(ctx: ChainContext, j: FoldJournal): Promise<void> {
   if (header.backingName !== expected) {
     throw new BackupError(`after folding, ${childPath} names ${JSON.stringify(header.backingName)} as backing, not ${JSON.stringify(expected)}`, ReturnCode.wrongStateInformation);
   }
-  const r = await fileSha256(childPath);
+  const r = await fileDigest(childPath);
   const manifestPath = path.join(childDir, MANIFEST_NAME);
   const manifest = await readManifestFile(manifestPath, j.child.leaf);
   manifest.files = manifest.files.map((f) => {
     if (f.name !== j.child.name) return f;
     // The image now holds what two backups changed: how either's changes were found no longer describes it.
-    const { backing: _old, fullReason: _reason, changesFoundBy: _found, ...rest } = f;
+    // Its content is new, and so is its digest (of the kind new copies record).
+    const { backing: _old, fullReason: _reason, changesFoundBy: _found, sha256: _sum, sha256PerMiB: _perMiB, size: _size, ...rest } = f;
     return {
       ...rest,
-      size: r.size,
-      sha256: r.sha256,
+      ...r,
       ...(j.parentBacking ? { backing: j.parentBacking } : { fullReason: `made whole when ${j.parent.leaf} was removed by rotation` }),
     };
   });

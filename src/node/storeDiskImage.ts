@@ -6,7 +6,8 @@ import { errorMessage } from '../domain/errors.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { finishedIterations, listIterationDirs, type ManifestFile } from './backupIterations.js';
 import { finishInterruptedRotation } from './rotateChains.js';
-import { fileSha256, sparseCopy } from './sparseCopy.js';
+import { sparseCopy } from './sparseCopy.js';
+import { fileDigest, type DigestedFile } from './fileDigest.js';
 import { chainMembers } from './materializeChain.js';
 import { copyChangedClusters } from '../hypervisor/copyChangedClusters.js';
 import type { ImageInfo } from '../hypervisor/qemuImgInfo.js';
@@ -39,7 +40,7 @@ export async function storeDiskImage(
   const t0 = performance.now();
   if (plan.kind === 'incremental') {
     const base = plan.base;
-    const stored = (r: { name: string; size: number; sha256: string }, changesFoundBy: 'bitmap' | 'comparison'): ManifestFile => {
+    const stored = (r: StoredFile, changesFoundBy: 'bitmap' | 'comparison'): ManifestFile => {
       logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, kind: 'incremental', changesFoundBy, base: base.leaf, depth: plan.depth, bytes: r.size, durationMs: Math.round(performance.now() - t0) }, 'disk image stored incrementally');
       return { ...r, format: 'qcow2', virtualSize: info?.virtualSize ?? 0, backing: base, changesFoundBy };
     };
@@ -70,6 +71,9 @@ export async function storeDiskImage(
   return r;
 }
 
+/** A file written into the backup: its name there, size and digest. */
+type StoredFile = { name: string } & DigestedFile;
+
 async function storeWhole(
   ctx: StepContext,
   a: { source: string; partial: string; step: string; imageFileName: string; format: ManifestFile['format']; virtualSize: number | undefined; reason: string },
@@ -77,8 +81,7 @@ async function storeWhole(
   const r = await sparseCopy(a.source, a.partial, (done, total) => ctx.onProgress?.({ step: a.step, vm: ctx.vm.name, leaf: ctx.leaf, message: `keeping ${a.imageFileName}`, done, total }), ctx.signal);
   return {
     name: path.basename(ctx.layout.backupPath(a.imageFileName)),
-    size: r.size,
-    sha256: r.sha256,
+    ...r,
     ...(a.format ? { format: a.format } : {}),
     ...(a.virtualSize !== undefined ? { virtualSize: a.virtualSize } : {}),
     fullReason: a.reason,
@@ -94,7 +97,7 @@ async function storeWhole(
 async function writeIncremental(
   ctx: StepContext,
   a: { source: string; format: 'qcow2' | 'raw'; partial: string; plan: Extract<ImageBasePlan, { kind: 'incremental' }>; step: string; imageFileName: string },
-): Promise<{ name: string; size: number; sha256: string }> {
+): Promise<StoredFile> {
   const { qemuImg, vm } = ctx;
   const rel = relativeBackingPath(a.plan.base);
   ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message: `storing what changed in ${a.imageFileName} since ${a.plan.base.leaf}` });
@@ -120,7 +123,7 @@ async function trackedChangesOf(ctx: StepContext, info: ImageInfo | undefined, b
 async function writeChangedClusters(
   ctx: StepContext,
   a: { source: string; partial: string; plan: Extract<ImageBasePlan, { kind: 'incremental' }>; step: string; imageFileName: string; bitmap: string; virtualSize: number },
-): Promise<{ name: string; size: number; sha256: string }> {
+): Promise<StoredFile> {
   const { qemuImg, vm, logger } = ctx;
   const rel = relativeBackingPath(a.plan.base);
   const members = await chainMembers(ctx, a.plan.base);
@@ -146,15 +149,15 @@ async function writeChangedClusters(
   return finishIncremental(ctx, { ...a, rel });
 }
 
-async function finishIncremental(ctx: StepContext, a: { partial: string; rel: string; step: string; imageFileName: string }): Promise<{ name: string; size: number; sha256: string }> {
+async function finishIncremental(ctx: StepContext, a: { partial: string; rel: string; step: string; imageFileName: string }): Promise<StoredFile> {
   const { qemuImg, vm } = ctx;
   const rel = a.rel;
   const header = await qemuImg.info(a.partial, { format: 'qcow2' });
   if (header.backingName !== rel) throw new Error(`the incremental image names ${JSON.stringify(header.backingName)} as backing, not ${rel}`);
   await syncFile(a.partial);
-  const r = await fileSha256(a.partial);
+  const r = await fileDigest(a.partial);
   // What was written, for the progress and the bytes-copied metric (qemu-img reports none on the way).
   ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message: `stored ${a.imageFileName} (changes only)`, done: 0, total: r.size });
   ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message: `stored ${a.imageFileName} (changes only)`, done: r.size, total: r.size });
-  return { name: path.basename(ctx.layout.backupPath(a.imageFileName)), size: r.size, sha256: r.sha256 };
+  return { name: path.basename(ctx.layout.backupPath(a.imageFileName)), ...r };
 }

@@ -11,6 +11,7 @@ import { finishInterruptedRotation } from './rotateChains.js';
 import { materializeChain } from './materializeChain.js';
 import { readManifest } from './retainStep.js';
 import { sparseCopy } from './sparseCopy.js';
+import { digestKindOf, digestMismatch } from './fileDigest.js';
 import { exists } from './durableFs.js';
 import { loadRestoreWork } from './restoreWork.js';
 import { PRIVATE_DIR_PREFIX } from './restoreWorkDir.js';
@@ -22,7 +23,7 @@ import { requireRoomToUnretain } from './unretainSpace.js';
 /**
  * unretainLargeFiles: copy the state file and the disk images into the
  * restore's retain directory as `<name>.<leaf>` (sparse-aware), each checked against the
- * backup's manifest (size, sha256) and every image with `qemu-img check`. A
+ * backup's manifest (size and the digest it records) and every image with `qemu-img check`. A
  * mismatch fails with 38 (corrupt disk image) before anything live is touched.
  * Backups of the original implementation have no manifest: only the image
  * check applies to them. The web UI's decision (`<vm>.ldif`, see
@@ -90,15 +91,14 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
     }
     let result;
     try {
-      result = await sparseCopy(source, partial, (done, total) => ctx.onProgress?.({ step: 'unretainLargeFiles', vm: vm.name, leaf: ctx.leaf, message: `copying ${name}`, done, total }), ctx.signal);
+      result = await sparseCopy(source, partial, (done, total) => ctx.onProgress?.({ step: 'unretainLargeFiles', vm: vm.name, leaf: ctx.leaf, message: `copying ${name}`, done, total }), ctx.signal, listed ? digestKindOf(listed) : undefined);
     } catch (err) {
       await rm(partial, { force: true });
       throw new BackupError(`cannot copy ${source}: ${errorMessage(err)}`, ReturnCode.cannotCopyImage, { cause: err });
     }
     copied.push(partial);
-    if (listed && (listed.size !== result.size || listed.sha256 !== result.sha256)) {
-      await fail(`${name}${suffix} does not match the manifest (size ${result.size} vs ${listed.size}, sha256 ${result.sha256.slice(0, 12)}… vs ${listed.sha256.slice(0, 12)}…)`);
-    }
+    const mismatch = listed ? digestMismatch(result, listed) : undefined;
+    if (mismatch) await fail(`${name}${suffix} does not match the manifest (${mismatch})`);
     if (name !== layout.stateFileName) {
       const format = formats.get(name);
       if (format === undefined) {

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { FOLD_JOURNAL } from '../domain/layout.js';
 import { listIterationDirs } from './backupIterations.js';
 import { chainMembers, checkChainMembers, type ChainMember } from './materializeChain.js';
-import { fileSha256 } from './sparseCopy.js';
+import { digestKindOf, digestMismatch, fileDigest } from './fileDigest.js';
 import type { StepContext } from './StepContext.js';
 
 export interface IterationReport {
@@ -18,7 +18,7 @@ export interface IterationReport {
 
 /**
  * Re-read every file of the VM's finished backups (or of one, with what its
- * chains need) against the manifests: size and sha256, and for disk images
+ * chains need) against the manifests: size and digest, and for disk images
  * the header and `qemu-img check`; incremental images with every member of
  * their chain. Read-only: an interrupted rotation is reported, not finished.
  */
@@ -66,8 +66,8 @@ export async function verifyBackups(ctx: Pick<StepContext, 'settings' | 'layout'
         continue;
       }
       try {
-        const r = await fileSha256(path.join(d.dir, f.name));
-        if (r.size !== f.size || r.sha256 !== f.sha256) report.problems.push(`${f.name} does not match its manifest (size ${r.size} vs ${f.size})`);
+        const mismatch = digestMismatch(await fileDigest(path.join(d.dir, f.name), digestKindOf(f)), f);
+        if (mismatch) report.problems.push(`${f.name} does not match its manifest (${mismatch})`);
       } catch (err) {
         report.problems.push(`${f.name}: ${(err as Error).message}`);
       }

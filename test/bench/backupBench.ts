@@ -7,7 +7,7 @@
  *   2. a backup with sstBackupSnapshotMethod=save;
  *   3. a backup with sstBackupSnapshotMethod=live;
  *   4. `virtnbdbackup -l copy` (disk only, no memory; installed if missing);
- *   5. the retain copy (sparseCopy, sha256 included) against
+ *   5. the retain copy (sparseCopy, sha256PerMiB included) against
  *      `cp --sparse=always` + `sync FILE` of the same image, alternating;
  *   6. incremental: a live backup, DELTA_MIB written by the guest, a second
  *      live backup (incremental, sstBackupFullEvery 7) — against
@@ -252,7 +252,7 @@ async function main(): Promise<void> {
     for (const r of rows) out(r.map((c, i) => c.padEnd(widths[i]!)).join('  '));
     out(`\nlive stopped windows of ${LIVE_RUNS} runs: ${lives.map((l) => `${fmt(l.stoppedMs, 0)} ms`).join(', ')} (the table shows the median run)`);
     out(`steps (s): save ${JSON.stringify(save.stepsS)}; live ${JSON.stringify(live.stepsS)}`);
-    out(`copy of the ${fmt(copy.sizeMiB, 0)} MiB image: sparseCopy+sha256 ${fmt(copy.oursMiBs, 0)} MiB/s, cp --sparse=always+sync ${fmt(copy.cpMiBs, 0)} MiB/s (median of ${COPY_ROUNDS}; rounds ${copy.roundRatios.map((r) => fmt(r, 2)).join(', ')}), ratio ${fmt(copy.ratio, 2)}; sha256 alone ${fmt(copy.sha256MiBs, 0)} MiB/s; peak RSS (VmHWM) of the copy process ${fmt(copy.rssMiB, 0)} MiB (an empty node process: ${fmt(copy.emptyRssMiB, 0)} MiB, one that only imports sparseCopy: ${fmt(copy.importRssMiB, 0)} MiB)`);
+    out(`copy of the ${fmt(copy.sizeMiB, 0)} MiB image: sparseCopy+sha256PerMiB ${fmt(copy.oursMiBs, 0)} MiB/s, cp --sparse=always+sync ${fmt(copy.cpMiBs, 0)} MiB/s (median of ${COPY_ROUNDS}; rounds ${copy.roundRatios.map((r) => fmt(r, 2)).join(', ')}), ratio ${fmt(copy.ratio, 2)}; sha256 alone ${fmt(copy.sha256MiBs, 0)} MiB/s; peak RSS (VmHWM) of the copy process ${fmt(copy.rssMiB, 0)} MiB (an empty node process: ${fmt(copy.emptyRssMiB, 0)} MiB, one that only imports sparseCopy: ${fmt(copy.importRssMiB, 0)} MiB)`);
     out(`\nincremental, ${DELTA_MIB} MiB changed since the previous backup: our live backup (${inc.kind}) ${fmt(inc.oursWallS)} s wall, disk image stored ${fmt(inc.oursImageMiB)} MiB (+ memory state ${fmt(inc.oursStateMiB, 0)} MiB, always whole); virtnbdbackup -l inc (disk only) ${inc.nbdWallS === undefined ? 'n/a' : `${fmt(inc.nbdWallS)} s, stored ${fmt(inc.nbdStoredMiB ?? NaN)} MiB`}; rotation fold of the chain afterwards ${fmt(inc.foldS)} s; steps of our incremental backup (s): ${JSON.stringify(inc.oursStepsS)}`);
     const mergeLimit = 2 * DELTA_MIB + 16;
     const storedLimit = 2 * DELTA_MIB + 8;

@@ -1,5 +1,5 @@
 /**
- * sparseCopy (sha256 included) against `cp --sparse=always SRC DST && sync
+ * sparseCopy (sha256PerMiB included) against `cp --sparse=always SRC DST && sync
  * DST` of the same file, alternating; for bench:copy and any bench that
  * wants the same figure (bench:backup's copy of its VM's image).
  *
@@ -10,7 +10,7 @@
  * by `sync DST` (fsync), sparseCopy by its own fsync. cp's time includes
  * starting cp and sync (a few ms); sparseCopy's is measured around the call
  * in a child process of its own, which also gives its peak RSS. Rounds
- * alternate which one goes first. A copy whose sha256 or content is wrong
+ * alternate which one goes first. A copy whose digest or content is wrong
  * throws.
  */
 import { createHash, randomFillSync } from 'node:crypto';
@@ -18,7 +18,7 @@ import { open, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { run } from '../../src/hypervisor/exec.js';
-import { fileSha256 } from '../../src/node/sparseCopy.js';
+import { fileDigest } from '../../src/node/fileDigest.js';
 
 const MiB = 1024 * 1024;
 
@@ -39,7 +39,7 @@ export interface CopyVsCpFigures {
   rssMiB: number;
   emptyRssMiB: number;
   importRssMiB: number;
-  /** sha256 alone on this thread, in memory: the copy's ceiling */
+  /** sha256 alone on this thread, in memory: the copy's ceiling for MiBs of data (MiBs of zeros are not hashed) */
   sha256MiBs: number;
 }
 
@@ -65,7 +65,7 @@ async function readThrough(file: string): Promise<void> {
   }
 }
 
-/** sha256 alone, on this thread, over 64 MiB in memory four times: the copy cannot go faster than this. */
+/** sha256 alone, on this thread, over 64 MiB in memory four times: the copy cannot go faster than this over MiBs of data. */
 function sha256MiBs(): number {
   const buf = randomFillSync(Buffer.alloc(64 * MiB));
   const hash = createHash('sha256');
@@ -90,17 +90,17 @@ async function timeCp(src: string, dst: string, dropCaches: boolean): Promise<nu
   return performance.now() - t;
 }
 
-/** sparseCopy in a node process of its own: its time, its peak RSS, its sha256. */
-async function timeOurs(copier: string, src: string, dst: string, dropCaches: boolean): Promise<{ ms: number; rssMiB: number; sha256: string }> {
+/** sparseCopy in a node process of its own: its time, its peak RSS, its digest (sha256PerMiB). */
+async function timeOurs(copier: string, src: string, dst: string, dropCaches: boolean): Promise<{ ms: number; rssMiB: number; digest: string }> {
   await prepare(src, dst, dropCaches);
   const script = `const { sparseCopy } = await import(${JSON.stringify(copier)});
 const t = performance.now(); const r = await sparseCopy(${JSON.stringify(src)}, ${JSON.stringify(dst)});
 const ms = performance.now() - t;
 ${PEAK_RSS}
-console.log(JSON.stringify({ ms, peakRssKiB, sha256: r.sha256 }));`;
+console.log(JSON.stringify({ ms, peakRssKiB, digest: r.sha256PerMiB }));`;
   const r = await run(process.execPath, ['--input-type=module', '-e', script], { timeoutMs: 600_000 });
-  const o = JSON.parse(r.stdout) as { ms: number; peakRssKiB: number; sha256: string };
-  return { ms: o.ms, rssMiB: o.peakRssKiB / 1024, sha256: o.sha256 };
+  const o = JSON.parse(r.stdout) as { ms: number; peakRssKiB: number; digest: string };
+  return { ms: o.ms, rssMiB: o.peakRssKiB / 1024, digest: o.digest };
 }
 
 /**
@@ -127,7 +127,7 @@ export async function copyVsCp(
   const dropCaches = opts.dropCaches ?? false;
   try {
     const st = await stat(src);
-    const expected = await fileSha256(src);
+    const expected = await fileDigest(src);
     const cpMs: number[] = [];
     const oursMs: number[] = [];
     let rss = 0;
@@ -141,15 +141,15 @@ export async function copyVsCp(
         o = await timeOurs(copier, src, dst, dropCaches);
         cp = await timeCp(src, dst, dropCaches);
       }
-      if (o.sha256 !== expected.sha256) throw new Error(`sparseCopy gave sha256 ${o.sha256}, the file has ${expected.sha256}`);
+      if (o.digest !== expected.sha256PerMiB) throw new Error(`sparseCopy gave sha256PerMiB ${o.digest}, the file has ${expected.sha256PerMiB}`);
       cpMs.push(cp);
       oursMs.push(o.ms);
       rss = Math.max(rss, o.rssMiB);
       opts.onRound?.(i, cp, o.ms);
     }
     // The last copy must also be right, not only hashed right.
-    const copied = await fileSha256(dst);
-    if (copied.sha256 !== expected.sha256 || copied.size !== expected.size) throw new Error(`the copy's content differs from the source`);
+    const copied = await fileDigest(dst);
+    if (copied.sha256PerMiB !== expected.sha256PerMiB || copied.size !== expected.size) throw new Error(`the copy's content differs from the source`);
     const sizeMiB = st.size / MiB;
     const cpMiBs = sizeMiB / (median(cpMs) / 1000);
     const oursMiBs = sizeMiB / (median(oursMs) / 1000);

@@ -10,7 +10,7 @@ import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from
 import { BackupLayout, NO_STATE_MARKER } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
-import { fileSha256 } from '../../src/node/sparseCopy.js';
+import { fileDigest } from '../../src/node/fileDigest.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import type { LeafEntry } from '../../src/directory/types.js';
 import type { BackupManifest } from '../../src/node/retainStep.js';
@@ -26,14 +26,14 @@ const layoutOf = (vm: string, leaf: string): BackupLayout => w.layoutOf(vm, leaf
 
 const vmStorageGid = Number(execFileSync('getent', ['group', 'vm-storage']).toString().split(':')[2]);
 
-/** The manifest lists exactly the files of the backup directory, with their real size and sha256. */
+/** The manifest lists exactly the files of the backup directory, with their real size and sha256PerMiB (what new backups record). */
 async function expectManifestMatches(layout: BackupLayout): Promise<BackupManifest> {
   const manifest = JSON.parse(await readFile(layout.manifestPath, 'utf8')) as BackupManifest;
   const onDisk = (await readdir(layout.backupDir)).filter((n) => n !== 'manifest.json').sort();
   expect(manifest.files.map((f) => f.name).sort()).toEqual(onDisk);
   for (const f of manifest.files) {
-    const real = await fileSha256(path.join(layout.backupDir, f.name));
-    expect({ name: f.name, size: real.size, sha256: real.sha256 }).toEqual({ name: f.name, size: f.size, sha256: f.sha256 });
+    const real = await fileDigest(path.join(layout.backupDir, f.name));
+    expect({ name: f.name, size: real.size, sha256PerMiB: real.sha256PerMiB }).toEqual({ name: f.name, size: f.size, sha256PerMiB: f.sha256PerMiB });
     // Disk images also say how they are stored: the first backup of a VM is whole, with the reason.
     if (f.format !== undefined) expect({ name: f.name, backing: f.backing, fullReason: f.fullReason }).toEqual({ name: f.name, backing: undefined, fullReason: expect.any(String) });
   }

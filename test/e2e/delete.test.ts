@@ -8,7 +8,7 @@ import { BackupLayout } from '../../src/domain/layout.js';
 import { runBackupBatch } from '../../src/control/runBackupBatch.js';
 import { runDelete } from '../../src/control/runDelete.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
-import { fileSha256 } from '../../src/node/sparseCopy.js';
+import { digestKindOf, fileDigest, recordedDigest } from '../../src/node/fileDigest.js';
 import type { BackupManifest } from '../../src/node/retainStep.js';
 
 const A = 0xab;
@@ -35,7 +35,7 @@ async function backup(vm: string, leaf: string): Promise<void> {
 async function expectIntact(layout: BackupLayout): Promise<void> {
   const manifest = JSON.parse(await readFile(layout.manifestPath, 'utf8')) as BackupManifest;
   expect(manifest.files.map((f) => f.name).sort()).toEqual((await readdir(layout.backupDir)).filter((n) => n !== 'manifest.json').sort());
-  for (const f of manifest.files) expect(await fileSha256(path.join(layout.backupDir, f.name))).toEqual({ size: f.size, sha256: f.sha256 });
+  for (const f of manifest.files) expect(await fileDigest(path.join(layout.backupDir, f.name), digestKindOf(f))).toEqual(recordedDigest(f));
 }
 
 async function writeDelete(vm: string, leaf: string, from = 'finished'): Promise<void> {

@@ -11,7 +11,7 @@ import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { BackupLayout } from '../../src/domain/layout.js';
 import { ReturnCode } from '../../src/domain/returnCodes.js';
 import { run } from '../../src/hypervisor/exec.js';
-import { fileSha256 } from '../../src/node/sparseCopy.js';
+import { fileDigest } from '../../src/node/fileDigest.js';
 import { readManifest } from '../../src/node/retainStep.js';
 
 /**
@@ -107,7 +107,7 @@ describe('a backup whose disk image header names a host file as backing', () => 
     await run('qemu-img', ['rebase', '-q', '-u', '-f', 'qcow2', '-F', 'raw', '-b', '/etc/shadow', image]);
     const manifest = await readManifest(layout.manifestPath);
     const entry = manifest.files.find((f) => f.name === path.basename(image))!;
-    Object.assign(entry, await fileSha256(image));
+    Object.assign(entry, await fileDigest(image, 'sha256PerMiB'));
     await writeFile(layout.manifestPath, JSON.stringify(manifest));
     const before = { definition: await virsh.dumpXml(vm.name, { inactive: true }), files: await tree(w.imageRoot, w.backupRoot), host: await hostFiles() };
     const r = await restore(vm.name, leaf, { prefer: 'backup', overrides: {} });

@@ -7,7 +7,7 @@ import { World } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { backingFileOf, guestReadMatches, guestWrite, imageMatches, virsh } from '../helpers/libvirt.js';
 import { BackupLayout } from '../../src/domain/layout.js';
-import { fileSha256 } from '../../src/node/sparseCopy.js';
+import { digestKindOf, fileDigest, recordedDigest } from '../../src/node/fileDigest.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import { parseLifecycleEvents } from '../../src/hypervisor/lifecycleEvents.js';
 import { run } from '../../src/hypervisor/exec.js';
@@ -111,9 +111,9 @@ describe('live backup of a running VM with two disks', () => {
     expect((await readdir(layout.backupDir)).sort()).toEqual([...manifest.files.map((f) => f.name), 'manifest.json'].sort());
     for (const f of manifest.files) {
       const file = path.join(layout.backupDir, f.name);
-      const real = await fileSha256(file);
+      const real = await fileDigest(file);
       const s = await stat(file);
-      expect({ file: f.name, size: real.size, sha256: real.sha256, mode: s.mode & 0o777, gid: s.gid }).toEqual({ file: f.name, size: f.size, sha256: f.sha256, mode: 0o640, gid: vmStorageGid });
+      expect({ file: f.name, size: real.size, sha256PerMiB: real.sha256PerMiB, mode: s.mode & 0o777, gid: s.gid }).toEqual({ file: f.name, size: f.size, sha256PerMiB: f.sha256PerMiB, mode: 0o640, gid: vmStorageGid });
     }
     await expect(stat(layout.retainDir)).rejects.toThrow(/ENOENT/);
     expect(await leftovers()).toEqual([]);
@@ -218,8 +218,7 @@ describe('a node daemon killed during a live backup, then restarted', () => {
     const kept = c.layout.backupPath(path.basename(c.img));
     await mkdir(c.layout.backupDir, { recursive: true });
     await copyFile(c.img, kept);
-    const { size, sha256 } = await fileSha256(kept);
-    await writeFile(c.layout.keptRecordPath(path.basename(c.img)), JSON.stringify({ name: path.basename(kept), size, sha256 }));
+    await writeFile(c.layout.keptRecordPath(path.basename(c.img)), JSON.stringify({ name: path.basename(kept), ...(await fileDigest(kept)) }));
     await run('virsh', ['-c', w.libvirtUri, 'blockcommit', c.vm, 'vda', '--active']);
     await restartAndExpect(c.vm, leaf, 'merged', 0);
     await expectGuestIntact(c.vm, c.img);
@@ -243,7 +242,7 @@ describe('a node daemon killed during a live backup, then restarted', () => {
     await restartAndExpect(c.vm, leaf, 'retained', 0);
     const manifest = JSON.parse(await readFile(c.layout.manifestPath, 'utf8')) as BackupManifest;
     expect((await readdir(c.layout.backupDir)).sort()).toEqual([...manifest.files.map((f) => f.name), 'manifest.json'].sort());
-    for (const f of manifest.files) expect(await fileSha256(path.join(c.layout.backupDir, f.name))).toEqual({ size: f.size, sha256: f.sha256 });
+    for (const f of manifest.files) expect(await fileDigest(path.join(c.layout.backupDir, f.name), digestKindOf(f))).toEqual(recordedDigest(f));
     expect(await imageMatches(c.layout.backupPath(path.basename(c.img)), 0, '2M', '1M')).toBe(true);
     await expectGuestIntact(c.vm, c.img);
     expect(await leftovers()).toEqual([]);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { mkdir, open, readdir, rename } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { World, vmDn, POOL, STORAGE_POOL } from '../helpers/world.js';
@@ -12,6 +12,8 @@ import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { BackupLayout } from '../../src/domain/layout.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 import { run } from '../../src/hypervisor/exec.js';
+import { readManifestFile } from '../../src/node/backupIterations.js';
+import { fileDigest } from '../../src/node/fileDigest.js';
 import type { LeafEntry } from '../../src/directory/types.js';
 
 const A = 0xab;
@@ -223,6 +225,49 @@ describe('a corrupted backup', () => {
     });
     expect({ tree: await subtree(vm.name), state: await virsh.domState(vm.name) }).toEqual(before);
     expect(await guestReadMatches(vm.name, 'vda', B, '2M', '1M')).toBe(true);
+  });
+});
+
+describe('a backup whose manifest an earlier stoney-backup version wrote (plain sha256 of every file)', () => {
+  /** The manifest rewritten as versions before 2026-11-30 wrote it: `sha256` (of the whole file) instead of `sha256PerMiB`. */
+  async function asEarlierVersionWroteIt(vm: string, leaf: string, corrupt?: string): Promise<void> {
+    const layout = layoutOf(vm, leaf);
+    const manifest = await readManifestFile(layout.manifestPath, leaf);
+    expect(manifest.files.every((f) => f.sha256PerMiB !== undefined && f.sha256 === undefined)).toBe(true);
+    const files = [];
+    for (const { sha256PerMiB: _new, ...f } of manifest.files) {
+      const { sha256 } = await fileDigest(layout.backupPath(f.name.slice(0, -leaf.length - 1)), 'sha256');
+      files.push({ ...f, sha256: f.name === corrupt ? 'f'.repeat(64) : sha256 });
+    }
+    await writeFile(layout.manifestPath, JSON.stringify({ ...manifest, files }, null, 2));
+  }
+
+  it('verifies and restores: each file is checked against the sha256 it records', async () => {
+    const vm = await w.addVm('roldsum', { running: true, pattern: A });
+    const leaf = '20261122T050800Z';
+    await backup(vm.name, leaf);
+    await asEarlierVersionWroteIt(vm.name, leaf);
+    const v = await execa('node', [CLI, 'verify', vm.name, leaf], { env: { ...process.env, ...w.cliEnv() }, reject: false });
+    expect({ code: v.exitCode, err: v.stderr }).toEqual({ code: 0, err: '' });
+    await guestWrite(vm.name, 'vda', B, '2M', '1M');
+    const r = await restore(vm.name, leaf);
+    expect({ outcome: r.outcome, mode: r.leaf.mode, rv: r.leaf.returnValue }).toEqual({ outcome: 'restored', mode: 'finished', rv: 0 });
+    expect(await guestReadMatches(vm.name, 'vda', A, '0', '1M')).toBe(true);
+    expect(await guestReadMatches(vm.name, 'vda', 0, '2M', '1M')).toBe(true);
+  });
+
+  it('whose recorded sha256 of the disk image does not match: verify says so, and the restore is refused with 38', async () => {
+    const vm = await w.addVm('roldbad', { running: true, pattern: A });
+    const leaf = '20261122T050900Z';
+    await backup(vm.name, leaf);
+    const image = `${path.basename(vm.disks[0]!.path)}.${leaf}`;
+    await asEarlierVersionWroteIt(vm.name, leaf, image);
+    const v = await execa('node', [CLI, 'verify', vm.name, leaf], { env: { ...process.env, ...w.cliEnv() }, reject: false });
+    expect(v.exitCode).toBe(1);
+    expect(v.stdout + v.stderr).toContain(`${image} does not match its manifest`);
+    const r = await restore(vm.name, leaf);
+    expect({ outcome: r.outcome, failedAt: r.failedAt }).toEqual({ outcome: 'failed', failedAt: { mode: 'unretainedLargeFiles', returnValue: 38 } });
+    expect(await virsh.domState(vm.name)).toBe('running');
   });
 });
 

@@ -204,6 +204,10 @@ describe('the manual-restore runbook', () => {
     );
     for (const b of blocks.filter((x) => x.kind === 'changes')) expect(ranIds).toContain(b.id);
     expect(runs.length).toBe(blocks.length - blocks.filter((b) => b.kind === 'setup').length - skipped.length);
+    // The manual check recomputed each file's sha256PerMiB with coreutils and found it equal to the manifest's.
+    const verified = runs.find((r) => r.block.id === 'verify-backup')?.output ?? '';
+    expect(verified.match(/^OK {2}sha256PerMiB {2}\S+$/gm)?.length).toBeGreaterThanOrEqual(4);
+    expect(verified).not.toMatch(/CORRUPT|MISSING/);
 
     // The VM runs from the saved state, persistent, and the guest sees the backup: A, not B.
     expect(await virsh.domState(s.vm)).toBe('running');

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFile, mkdir, mkdtemp, readdir, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import pino from 'pino';
@@ -12,6 +12,8 @@ import { finishInterruptedRotation, removeIteration } from '../../src/node/rotat
 import { chainMembers, checkChainMembers } from '../../src/node/materializeChain.js';
 import { verifyBackups } from '../../src/node/verifyBackups.js';
 import { writeFileDurably } from '../../src/node/durableFs.js';
+import { fileDigest, recordedDigest } from '../../src/node/fileDigest.js';
+import { readManifestFile } from '../../src/node/backupIterations.js';
 import type { StepContext } from '../../src/node/StepContext.js';
 import { Virsh } from '../../src/hypervisor/Virsh.js';
 import { LIBVIRT_URI } from '../helpers/libvirt.js';
@@ -113,6 +115,29 @@ describe('chains and rotation on real qemu-img images', () => {
     for (const l of [L2, L3]) await expectRestorable(base, l);
     const report = await verifyBackups(ctxFor(base, L3));
     expect(report.map((r) => [r.leaf, r.kind, r.problems])).toEqual([[L2, 'full', []], [L3, 'incremental', []]]);
+  });
+
+  it('folds backups whose manifests an earlier version wrote (plain sha256): checked as written, the folded image gets a sha256PerMiB', async () => {
+    const base = path.join(root, 'old-manifests');
+    await buildBackups(base);
+    for (const l of LEAVES) {
+      const file = ctxFor(base, l).layout.manifestPath;
+      const m = JSON.parse(await readFile(file, 'utf8')) as { files: Record<string, unknown>[] };
+      for (const f of m.files) {
+        const { sha256 } = await fileDigest(path.join(path.dirname(file), f['name'] as string), 'sha256');
+        delete f['sha256PerMiB'];
+        f['sha256'] = sha256;
+      }
+      await writeFileDurably(file, `${JSON.stringify(m, null, 2)}\n`);
+    }
+    expect((await verifyBackups(ctxFor(base, L3))).map((r) => r.problems)).toEqual([[], [], []]);
+    expect(await removeIteration(ctxFor(base, L3), L1)).toBe(true);
+    for (const l of [L2, L3]) await expectRestorable(base, l);
+    const folded = (await readManifestFile(ctxFor(base, L2).layout.manifestPath, L2)).files[0]!;
+    const image = ctxFor(base, L2).layout.backupPath('d.qcow2');
+    expect({ sha256: folded.sha256, ...recordedDigest(folded) }).toEqual({ sha256: undefined, ...(await fileDigest(image)) });
+    expect((await readManifestFile(ctxFor(base, L3).layout.manifestPath, L3)).files[0]!.sha256).toMatch(/^[0-9a-f]{64}$/);
+    expect((await verifyBackups(ctxFor(base, L3))).map((r) => r.problems)).toEqual([[], []]);
   });
 
   for (const fault of ['fold:before-commit', 'fold:after-commit', 'fold:after-rename', 'fold:after-manifest', 'rotation:before-remove']) {

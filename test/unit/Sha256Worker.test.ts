@@ -70,13 +70,34 @@ describe('Sha256Worker', () => {
     expect(threads()).toBe(before);
   });
 
-  it('a failure in the worker (an update after the digest) rejects what waits, and its thread ends', async () => {
-    const before = threads();
-    const hasher = new Sha256Worker(new SharedArrayBuffer(16));
+  it('starts the next hash after each digest, and hashes zeros asked for by count', async () => {
+    const shared = new SharedArrayBuffer(64);
+    const ring = Buffer.from(shared);
+    ring.write('first block');
+    const hasher = new Sha256Worker(shared);
     try {
-      await hasher.digest();
-      await expect(hasher.update(0, 16)).rejects.toThrow(/[Dd]igest already called/);
-      await expect(hasher.update(0, 16)).rejects.toThrow(/[Dd]igest already called/);
+      await hasher.update(0, 11);
+      expect(await hasher.digest()).toBe(createHash('sha256').update('first block').digest('hex'));
+      hasher.zeros(3 * 1024 * KiB + 5);
+      await hasher.update(0, 5);
+      expect(await hasher.digest()).toBe(createHash('sha256').update(Buffer.alloc(3 * 1024 * KiB + 5)).update('first').digest('hex'));
+    } finally {
+      await hasher.close();
+    }
+  });
+
+  it('a worker that ends underneath (killed from outside, as a crash of its thread) rejects what waits and anything after', async () => {
+    const before = threads();
+    const shared = new SharedArrayBuffer(64 * 1024 * KiB);
+    const hasher = new Sha256Worker(shared);
+    try {
+      const pending = Array.from({ length: 16 }, () => hasher.update(0, shared.byteLength));
+      // Fault injection: the thread goes away without close().
+      await (hasher as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+      const results = await Promise.allSettled(pending);
+      expect(results.some((r) => r.status === 'rejected')).toBe(true);
+      for (const r of results) if (r.status === 'rejected') expect(String(r.reason)).toMatch(/sha256 worker ended/);
+      await expect(hasher.digest()).rejects.toThrow(/sha256 worker ended/);
     } finally {
       await hasher.close();
     }

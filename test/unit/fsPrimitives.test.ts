@@ -5,7 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exists, mkdirp, moveFile, sameFilesystem, syncDir, writeFileDurably } from '../../src/node/durableFs.js';
-import { fileSha256, sparseCopy } from '../../src/node/sparseCopy.js';
+import { sparseCopy } from '../../src/node/sparseCopy.js';
+import { fileDigest } from '../../src/node/fileDigest.js';
+import { run } from '../../src/hypervisor/exec.js';
 import { freeSpaceOf } from '../../src/node/freeSpace.js';
 
 const MiB = 1024 * 1024;
@@ -23,17 +25,25 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function sha256(...parts: Buffer[]): string {
-  const h = createHash('sha256');
-  for (const p of parts) h.update(p);
-  return h.digest('hex');
+function sha256(content: Buffer | string = ''): string {
+  return createHash('sha256').update(content).digest('hex');
 }
+
+/** The per-MiB digest, written out plainly from its definition (fileDigest.ts). */
+function sha256PerMiB(content: Buffer): string {
+  let lines = '';
+  for (let at = 0; at < content.length; at += MiB) lines += `${sha256(content.subarray(at, at + MiB))}  -\n`;
+  return sha256(lines);
+}
+
+/** What a copy of `content` must report. */
+const copied = (content: Buffer) => ({ size: content.length, sha256PerMiB: sha256PerMiB(content) });
 
 /**
  * A sparse file: `head` at 0, a hole of `holeBytes`, `tail` after it, then
- * `trailingHole` more bytes of hole. Returns its path and expected sha256.
+ * `trailingHole` more bytes of hole. Returns its path and content.
  */
-async function sparseFile(head: Buffer, holeBytes: number, tail: Buffer, trailingHole = 0): Promise<{ file: string; size: number; sha256: string }> {
+async function sparseFile(head: Buffer, holeBytes: number, tail: Buffer, trailingHole = 0): Promise<{ file: string; size: number; content: Buffer }> {
   const file = sub();
   const h = await open(file, 'wx');
   try {
@@ -41,13 +51,7 @@ async function sparseFile(head: Buffer, holeBytes: number, tail: Buffer, trailin
     await h.write(tail, 0, tail.length, head.length + holeBytes);
     const size = head.length + holeBytes + tail.length + trailingHole;
     await h.truncate(size);
-    const hash = createHash('sha256');
-    hash.update(head);
-    const zeros = Buffer.alloc(MiB);
-    for (let left = holeBytes; left > 0; left -= MiB) hash.update(zeros.subarray(0, Math.min(MiB, left)));
-    hash.update(tail);
-    for (let left = trailingHole; left > 0; left -= MiB) hash.update(zeros.subarray(0, Math.min(MiB, left)));
-    return { file, size, sha256: hash.digest('hex') };
+    return { file, size, content: Buffer.concat([head, Buffer.alloc(holeBytes), tail, Buffer.alloc(trailingHole)]) };
   } finally {
     await h.close();
   }
@@ -61,9 +65,9 @@ describe('sparseCopy', () => {
     const progress: [number, number][] = [];
     const result = await sparseCopy(src.file, dst, (done, total) => progress.push([done, total]));
 
-    expect(result).toEqual({ size: src.size, sha256: src.sha256 });
-    expect(await fileSha256(src.file)).toEqual({ size: src.size, sha256: src.sha256 });
-    expect(await fileSha256(dst)).toEqual({ size: src.size, sha256: src.sha256 });
+    expect(result).toEqual(copied(src.content));
+    expect(await fileDigest(src.file)).toEqual(copied(src.content));
+    expect(await fileDigest(dst)).toEqual(copied(src.content));
 
     const st = await stat(dst);
     expect(st.size).toBe(src.size);
@@ -82,9 +86,9 @@ describe('sparseCopy', () => {
   it('keeps a hole at the end (the size comes from truncate, not from the last write)', async () => {
     const src = await sparseFile(randomBytes(4096), 3 * MiB, Buffer.from('tail'), 5 * MiB + 7);
     const dst = sub();
-    expect(await sparseCopy(src.file, dst)).toEqual({ size: src.size, sha256: src.sha256 });
+    expect(await sparseCopy(src.file, dst)).toEqual(copied(src.content));
     expect((await stat(dst)).size).toBe(src.size);
-    expect(await fileSha256(dst)).toEqual({ size: src.size, sha256: src.sha256 });
+    expect(await fileDigest(dst)).toEqual(copied(src.content));
   });
 
   it('copies a block that is zero except for one byte', async () => {
@@ -94,7 +98,7 @@ describe('sparseCopy', () => {
     await writeFile(file, Buffer.concat([Buffer.alloc(MiB), block, Buffer.alloc(10)]));
     const dst = sub();
     const r = await sparseCopy(file, dst);
-    expect(r.size).toBe(2 * MiB + 10);
+    expect(r).toEqual(copied(await readFile(file)));
     // Buffer.equals: vitest's deep equality walks megabytes byte by byte.
     expect((await readFile(dst)).equals(await readFile(file))).toBe(true);
   });
@@ -105,7 +109,7 @@ describe('sparseCopy', () => {
     await writeFile(file, content);
     const dst = sub();
     const progress: [number, number][] = [];
-    expect(await sparseCopy(file, dst, (d, t) => progress.push([d, t]))).toEqual({ size: content.length, sha256: sha256(content) });
+    expect(await sparseCopy(file, dst, (d, t) => progress.push([d, t]))).toEqual(copied(content));
     expect(await readFile(dst)).toEqual(content);
     expect(progress).toEqual([[0, content.length], [content.length, content.length]]);
   });
@@ -114,7 +118,7 @@ describe('sparseCopy', () => {
     const file = sub();
     await writeFile(file, '');
     const dst = sub();
-    expect(await sparseCopy(file, dst)).toEqual({ size: 0, sha256: sha256() });
+    expect(await sparseCopy(file, dst)).toEqual({ size: 0, sha256PerMiB: sha256() });
     expect((await stat(dst)).size).toBe(0);
   });
 
@@ -154,7 +158,7 @@ describe('sparseCopy', () => {
     expect(existsSync(dst)).toBe(false);
   });
 
-  it('copies a large file (hashed on a worker thread): data, zero blocks and holes at odd offsets, same bytes and sha256, holes kept, no thread left', async () => {
+  it('copies a large file: data, zero blocks and holes at odd offsets, same bytes and digest, holes kept, no thread left', async () => {
     const before = threads();
     const content = randomBytes(80 * MiB + 4097);
     content.fill(0, 5 * MiB, 45 * MiB + 3); // zeros, partly written in the source
@@ -170,19 +174,55 @@ describe('sparseCopy', () => {
       await h.close();
     }
     const dst = sub();
-    expect(await sparseCopy(file, dst)).toEqual({ size: content.length, sha256: sha256(content) });
+    expect(await sparseCopy(file, dst)).toEqual(copied(content));
     expect((await readFile(dst)).equals(content)).toBe(true);
     // 39 MiB of data (and the blocks around its edges); the 40 MiB of zeros are holes in the copy.
     expect((await stat(dst)).blocks * 512).toBeLessThan(48 * MiB);
     expect(threads()).toBe(before);
   });
 
+  it('copies with the plain sha256 when asked (what older manifests record)', async () => {
+    const content = Buffer.concat([randomBytes(MiB + 5), Buffer.alloc(2 * MiB), randomBytes(77)]);
+    const file = sub();
+    await writeFile(file, content);
+    expect(await sparseCopy(file, sub(), undefined, undefined, 'sha256')).toEqual({ size: content.length, sha256: sha256(content) });
+  });
+
+  it('hashes a copy that starts while another hashes on the main thread on a worker thread of its own: both right, no thread left', async () => {
+    const before = threads();
+    const a = Buffer.concat([randomBytes(70 * MiB), Buffer.alloc(3 * MiB), randomBytes(11)]);
+    const b = Buffer.concat([Buffer.alloc(MiB), randomBytes(69 * MiB + 3)]);
+    const fa = sub();
+    const fb = sub();
+    await writeFile(fa, a);
+    await writeFile(fb, b);
+    let most = 0;
+    const watch = () => void (most = Math.max(most, threads()));
+    // The second starts at the first's first report: the first hashes on the main thread by then.
+    let second: Promise<unknown> | undefined;
+    const ra = await sparseCopy(fa, sub(), () => void (second ??= sparseCopy(fb, sub(), watch, undefined, 'sha256')));
+    expect(ra).toEqual(copied(a));
+    expect(await second).toEqual({ size: b.length, sha256: sha256(b) });
+    expect(most).toBe(before + 1);
+    expect(threads()).toBe(before);
+  });
+
   it('ends its hashing thread when aborted in the middle of a large file, and removes the copy', async () => {
     const before = threads();
+    const first = await sparseFile(randomBytes(70 * MiB), 0, randomBytes(10));
     const src = await sparseFile(randomBytes(70 * MiB), 0, randomBytes(10));
     const dst = sub();
     const ac = new AbortController();
-    await expect(sparseCopy(src.file, dst, (done) => done > 0 && ac.abort(), ac.signal)).rejects.toMatchObject({ name: 'AbortError' });
+    let most = 0;
+    // Started while the first copy hashes on the main thread, it hashes on a worker.
+    let second: Promise<unknown> | undefined;
+    const onSecond = (done: number) => {
+      most = Math.max(most, threads());
+      if (done > 0) ac.abort();
+    };
+    await sparseCopy(first.file, sub(), () => void (second ??= sparseCopy(src.file, dst, onSecond, ac.signal).catch((err: unknown) => err)));
+    expect(await second).toMatchObject({ name: 'AbortError' });
+    expect(most).toBe(before + 1);
     expect(existsSync(dst)).toBe(false);
     expect(threads()).toBe(before);
   });
@@ -197,18 +237,29 @@ describe('sparseCopy', () => {
   });
 });
 
-describe('fileSha256', () => {
-  it('hashes a file', async () => {
-    const content = randomBytes(3 * MiB + 17);
+describe('fileDigest', () => {
+  it('hashes a file both ways', async () => {
+    const content = Buffer.concat([randomBytes(3 * MiB + 17), Buffer.alloc(MiB), randomBytes(5)]);
     const file = sub();
     await writeFile(file, content);
-    expect(await fileSha256(file)).toEqual({ size: content.length, sha256: sha256(content) });
+    expect(await fileDigest(file)).toEqual(copied(content));
+    expect(await fileDigest(file, 'sha256')).toEqual({ size: content.length, sha256: sha256(content) });
   });
 
   it('hashes an empty file', async () => {
     const file = sub();
     await writeFile(file, '');
-    expect(await fileSha256(file)).toEqual({ size: 0, sha256: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' });
+    expect(await fileDigest(file)).toEqual({ size: 0, sha256PerMiB: 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' });
+  });
+
+  it('gives what coreutils give: `split -b 1048576 --filter=sha256sum F | sha256sum`, and `sha256sum F`', async () => {
+    // Data, a MiB of written zeros, a hole of 2 MiB and a bit, data across a MiB boundary, a short last piece.
+    const src = await sparseFile(Buffer.concat([randomBytes(MiB + 100), Buffer.alloc(MiB)]), 2 * MiB + 300, randomBytes(MiB + 4000), 12345);
+    const perMiB = await run('bash', ['-c', 'split -b 1048576 --filter=sha256sum -- "$1" | sha256sum', 'digest', src.file]);
+    const whole = await run('sha256sum', ['--', src.file]);
+    expect(await fileDigest(src.file)).toEqual({ size: src.size, sha256PerMiB: perMiB.stdout.split(' ')[0] });
+    expect(await fileDigest(src.file, 'sha256')).toEqual({ size: src.size, sha256: whole.stdout.split(' ')[0] });
+    expect(await sparseCopy(src.file, sub())).toEqual({ size: src.size, sha256PerMiB: perMiB.stdout.split(' ')[0] });
   });
 });
 

@@ -12,11 +12,13 @@ describe('parseManifest (a manifest is untrusted input: backup directories are g
       { name: `d.qcow2.${L2}`, size: 10, sha256: sha, format: 'qcow2', virtualSize: 1024, backing: { leaf: L1, name: `d.qcow2.${L1}` } },
       { name: `e.qcow2.${L2}`, size: 20, sha256: sha, format: 'qcow2', virtualSize: 1024, fullReason: 'why' },
       { name: `v.state.${L2}`, size: 30, sha256: sha },
+      { name: `w.state.${L2}`, size: 40, sha256PerMiB: sha },
     ]), L2);
     expect(m.files).toEqual([
       { name: `d.qcow2.${L2}`, size: 10, sha256: sha, format: 'qcow2', virtualSize: 1024, backing: { leaf: L1, name: `d.qcow2.${L1}` } },
       { name: `e.qcow2.${L2}`, size: 20, sha256: sha, format: 'qcow2', virtualSize: 1024, fullReason: 'why' },
       { name: `v.state.${L2}`, size: 30, sha256: sha },
+      { name: `w.state.${L2}`, size: 40, sha256PerMiB: sha },
     ]);
   });
 
@@ -26,6 +28,10 @@ describe('parseManifest (a manifest is untrusted input: backup directories are g
       { name: `d.qcow2.${L1}`, size: 1, sha256: sha },
       { name: `d.qcow2.${L2}`, size: -1, sha256: sha },
       { name: `d.qcow2.${L2}`, size: 1, sha256: 'zz' },
+      { name: `d.qcow2.${L2}`, size: 1, sha256PerMiB: 'A'.repeat(64) },
+      { name: `d.qcow2.${L2}`, size: 1 },
+      // Two digests: one of them would go unchecked.
+      { name: `d.qcow2.${L2}`, size: 1, sha256: sha, sha256PerMiB: sha },
       { name: `d.qcow2.${L2}`, size: 1, sha256: sha, format: 'vmdk' },
       { name: `d.qcow2.${L2}`, size: 1, sha256: sha, backing: { leaf: L2, name: `d.qcow2.${L2}` } },
       { name: `d.qcow2.${L2}`, size: 1, sha256: sha, backing: { leaf: '20271101T010000Z', name: 'd.qcow2.20271101T010000Z' } },

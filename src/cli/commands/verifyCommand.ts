@@ -13,7 +13,8 @@ export const verifyCommand: Command = {
   usage: 'stoney-backup verify VM [LEAF] [--json] [--config FILE]',
   help: `Reads every file of the VM's backups in this host's backup store (or of the
 one LEAF and the earlier backups it builds on) and checks it against the
-backup's manifest: size and sha256; disk images also their header and
+backup's manifest: size and digest (sha256PerMiB; sha256 in manifests written
+before 2026-11-30); disk images also their header and
 \`qemu-img check\`; incremental images every member of their chain (present,
 intact, backing file exactly the earlier backup's image). Read-only.
 Exit 0 only when everything checked is intact, 1 when anything is not.
