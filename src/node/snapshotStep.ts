@@ -126,6 +126,7 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
           await swapInOverlay(ctx, d);
           swapped.push(d);
         }
+        faultPoint('snapshot:before-restore');
         await virsh.restore(stateFile, restoreXml);
       } catch (err) {
         // Look at the world before undoing anything: libvirtd may have
@@ -426,6 +427,7 @@ async function swapInOverlay(ctx: StepContext, d: BackupDisk): Promise<void> {
   } catch (err) {
     throw new BackupError(`cannot move ${d.source} to retain: ${errorMessage(err)}`, ReturnCode.cannotRenameDiskImage, { cause: err });
   }
+  faultPoint('snapshot:after-move');
   try {
     await createOverlayPrivately(ctx, d.source, retained, d.format);
   } catch (err) {

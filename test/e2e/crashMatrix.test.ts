@@ -132,6 +132,8 @@ describe('the save method: the node daemon killed (SIGKILL) in the snapshot, the
 
   it.each([
     ['snapshot:after-save', 'with the state file complete, the VM saved and its disks not yet swapped: recovery restores it from that file', 'savedkill', '20261130T011000Z', true],
+    ['snapshot:after-move', 'with the disk image moved into retain and no overlay yet: recovery moves it back and restores the VM from the state file', 'movedkill', '20261130T011500Z', true],
+    ['snapshot:before-restore', 'with the overlays in place and the VM not yet restored onto them: recovery moves the images back and restores the VM from the state file', 'overlaykill', '20261130T011700Z', true],
     ['before-report:snapshot', 'with the snapshot done (state in retain, guest on overlays) before its report: recovery pulls the overlays back', 'reportkill', '20261130T012000Z', false],
   ] as const)('killed at %s, %s', async (fault, _what, short, leaf, restoredFromState) => {
     const vm = await w.addVm(short, { running: true, pattern: A, method: 'save', node: NODE2 });
