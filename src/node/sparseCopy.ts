@@ -1,5 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import { unlink } from 'node:fs/promises';
+import { fdatasync, read, write } from 'node:fs';
 import { createExclusive, openRegularForRead } from './safeFs.js';
 import { Sha256Worker } from './Sha256Worker.js';
 import { contentDigest, DIGEST_BLOCK, inlineBackend, isZero, NEW_DIGEST, StreamDigest, type DigestKind, type DigestedFile, type HashBackend } from './fileDigest.js';
@@ -33,16 +34,6 @@ const FLUSH_EVERY = 32 * 1024 * 1024;
 const WORKER_FROM = 64 * 1024 * 1024;
 /** Copies of this process hashing on the main thread right now. */
 let inlineHashing = 0;
-
-/**
- * `p`, with a handler attached now: the copy awaits its reads, releases and
- * flushes later, in order, and a failure meanwhile (ENOSPC) must not count as
- * an unhandled rejection. Whoever awaits `p` still gets the failure.
- */
-function awaitedLater<T>(p: Promise<T>): Promise<T> {
-  p.catch(() => undefined);
-  return p;
-}
 
 /**
  * Copy `src` to `dst` in one pass: all-zero blocks are skipped (left as holes,
@@ -102,60 +93,192 @@ async function copyBlocks(
   onProgress: ((copied: number, total: number) => void) | undefined,
   signal: AbortSignal | undefined,
 ): Promise<string> {
-  const blocks = Math.ceil(size / BLOCK);
-  const slots = Math.max(1, Math.min(RING, blocks));
+  signal?.throwIfAborted();
+  const slots = Math.max(1, Math.min(RING, Math.ceil(size / BLOCK)));
   const shared = new SharedArrayBuffer(slots * BLOCK);
   const ring = Buffer.from(shared);
   const onWorker = inlineHashing > 0 && size >= WORKER_FROM;
   const backend: HashBackend = onWorker ? new Sha256Worker(shared) : inlineBackend(ring);
   if (!onWorker) inlineHashing++;
-  const digest = new StreamDigest(kind, backend);
-  /** Per slot: its block is hashed and written, so it may be read into again. */
-  const released: Promise<unknown>[] = Array.from({ length: slots }, () => Promise.resolve());
-  const reads: Promise<number>[] = [];
-  let flushing: Promise<unknown> = Promise.resolve();
-  const readBlock = async (i: number): Promise<number> => {
-    await released[i % slots];
-    const start = (i % slots) * BLOCK;
-    const { bytesRead } = await input.read(ring, start, Math.min(BLOCK, size - i * BLOCK), i * BLOCK);
-    return bytesRead;
-  };
   try {
-    signal?.throwIfAborted();
+    const digest = new StreamDigest(kind, backend);
     // A report at 0: the copy's throughput is measured from its first byte, even for a file of one report.
     if (onProgress && size > 0) onProgress(0, size);
-    for (let i = 0; i < slots && i < blocks; i++) reads[i] = awaitedLater(readBlock(i));
-    let pos = 0;
-    let lastReport = 0;
-    let lastFlush = 0;
-    for (let i = 0; i < blocks; i++) {
-      signal?.throwIfAborted();
-      const bytesRead = await (reads[i] as Promise<number>);
-      delete reads[i];
-      if (bytesRead !== Math.min(BLOCK, size - pos)) throw new Error(`${src} changed size while being copied (${pos + bytesRead} of ${size} bytes read)`);
-      const start = (i % slots) * BLOCK;
-      const block = ring.subarray(start, start + bytesRead);
-      const zero = isZero(block);
-      const hashed = digest.add(start, start + bytesRead, zero);
-      const written = zero ? undefined : output.write(block, 0, bytesRead, pos);
-      released[i % slots] = awaitedLater(Promise.all([hashed, written]));
-      if (i + slots < blocks) reads[i + slots] = awaitedLater(readBlock(i + slots));
-      pos += bytesRead;
-      if (pos - lastFlush >= FLUSH_EVERY) {
-        lastFlush = pos;
-        flushing = awaitedLater(flushing.then(() => output.datasync()));
-      }
-      if (onProgress && (pos - lastReport >= PROGRESS_EVERY || pos === size)) {
-        onProgress(pos, size);
-        lastReport = pos;
-      }
-    }
-    await Promise.all([...released, flushing]);
+    await new BlockPipeline({ input: input.fd, output: output.fd, size, src, ring, slots, digest, onProgress, signal }).run();
     return await digest.result();
   } finally {
     if (!onWorker) inlineHashing--;
-    // Nothing may still write into `output` or read into the ring when the caller closes and removes.
-    await Promise.allSettled([...reads, ...released, flushing]);
     await backend.close();
+  }
+}
+
+interface PipelineOptions {
+  input: number;
+  output: number;
+  size: number;
+  src: string;
+  ring: Buffer;
+  slots: number;
+  digest: StreamDigest;
+  onProgress: ((copied: number, total: number) => void) | undefined;
+  signal: AbortSignal | undefined;
+}
+
+/**
+ * Reads run ahead into the free slots of the ring, blocks are hashed in
+ * order as their reads complete, and every block not all zeros is written
+ * from its slot; a slot is read into again once nothing uses it. Driven by
+ * fs callbacks rather than promises: measured, that takes 0.2 s of the main
+ * thread's 1.9 s off a 2 GiB copy, and the main thread (which hashes) is
+ * what limits the copy. `run` settles only when no read, write, hash or
+ * datasync is in flight, so the caller may close and remove the files.
+ */
+class BlockPipeline {
+  private readonly blocks: number;
+  /** Per slot, what still uses it (its read until hashed, its write, its hash on a worker); 0: free. */
+  private readonly holds: Int8Array;
+  private readonly bytesRead: Int32Array;
+  private readonly readDone: Uint8Array;
+  private nextToRead = 0;
+  private nextToHash = 0;
+  private inFlight = 0;
+  private writtenSinceFlush = 0;
+  private flushing = false;
+  private lastReport = 0;
+  private failure: { err: unknown } | undefined;
+  private settled = false;
+  private resolve: () => void = () => undefined;
+  private reject: (err: unknown) => void = () => undefined;
+
+  constructor(private readonly o: PipelineOptions) {
+    this.blocks = Math.ceil(o.size / BLOCK);
+    this.holds = new Int8Array(o.slots);
+    this.bytesRead = new Int32Array(o.slots);
+    this.readDone = new Uint8Array(o.slots);
+  }
+
+  run(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+      this.issueReads();
+      this.settleIfDone();
+    });
+  }
+
+  private issueReads(): void {
+    const { slots, size, ring, input } = this.o;
+    while (!this.failure && this.nextToRead < this.blocks && this.nextToRead - this.nextToHash < slots && this.holds[this.nextToRead % slots] === 0) {
+      const i = this.nextToRead++;
+      const slot = i % slots;
+      this.holds[slot] = 1;
+      this.readDone[slot] = 0;
+      this.inFlight++;
+      read(input, ring, slot * BLOCK, Math.min(BLOCK, size - i * BLOCK), i * BLOCK, (err, n) => {
+        this.inFlight--;
+        if (err) return this.fail(err);
+        this.bytesRead[slot] = n;
+        this.readDone[slot] = 1;
+        if (i === this.nextToHash) this.drain();
+        this.settleIfDone();
+      });
+    }
+  }
+
+  /** Hashes (in order) and starts writing every block whose read is done. */
+  private drain(): void {
+    const { slots, size, ring, digest, onProgress, signal, src } = this.o;
+    try {
+      while (!this.failure && this.nextToHash < this.blocks && this.readDone[this.nextToHash % slots] === 1) {
+        signal?.throwIfAborted();
+        const i = this.nextToHash;
+        const slot = i % slots;
+        const n = this.bytesRead[slot] as number;
+        const pos = i * BLOCK;
+        if (n !== Math.min(BLOCK, size - pos)) throw new Error(`${src} changed size while being copied (${pos + n} of ${size} bytes read)`);
+        this.readDone[slot] = 0;
+        const start = slot * BLOCK;
+        const zero = isZero(ring.subarray(start, start + n));
+        const hashed = digest.add(start, start + n, zero);
+        if (hashed) this.hold(slot, hashed);
+        if (!zero) this.writeFully(slot, start, n, pos);
+        this.nextToHash++;
+        this.release(slot); // its read's hold
+        const done = pos + n;
+        if (onProgress && (done - this.lastReport >= PROGRESS_EVERY || done === size)) {
+          this.lastReport = done;
+          onProgress(done, size);
+        }
+      }
+    } catch (err) {
+      this.fail(err);
+    }
+    this.issueReads();
+  }
+
+  private writeFully(slot: number, offset: number, length: number, position: number): void {
+    this.holds[slot] = (this.holds[slot] as number) + 1;
+    this.inFlight++;
+    write(this.o.output, this.o.ring, offset, length, position, (err, written) => {
+      this.inFlight--;
+      if (err) return this.fail(err);
+      this.writtenSinceFlush += written;
+      // A regular file takes all of it unless something is wrong; then the rest's write says what.
+      if (written < length) this.writeFully(slot, offset + written, length - written, position + written);
+      this.release(slot);
+      this.maybeFlush();
+      this.settleIfDone();
+    });
+  }
+
+  private hold(slot: number, until: Promise<void>): void {
+    this.holds[slot] = (this.holds[slot] as number) + 1;
+    this.inFlight++;
+    until.then(
+      () => {
+        this.inFlight--;
+        this.release(slot);
+        this.settleIfDone();
+      },
+      (err: unknown) => {
+        this.inFlight--;
+        this.fail(err);
+      },
+    );
+  }
+
+  private release(slot: number): void {
+    this.holds[slot] = (this.holds[slot] as number) - 1;
+    if (this.holds[slot] === 0) this.issueReads();
+  }
+
+  private maybeFlush(): void {
+    if (this.flushing || this.failure || this.writtenSinceFlush < FLUSH_EVERY) return;
+    this.flushing = true;
+    this.writtenSinceFlush = 0;
+    this.inFlight++;
+    fdatasync(this.o.output, (err) => {
+      this.inFlight--;
+      this.flushing = false;
+      if (err) return this.fail(err);
+      this.maybeFlush();
+      this.settleIfDone();
+    });
+  }
+
+  private fail(err: unknown): void {
+    this.failure ??= { err };
+    this.settleIfDone();
+  }
+
+  private settleIfDone(): void {
+    if (this.settled || this.inFlight > 0) return;
+    if (this.failure) {
+      this.settled = true;
+      this.reject(this.failure.err);
+    } else if (this.nextToHash === this.blocks) {
+      this.settled = true;
+      this.resolve();
+    }
   }
 }
