@@ -1,9 +1,9 @@
 import { mkdtemp, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { formatLdif, parseLdif } from '../domain/restore/ldifRecords.js';
+import { formatLdif, parseLdif, type LdifEntry } from '../domain/restore/ldifRecords.js';
+import type { BackupLayout } from '../domain/layout.js';
 import { applyDecisions, randomMac, renameForRestoreAs, type RestoreInputs } from '../domain/restore/restoreConflicts.js';
 import { applyDecisionFile } from '../domain/restore/decisionFile.js';
 import { parseDomainDisks, stripBackingStores } from '../hypervisor/domainXml.js';
@@ -15,7 +15,7 @@ import { assertSafeImageHeader } from './imageHeaderCheck.js';
 import { chmodNoFollow, createPrivateStateFile } from './safeFs.js';
 import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
 import { isPlaceholderState, loadRestoreWork, siblingVmDn, type RestoreWork } from './restoreWork.js';
-import { removeRestoreWorkDir } from './restoreWorkDir.js';
+import { PRIVATE_DIR_PREFIX, removeRestoreWorkDir } from './restoreWorkDir.js';
 import { readDecisionLdif } from './restoreDecisionLdif.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
@@ -232,9 +232,6 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
   const liveXmlFile = work.retainPath('live.xml');
   if (liveXml) await writeFileDurably(liveXmlFile, liveXml);
   const wasRunning = !asNew && (await virsh.domainExists(vm.name)) && (await virsh.domState(vm.name)) !== 'shut off';
-  const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
-  const xmlFile = path.join(tmp, `${target}.xml`);
-  await writeFile(xmlFile, xml);
   const asides: { dest: string; aside: string }[] = [];
   const placed: { from: string; to: string }[] = [];
   let undefinedLive = false;
@@ -265,88 +262,129 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
       }
     }
     try {
-      await virsh.define(xmlFile);
+      await withPrivateXmlFile(work.retainDir, target, xml, (f) => virsh.define(f));
     } catch (err) {
       throw new BackupError(`virsh define failed: ${errorMessage(err)}`, ReturnCode.cannotDefineMachine, { cause: err });
     }
   } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
     await rollBack(ctx, { placed, asides, undefinedLive, liveXmlFile, liveStateFile, wasRunning, asNew, target });
     throw err instanceof BackupError
       ? new BackupError(`${err.message}; rolled back: ${asNew ? 'nothing of the copy is left' : `${vm.name} is back on its previous images and definition`}`, err.code, { cause: err })
       : err;
   }
-  let started: 'restored' | 'booted' | 'off';
-  try {
-    const coldBoot = placeholder || settings.restoreWithoutState;
-    if (coldBoot) {
-      started = !placeholder || settings.forceStart ? 'booted' : 'off';
-    } else {
-      try {
-        await virsh.restore(stateFile, xmlFile);
-        started = 'restored';
-      } catch (err) {
-        // The decided configuration may not fit the saved machine (more memory, other MACs):
-        // its disks are back and the definition is right, so boot it instead.
-        logger.warn({ vm: target, err: errorMessage(err) }, 'the state file does not fit the decided configuration; cold-booting instead');
-        started = 'booted';
-      }
-    }
-    if (started === 'booted') {
-      try {
-        await virsh.start(target);
-      } catch (err) {
-        throw new BackupError(`cannot start ${target}: ${errorMessage(err)}`, ReturnCode.cannotStartMachine, { cause: err });
-      }
-    }
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
-  }
-  // The guest first: the VM runs again before the directory is written, so a
-  // directory failure leaves a running VM and a clear code, not an undefined one.
-  try {
-    await directory.writeVmSubtree(target, ldif);
-  } catch (err) {
-    throw new BackupError(`the VM is restored, but its directory entries could not be written (the decided LDIF is ${work.retainPath('decided.ldif')}): ${errorMessage(err)}`, ReturnCode.cannotSaveBackendEntry, { cause: err });
-  }
-  const live = parseDomainDisks(await virsh.dumpXml(target));
-  const stale = live.find((d) => d.backingChain.some((b) => isBelow(ctx.settings.retainDirectory, b)));
-  if (stale) throw new BackupError(`restored disk ${stale.target} still references retain`, ReturnCode.chainStillReferencesRetain);
-  // The previous live images moved aside go too: the restore replaced them.
-  await removeRestoreWorkDir(work, settings.retainDirectory, { keepRollback: false, logger });
+  // From here on the restore only goes forward; a daemon that dies now is
+  // completed by recoverInterruptedRestore from the work directory's files.
+  faultPoint('restore:after-define');
+  const started = await startDecidedVm(ctx, { workDir: work.retainDir, target, xml, stateFile, placeholder });
+  faultPoint('restore:after-start');
+  await finishRestore(ctx, work, target, ldif);
   const result = { executionTime: { restore: seconds(t0) } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, target, asNew, started, ldifFrom, applied: decided.applied.length, ...result.executionTime }, 'restore done');
   return result;
 }
 
 /**
- * A daemon died in `restoring` (an in-place restore). From the work
- * directory and libvirt, work out how far it came. Before the decided VM
- * was defined everything can still be undone, as a failing restore would:
- * the images it had moved go back to the work directory, the live images
- * moved aside go back in place, the live definition is defined again and the
- * VM resumed from the state the restore saved it in. After the define
- * (every image in place, the domain defined) there is no way back, and it is
- * left to a human as before. Either way the step fails with 50.
+ * virsh reads a definition from a file: it gets one in a private (0700)
+ * directory of the work directory, where nobody else can swap it between our
+ * write and virsh's read, and which a kill leaves for the restore's clean-up.
  */
-export async function recoverInterruptedRestore(ctx: StepContext): Promise<never> {
+async function withPrivateXmlFile(workDir: string, name: string, xml: string, use: (file: string) => Promise<void>): Promise<void> {
+  const priv = await mkdtemp(path.join(workDir, PRIVATE_DIR_PREFIX));
+  try {
+    const file = path.join(priv, `${name}.xml`);
+    await writeFile(file, xml, { mode: 0o600 });
+    await use(file);
+  } finally {
+    await rm(priv, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Start the decided VM, once defined with its images in place: from the
+ * backup's state file with the decided XML, or cold-booted — the state is a
+ * placeholder (the VM was off: it stays off unless forceStart) or
+ * restoreWithoutState is set, or `cold` (a restore from the state was tried
+ * already and failed). Shared by restoreStep and the recovery that completes it.
+ */
+async function startDecidedVm(ctx: StepContext, o: { workDir: string; target: string; xml: string; stateFile: string; placeholder: boolean; cold?: boolean }): Promise<'restored' | 'booted' | 'off'> {
+  const { virsh, settings, logger } = ctx;
+  const { target, placeholder } = o;
+  let started: 'restored' | 'booted' | 'off';
+  if (placeholder || settings.restoreWithoutState) {
+    started = !placeholder || settings.forceStart ? 'booted' : 'off';
+  } else if (o.cold) {
+    started = 'booted';
+  } else {
+    try {
+      await withPrivateXmlFile(o.workDir, target, o.xml, (f) => virsh.restore(o.stateFile, f));
+      started = 'restored';
+    } catch (err) {
+      // The decided configuration may not fit the saved machine (more memory, other MACs):
+      // its disks are back and the definition is right, so boot it instead.
+      logger.warn({ vm: target, err: errorMessage(err) }, 'the state file does not fit the decided configuration; cold-booting instead');
+      started = 'booted';
+    }
+  }
+  if (started === 'booted') {
+    try {
+      await virsh.start(target);
+    } catch (err) {
+      throw new BackupError(`cannot start ${target}: ${errorMessage(err)}`, ReturnCode.cannotStartMachine, { cause: err });
+    }
+  }
+  return started;
+}
+
+/**
+ * The restore's end, once the decided VM runs (or stays off by the rules):
+ * the decided directory subtree written, no disk left referencing retain,
+ * and the work directory removed with the previous live images moved aside.
+ * The guest first: the VM runs again before the directory is written, so a
+ * directory failure leaves a running VM and a clear code, not an undefined one.
+ */
+async function finishRestore(ctx: StepContext, work: BackupLayout, target: string, ldif: LdifEntry[]): Promise<void> {
+  const { virsh, directory, settings, logger } = ctx;
+  try {
+    await directory.writeVmSubtree(target, ldif);
+  } catch (err) {
+    throw new BackupError(`the VM is restored, but its directory entries could not be written (the decided LDIF is ${work.retainPath('decided.ldif')}): ${errorMessage(err)}`, ReturnCode.cannotSaveBackendEntry, { cause: err });
+  }
+  const live = parseDomainDisks(await virsh.dumpXml(target));
+  const stale = live.find((d) => d.backingChain.some((b) => isBelow(settings.retainDirectory, b)));
+  if (stale) throw new BackupError(`restored disk ${stale.target} still references retain`, ReturnCode.chainStillReferencesRetain);
+  // The previous live images moved aside go too: the restore replaced them.
+  await removeRestoreWorkDir(work, settings.retainDirectory, { keepRollback: false, logger });
+}
+
+/**
+ * A daemon died in `restoring`. From the work directory and libvirt, work
+ * out how far it came.
+ *
+ * Before the decided VM was defined everything can still be undone, as a
+ * failing restore would: the images it had moved go back to the work
+ * directory, the live images moved aside go back in place, the live
+ * definition is defined again and the VM resumed from the state the restore
+ * saved it in (a restore as a new VM: the copy's images go, nothing of it is
+ * left). The step fails with 50.
+ *
+ * After the define (every image in place, the decided domain defined) the
+ * restore is completed forward by completeInterruptedRestore, from the work
+ * directory's own files, and the step succeeds.
+ */
+export async function recoverInterruptedRestore(ctx: StepContext): Promise<StepResult> {
   const { vm, virsh, logger } = ctx;
-  const human = (why: string): never => {
-    logger.error({ vm: vm.name, leaf: ctx.leaf }, `${why}; check the VM by hand (docs/restore-runbook.md)`);
-    throw new BackupError(`the restore was interrupted by a daemon restart: ${why}; check the VM by hand`, ReturnCode.interruptedByRestart);
-  };
   const w = await loadRestoreWork(ctx);
-  const { work } = w;
-  if (w.asNew) return human(`it was restoring a copy as ${w.target}; the original VM was not touched`);
+  const { work, asNew, target } = w;
   const decidedXmlFile = work.retainPath('decided.xml');
   if (!(await exists(decidedXmlFile))) {
     throw new BackupError('the restore was interrupted by a daemon restart before it touched the live VM', ReturnCode.interruptedByRestart);
   }
-  // A save of the VM our dead process asked for may still run in libvirtd.
-  if (await virsh.domainExists(vm.name)) await waitForDomainJob(ctx);
+  // A save of the VM, or the restore of the decided one, our dead process asked for may still run in libvirtd.
+  if (await virsh.domainExists(target)) await waitForDomainJob(ctx, target);
+  const decidedXml = await readFile(decidedXmlFile, 'utf8');
   const backupXml = await readFile(w.unretained(work.xmlFileName), 'utf8');
   const retainedByTarget = retainedImagesByTarget(backupXml, w);
-  const moves = parseDomainDisks(await readFile(decidedXmlFile, 'utf8')).flatMap((d) => {
+  const moves = parseDomainDisks(decidedXml).flatMap((d) => {
     const from = d.device === 'disk' && d.type === 'file' && d.source ? retainedByTarget.get(d.target) : undefined;
     return from ? [{ from, to: d.source as string }] : [];
   });
@@ -359,20 +397,118 @@ export async function recoverInterruptedRestore(ctx: StepContext): Promise<never
     const aside = work.retainPath(`live-${path.basename(dest)}`);
     if (await exists(aside)) asides.push({ dest, aside });
   }
-  // Images are moved only after the live VM was undefined: a defined VM with images moved is the decided one.
-  const defined = await virsh.domainExists(vm.name);
-  if (defined && placed.length > 0) return human('the decided VM had been defined already (no way back)');
+  // Images are moved only after the live VM was undefined (a copy's: before the copy is
+  // defined): a defined domain of the target's name with images moved is the decided one —
+  // which completeInterruptedRestore checks before it acts.
+  const defined = await virsh.domainExists(target);
+  if (defined && (placed.length > 0 || asNew)) {
+    return completeInterruptedRestore(ctx, w, { decidedXml, moves, placed, asides, liveXmlFile });
+  }
+  if (asNew) {
+    logger.warn({ vm: vm.name, leaf: ctx.leaf, target, placed: placed.length }, 'recovery: rolling back a restore as a new VM a daemon restart interrupted');
+    await rollBack(ctx, { placed, asides: [], undefinedLive: false, liveXmlFile, liveStateFile: undefined, wasRunning: false, asNew, target });
+    throw new BackupError(`the restore as ${target} was interrupted by a daemon restart before the copy was defined; rolled back: nothing of the copy is left`, ReturnCode.interruptedByRestart);
+  }
   // The live state — renamed into place, or still in the private directory it was written in — is
   // resumed unless the VM still runs (the restore died before its save completed).
-  let liveStateFile: string | undefined;
-  if (!defined || (await virsh.domState(vm.name)) === 'shut off') {
-    for (const f of [work.retainPath('live.state'), ...(await privateStateFiles(work.retainDir, 'live.state'))]) {
-      if (!liveStateFile && (await exists(f))) liveStateFile = f;
-    }
-  }
+  const liveStateFile = !defined || (await virsh.domState(vm.name)) === 'shut off' ? await savedLiveState(work) : undefined;
   logger.warn({ vm: vm.name, leaf: ctx.leaf, defined, placed: placed.length, asides: asides.length, liveState: liveStateFile ?? null }, 'recovery: rolling back a restore a daemon restart interrupted');
   await rollBack(ctx, { placed, asides, undefinedLive: !defined, liveXmlFile, liveStateFile, wasRunning: liveStateFile !== undefined, asNew: false, target: vm.name });
   if (liveStateFile && path.dirname(liveStateFile) !== work.retainDir) await rmdir(path.dirname(liveStateFile)).catch(() => undefined);
   throw new BackupError(`the restore was interrupted by a daemon restart before the decided VM was defined; rolled back: ${vm.name} is back on its previous images and definition`, ReturnCode.interruptedByRestart);
 }
 
+/** The state the restore saved the live VM in: renamed to live.state, or still in the private directory `virsh save` wrote it in. */
+async function savedLiveState(work: BackupLayout): Promise<string | undefined> {
+  for (const f of [work.retainPath('live.state'), ...(await privateStateFiles(work.retainDir, 'live.state'))]) {
+    if (await exists(f)) return f;
+  }
+  return undefined;
+}
+
+/** The file disks of a definition, sorted: what identifies the decided domain among others of its name. */
+function fileDiskSources(xml: string): string[] {
+  return parseDomainDisks(xml).flatMap((d) => (d.device === 'disk' && d.type === 'file' && d.source ? [d.source] : [])).sort();
+}
+
+/**
+ * How long a domain may stay paused "starting up" (an incoming restore from a
+ * state file the dead process asked for) before recovery gives it to a human.
+ * libvirt reports no job progress for it, so this is a wall clock, generous
+ * for a state file of many GiB read at the slowest disk's speed.
+ */
+const STARTING_UP_LIMIT_MS = 30 * 60 * 1000;
+
+/**
+ * Complete a restore that died after `virsh define` of the decided VM, from
+ * the work directory's files: decided.xml (the definition), decided.ldif (the
+ * directory subtree), the unretained state file; the live VM's asides,
+ * live.xml and live.state are the rollback data.
+ *
+ * The domain of the target's name must be the decided one — its disks are
+ * decided.xml's, every image is in place — else nothing is touched (50, for a
+ * human). Shut off and never started since the define ("shut off (unknown)"):
+ * started as restoreStep would (startDecidedVm); shut off after a start that
+ * failed: cold-booted; running: left alone; stopped after it ran (the guest
+ * shut down, someone destroyed it): left off, it ran on the restored images
+ * already. Then the directory is written, and the work directory removed, by
+ * restoreStep's own tail (finishRestore).
+ *
+ * If the decided VM cannot be started, the restore is rolled back instead,
+ * as a failed restore before the define would be: the decided domain is
+ * undefined and the rollback data put back. That is safe only while the
+ * decided domain is off (no guest has the images open; it never ran on them,
+ * so nothing a guest wrote is lost — the backup's data stays in the backup)
+ * — the condition checked — and it gives back the VM the user had, running,
+ * rather than an undefined-looking half-restore. A decided VM that is not
+ * off, or a rollback that itself fails, is left for a human (50) with the
+ * files named.
+ */
+async function completeInterruptedRestore(
+  ctx: StepContext,
+  w: RestoreWork,
+  r: { decidedXml: string; moves: { from: string; to: string }[]; placed: { from: string; to: string }[]; asides: { dest: string; aside: string }[]; liveXmlFile: string },
+): Promise<StepResult> {
+  const { vm, virsh, logger } = ctx;
+  const t0 = performance.now();
+  const { work, target, asNew } = w;
+  const rollbackFiles = [work.retainPath('decided.xml'), work.retainPath('decided.ldif'), w.unretained(work.stateFileName), ...(asNew ? [] : [r.liveXmlFile, work.retainPath('live.state')]), ...r.asides.map((a) => a.aside)];
+  const human = (why: string): never => {
+    logger.error({ vm: vm.name, leaf: ctx.leaf, target, files: rollbackFiles }, `recovery: ${why}; check the VM by hand (docs/restore-runbook.md)`);
+    throw new BackupError(`the restore was interrupted by a daemon restart after ${target} was defined: ${why}; check the VM by hand with ${rollbackFiles.join(', ')} (docs/restore-runbook.md)`, ReturnCode.interruptedByRestart);
+  };
+  const definedSources = fileDiskSources(await virsh.dumpXml(target, { inactive: true }));
+  const decidedSources = fileDiskSources(r.decidedXml);
+  if (definedSources.join('\n') !== decidedSources.join('\n') || r.placed.length !== r.moves.length) {
+    return human(`the domain ${target} is not the decided one (its disks ${definedSources.join(' ')}, decided.xml's ${decidedSources.join(' ')}; ${r.placed.length} of ${r.moves.length} images in place)`);
+  }
+  let reason = await virsh.domStateReason(target);
+  for (const end = Date.now() + STARTING_UP_LIMIT_MS; /^paused \(starting up\)/.test(reason) && Date.now() < end; reason = await virsh.domStateReason(target)) {
+    await new Promise((res) => setTimeout(res, 500));
+  }
+  logger.warn({ vm: vm.name, leaf: ctx.leaf, target, asNew, state: reason }, 'recovery: completing a restore a daemon restart interrupted after the decided VM was defined');
+  let started: 'restored' | 'booted' | 'off' | 'ran';
+  if (/^shut off \((unknown|failed)\)/.test(reason)) {
+    const stateFile = w.unretained(work.stateFileName);
+    try {
+      started = await startDecidedVm(ctx, { workDir: work.retainDir, target, xml: r.decidedXml, stateFile, placeholder: await isPlaceholderState(stateFile), cold: reason.includes('failed') });
+    } catch (err) {
+      if ((await virsh.domState(target)) !== 'shut off') return human(`starting it failed (${errorMessage(err)}) and it is not off`);
+      await virsh.undefine(target);
+      const liveStateFile = asNew ? undefined : await savedLiveState(work);
+      await rollBack(ctx, { placed: r.placed, asides: r.asides, undefinedLive: !asNew && (await exists(r.liveXmlFile)), liveXmlFile: r.liveXmlFile, liveStateFile, wasRunning: liveStateFile !== undefined, asNew, target });
+      throw new BackupError(`the restore was interrupted by a daemon restart after ${target} was defined, and starting it failed (${errorMessage(err)}); rolled back: ${asNew ? 'nothing of the copy is left' : `${vm.name} is back on its previous images and definition`}`, ReturnCode.interruptedByRestart, { cause: err });
+    }
+  } else if (/^(running|paused|blocked)/.test(reason)) {
+    started = 'ran';
+  } else if (/^shut off/.test(reason)) {
+    logger.warn({ vm: vm.name, target, state: reason }, 'recovery: the decided VM ran and was stopped since; left off');
+    started = 'ran';
+  } else {
+    return human(`it is ${reason}`);
+  }
+  await finishRestore(ctx, work, target, parseLdif(await readFile(work.retainPath('decided.ldif'), 'utf8')));
+  const result = { executionTime: { restore: seconds(t0) } };
+  logger.info({ vm: vm.name, leaf: ctx.leaf, target, asNew, started, ...result.executionTime }, 'recovery: restore completed');
+  return result;
+}
