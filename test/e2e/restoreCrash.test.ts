@@ -79,6 +79,13 @@ async function expectRunsWith(vm: string, reason: RegExp, pattern: number): Prom
   }
 }
 
+/** A completed restore's work directory (decided files, the live VM's definition, state and images set aside) is gone, and nothing else is left. */
+async function expectNothingLeft(vm: string, leaf: string): Promise<void> {
+  expect(await exists(w.layoutOf(vm, leaf).retainDir)).toBe(false);
+  expect(await retainedFiles(vm)).toBe('');
+  expect(await w.stepLeftovers()).toEqual([]);
+}
+
 /** Acknowledge a rolled-back restore; the leaf is finished again and the restore's files go. */
 async function acknowledge(vm: string, leaf: string): Promise<void> {
   const ack = await execa('node', [CLI, 'restore', vm, leaf, '--abort'], { env: env(), reject: false });
@@ -117,10 +124,7 @@ describe('a restore killed after the decided VM is defined: completed by recover
       expect(after.returnValue).toBe(0);
       await expectRunsWith(tiny.name, reason, A);
       expect(await memoryInDirectory(tiny.name)).toBe(BACKUP_MEMORY);
-      // The work directory (decided files, the live VM's definition, state and images set aside) is gone.
-      expect(await exists(w.layoutOf(tiny.name, leaf).retainDir)).toBe(false);
-      expect(await retainedFiles(tiny.name)).toBe('');
-      expect(await w.stepLeftovers()).toEqual([]);
+      await expectNothingLeft(tiny.name, leaf);
     });
   }
 });
@@ -173,9 +177,7 @@ describe('a restore as a new VM killed in the middle: the original is never touc
     await expectRunsWith(tiny.name, /^running \((booted|unpaused)\)$/, B);
     expect(await memoryInDirectory(tiny.name)).toBe(LIVE_MEMORY);
     expect(await memoryInDirectory(copy)).toBe(BACKUP_MEMORY);
-    expect(await exists(w.layoutOf(tiny.name, leaf).retainDir)).toBe(false);
-    expect(await retainedFiles(tiny.name)).toBe('');
-    expect(await w.stepLeftovers()).toEqual([]);
+    await expectNothingLeft(tiny.name, leaf);
   });
 });
 
