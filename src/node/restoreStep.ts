@@ -449,7 +449,9 @@ const STARTING_UP_LIMIT_MS = 30 * 60 * 1000;
  * decided.xml's, every image is in place — else nothing is touched (50, for a
  * human). Shut off and never started since the define ("shut off (unknown)"):
  * started as restoreStep would (startDecidedVm); shut off after a start that
- * failed: cold-booted; running: left alone; stopped after it ran (the guest
+ * failed: cold-booted; running (or paused by someone): left alone, and one
+ * still starting up from the state file (the dead process's `virsh restore`
+ * outlives it) waited for; stopped after it ran (the guest
  * shut down, someone destroyed it): left off, it ran on the restored images
  * already. Then the directory is written, and the work directory removed, by
  * restoreStep's own tail (finishRestore).
@@ -460,9 +462,11 @@ const STARTING_UP_LIMIT_MS = 30 * 60 * 1000;
  * decided domain is off (no guest has the images open; it never ran on them,
  * so nothing a guest wrote is lost — the backup's data stays in the backup)
  * — the condition checked — and it gives back the VM the user had, running,
- * rather than an undefined-looking half-restore. A decided VM that is not
- * off, or a rollback that itself fails, is left for a human (50) with the
- * files named.
+ * rather than a defined VM that does not start. The step still fails (50,
+ * "rolled back"), as a rollback before the define does. A decided VM that
+ * neither runs nor is off after the failed start is left for a human (50)
+ * with the files named; a rollback that itself fails gives rollBack's 40,
+ * naming the directory its files are in.
  */
 async function completeInterruptedRestore(
   ctx: StepContext,
@@ -486,6 +490,7 @@ async function completeInterruptedRestore(
   for (const end = Date.now() + STARTING_UP_LIMIT_MS; /^paused \(starting up\)/.test(reason) && Date.now() < end; reason = await virsh.domStateReason(target)) {
     await new Promise((res) => setTimeout(res, 500));
   }
+  if (/^paused \(starting up\)/.test(reason)) return human(`it has been starting up (a restore from its state file) for ${STARTING_UP_LIMIT_MS / 60_000} minutes`);
   logger.warn({ vm: vm.name, leaf: ctx.leaf, target, asNew, state: reason }, 'recovery: completing a restore a daemon restart interrupted after the decided VM was defined');
   let started: 'restored' | 'booted' | 'off' | 'ran';
   if (/^shut off \((unknown|failed)\)/.test(reason)) {
@@ -493,11 +498,16 @@ async function completeInterruptedRestore(
     try {
       started = await startDecidedVm(ctx, { workDir: work.retainDir, target, xml: r.decidedXml, stateFile, placeholder: await isPlaceholderState(stateFile), cold: reason.includes('failed') });
     } catch (err) {
-      if ((await virsh.domState(target)) !== 'shut off') return human(`starting it failed (${errorMessage(err)}) and it is not off`);
-      await virsh.undefine(target);
-      const liveStateFile = asNew ? undefined : await savedLiveState(work);
-      await rollBack(ctx, { placed: r.placed, asides: r.asides, undefinedLive: !asNew && (await exists(r.liveXmlFile)), liveXmlFile: r.liveXmlFile, liveStateFile, wasRunning: liveStateFile !== undefined, asNew, target });
-      throw new BackupError(`the restore was interrupted by a daemon restart after ${target} was defined, and starting it failed (${errorMessage(err)}); rolled back: ${asNew ? 'nothing of the copy is left' : `${vm.name} is back on its previous images and definition`}`, ReturnCode.interruptedByRestart, { cause: err });
+      const now = await virsh.domState(target);
+      if (now === 'running') {
+        // Started meanwhile by the dead process's own `virsh restore`, which outlived it: it is what we wanted.
+        logger.warn({ vm: vm.name, target, err: errorMessage(err) }, 'recovery: the decided VM runs although our start failed; completing');
+        started = 'ran';
+      } else if (now !== 'shut off') {
+        return human(`starting it failed (${errorMessage(err)}) and it is ${now}`);
+      } else {
+        return rollBackUnstartable(ctx, w, r, err);
+      }
     }
   } else if (/^(running|paused|blocked)/.test(reason)) {
     started = 'ran';
@@ -511,4 +521,23 @@ async function completeInterruptedRestore(
   const result = { executionTime: { restore: seconds(t0) } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, target, asNew, started, ...result.executionTime }, 'recovery: restore completed');
   return result;
+}
+
+/**
+ * The decided VM could not be started and is off: no guest has run on the
+ * restored images, so the restore is undone as one that failed before the
+ * define — the decided domain undefined, the rollback data put back.
+ */
+async function rollBackUnstartable(
+  ctx: StepContext,
+  w: RestoreWork,
+  r: { placed: { from: string; to: string }[]; asides: { dest: string; aside: string }[]; liveXmlFile: string },
+  err: unknown,
+): Promise<never> {
+  const { vm, virsh } = ctx;
+  const { work, target, asNew } = w;
+  await virsh.undefine(target);
+  const liveStateFile = asNew ? undefined : await savedLiveState(work);
+  await rollBack(ctx, { placed: r.placed, asides: r.asides, undefinedLive: !asNew && (await exists(r.liveXmlFile)), liveXmlFile: r.liveXmlFile, liveStateFile, wasRunning: liveStateFile !== undefined, asNew, target });
+  throw new BackupError(`the restore was interrupted by a daemon restart after ${target} was defined, and starting it failed (${errorMessage(err)}); rolled back: ${asNew ? 'nothing of the copy is left' : `${vm.name} is back on its previous images and definition`}`, ReturnCode.interruptedByRestart, { cause: err });
 }
