@@ -19,7 +19,7 @@ import { PRIVATE_DIR_PREFIX, removeRestoreWorkDir } from './restoreWorkDir.js';
 import { readDecisionLdif } from './restoreDecisionLdif.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
-import { faultPoint } from './faultPoint.js';
+import { faultPoint, faultPointWhile } from './faultPoint.js';
 
 /**
  * Undo the live part of a restore that failed before the decided VM was
@@ -316,7 +316,7 @@ async function startDecidedVm(ctx: StepContext, o: { workDir: string; target: st
     started = 'booted';
   } else {
     try {
-      await withPrivateXmlFile(o.workDir, target, o.xml, (f) => virsh.restore(o.stateFile, f));
+      await withPrivateXmlFile(o.workDir, target, o.xml, (f) => faultPointWhile('restore:restoring-state', virsh.restore(o.stateFile, f)));
       started = 'restored';
     } catch (err) {
       // The decided configuration may not fit the saved machine (more memory, other MACs):
@@ -435,7 +435,9 @@ function fileDiskSources(xml: string): string[] {
  * How long a domain may stay paused "starting up" (an incoming restore from a
  * state file the dead process asked for) before recovery gives it to a human.
  * libvirt reports no job progress for it, so this is a wall clock, generous
- * for a state file of many GiB read at the slowest disk's speed.
+ * for a state file of many GiB read at the slowest disk's speed. (The libvirt
+ * of the tests answers no domstate until such a restore is over; this is for
+ * one that does.)
  */
 const STARTING_UP_LIMIT_MS = 30 * 60 * 1000;
 

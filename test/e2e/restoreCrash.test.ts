@@ -115,6 +115,8 @@ describe('a restore killed after the decided VM is defined: completed by recover
   for (const [fault, short, leaf, reason] of [
     // Defined, not started: recovery restores it from the backup's state with the decided XML.
     ['restore:after-define', 'rkdef', '20261122T080200Z', /^running \(restored\)$/],
+    // Killed while libvirt restores the state (the dead process's virsh restore goes on): recovery waits or takes it as started.
+    ['restore:restoring-state', 'rkrest', '20261122T080250Z', /^running \(restored\)$/],
     // Running on the backup's state, the directory not yet written: recovery leaves the VM and writes it.
     ['restore:after-start', 'rkstart', '20261122T080300Z', /^running \(restored\)$/],
   ] as const) {
