@@ -11,7 +11,7 @@ import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { exists } from './durableFs.js';
 import { mergeStep, mergeIntoLiveImages } from './mergeStep.js';
 import { retainStep } from './retainStep.js';
-import { recoverInterruptedRestore } from './restoreStep.js';
+import { recoverInterruptedRestore } from './recoverInterruptedRestore.js';
 import type { StepContext, StepResult } from './StepContext.js';
 import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
 
