@@ -18,13 +18,13 @@ import type { StepContext } from './StepContext.js';
  * wall clock (a save of many GiB takes as long as it takes); a job that has
  * not moved for `stallMs` fails the recovery, the VM left as libvirt has it.
  */
-export async function waitForDomainJob(ctx: StepContext, stallMs = STALL_MS): Promise<void> {
+export async function waitForDomainJob(ctx: StepContext, domain = ctx.vm.name, stallMs = STALL_MS): Promise<void> {
   let watch: ProgressWatch | undefined;
   for (;;) {
-    const job = await ctx.virsh.domainJob(ctx.vm.name);
+    const job = await ctx.virsh.domainJob(domain);
     const r = judgeProgress(watch, job, Date.now(), stallMs);
     if (r.verdict === 'ended') return;
-    if (watch === undefined) ctx.logger.warn({ vm: ctx.vm.name, leaf: ctx.leaf }, 'recovery: libvirt still runs a job on the VM; waiting for it to end');
+    if (watch === undefined) ctx.logger.warn({ vm: ctx.vm.name, domain, leaf: ctx.leaf }, 'recovery: libvirt still runs a job on the VM; waiting for it to end');
     watch = r.watch;
     if (r.verdict === 'stalled') {
       throw new BackupError(`recovery: ${stalledMessage('a libvirt job on the VM', stallMs, job.progress)}; the VM is left as libvirt has it`, ReturnCode.cannotLockMachine);

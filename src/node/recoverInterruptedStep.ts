@@ -11,7 +11,7 @@ import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { exists } from './durableFs.js';
 import { mergeStep, mergeIntoLiveImages } from './mergeStep.js';
 import { retainStep } from './retainStep.js';
-import { recoverInterruptedRestore } from './restoreStep.js';
+import { recoverInterruptedRestore } from './recoverInterruptedRestore.js';
 import type { StepContext, StepResult } from './StepContext.js';
 import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
 
@@ -20,7 +20,8 @@ import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
  * died in the middle of the step. Bring the VM back onto an intact chain and
  * say how the step ends: merge and retain are idempotent and are simply
  * finished; an interrupted snapshot is rolled back or merged, and failed; an
- * interrupted restore is rolled back if it had not yet defined the decided VM.
+ * interrupted restore is rolled back (failed) if it had not yet defined the
+ * decided VM, else completed (succeeded) — see recoverInterruptedRestore.
  */
 export async function recoverInterruptedStep(ctx: StepContext, workingMode: string): Promise<StepResult> {
   switch (workingMode) {

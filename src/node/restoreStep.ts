@@ -1,9 +1,9 @@
-import { mkdtemp, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { formatLdif, parseLdif } from '../domain/restore/ldifRecords.js';
+import { formatLdif, parseLdif, type LdifEntry } from '../domain/restore/ldifRecords.js';
+import type { BackupLayout } from '../domain/layout.js';
 import { applyDecisions, randomMac, renameForRestoreAs, type RestoreInputs } from '../domain/restore/restoreConflicts.js';
 import { applyDecisionFile } from '../domain/restore/decisionFile.js';
 import { parseDomainDisks, stripBackingStores } from '../hypervisor/domainXml.js';
@@ -15,11 +15,10 @@ import { assertSafeImageHeader } from './imageHeaderCheck.js';
 import { chmodNoFollow, createPrivateStateFile } from './safeFs.js';
 import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
 import { isPlaceholderState, loadRestoreWork, siblingVmDn, type RestoreWork } from './restoreWork.js';
-import { removeRestoreWorkDir } from './restoreWorkDir.js';
+import { PRIVATE_DIR_PREFIX, removeRestoreWorkDir } from './restoreWorkDir.js';
 import { readDecisionLdif } from './restoreDecisionLdif.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
-import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
-import { faultPoint } from './faultPoint.js';
+import { faultPoint, faultPointWhile } from './faultPoint.js';
 
 /**
  * Undo the live part of a restore that failed before the decided VM was
@@ -29,7 +28,7 @@ import { faultPoint } from './faultPoint.js';
  * cached lost); started cold only if there is no such state or it does not
  * restore.
  */
-async function rollBack(
+export async function rollBack(
   ctx: StepContext,
   r: { placed: { from: string; to: string }[]; asides: { dest: string; aside: string }[]; undefinedLive: boolean; liveXmlFile: string; liveStateFile: string | undefined; wasRunning: boolean; asNew: boolean; target: string },
 ): Promise<void> {
@@ -109,7 +108,7 @@ function retainedImagePath(name: string, w: RestoreWork): string {
 }
 
 /** Which retained image goes where: by target device, through the backup's XML. */
-function retainedImagesByTarget(backupXml: string, w: RestoreWork): Map<string, string> {
+export function retainedImagesByTarget(backupXml: string, w: RestoreWork): Map<string, string> {
   return new Map(
     parseDomainDisks(backupXml)
       .filter((d) => d.device === 'disk' && d.type === 'file' && d.source)
@@ -232,9 +231,6 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
   const liveXmlFile = work.retainPath('live.xml');
   if (liveXml) await writeFileDurably(liveXmlFile, liveXml);
   const wasRunning = !asNew && (await virsh.domainExists(vm.name)) && (await virsh.domState(vm.name)) !== 'shut off';
-  const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
-  const xmlFile = path.join(tmp, `${target}.xml`);
-  await writeFile(xmlFile, xml);
   const asides: { dest: string; aside: string }[] = [];
   const placed: { from: string; to: string }[] = [];
   let undefinedLive = false;
@@ -265,114 +261,96 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
       }
     }
     try {
-      await virsh.define(xmlFile);
+      await withPrivateXmlFile(work.retainDir, target, xml, (f) => virsh.define(f));
     } catch (err) {
       throw new BackupError(`virsh define failed: ${errorMessage(err)}`, ReturnCode.cannotDefineMachine, { cause: err });
     }
   } catch (err) {
-    await rm(tmp, { recursive: true, force: true });
     await rollBack(ctx, { placed, asides, undefinedLive, liveXmlFile, liveStateFile, wasRunning, asNew, target });
     throw err instanceof BackupError
       ? new BackupError(`${err.message}; rolled back: ${asNew ? 'nothing of the copy is left' : `${vm.name} is back on its previous images and definition`}`, err.code, { cause: err })
       : err;
   }
-  let started: 'restored' | 'booted' | 'off';
-  try {
-    const coldBoot = placeholder || settings.restoreWithoutState;
-    if (coldBoot) {
-      started = !placeholder || settings.forceStart ? 'booted' : 'off';
-    } else {
-      try {
-        await virsh.restore(stateFile, xmlFile);
-        started = 'restored';
-      } catch (err) {
-        // The decided configuration may not fit the saved machine (more memory, other MACs):
-        // its disks are back and the definition is right, so boot it instead.
-        logger.warn({ vm: target, err: errorMessage(err) }, 'the state file does not fit the decided configuration; cold-booting instead');
-        started = 'booted';
-      }
-    }
-    if (started === 'booted') {
-      try {
-        await virsh.start(target);
-      } catch (err) {
-        throw new BackupError(`cannot start ${target}: ${errorMessage(err)}`, ReturnCode.cannotStartMachine, { cause: err });
-      }
-    }
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
-  }
-  // The guest first: the VM runs again before the directory is written, so a
-  // directory failure leaves a running VM and a clear code, not an undefined one.
-  try {
-    await directory.writeVmSubtree(target, ldif);
-  } catch (err) {
-    throw new BackupError(`the VM is restored, but its directory entries could not be written (the decided LDIF is ${work.retainPath('decided.ldif')}): ${errorMessage(err)}`, ReturnCode.cannotSaveBackendEntry, { cause: err });
-  }
-  const live = parseDomainDisks(await virsh.dumpXml(target));
-  const stale = live.find((d) => d.backingChain.some((b) => isBelow(ctx.settings.retainDirectory, b)));
-  if (stale) throw new BackupError(`restored disk ${stale.target} still references retain`, ReturnCode.chainStillReferencesRetain);
-  // The previous live images moved aside go too: the restore replaced them.
-  await removeRestoreWorkDir(work, settings.retainDirectory, { keepRollback: false, logger });
+  // From here on the restore only goes forward; a daemon that dies now is
+  // completed by recoverInterruptedRestore from the work directory's files.
+  faultPoint('restore:after-define');
+  const started = await startDecidedVm(ctx, { workDir: work.retainDir, target, xml, stateFile, placeholder });
+  faultPoint('restore:after-start');
+  await finishRestore(ctx, work, target, ldif);
   const result = { executionTime: { restore: seconds(t0) } };
   logger.info({ vm: vm.name, leaf: ctx.leaf, target, asNew, started, ldifFrom, applied: decided.applied.length, ...result.executionTime }, 'restore done');
   return result;
 }
 
 /**
- * A daemon died in `restoring` (an in-place restore). From the work
- * directory and libvirt, work out how far it came. Before the decided VM
- * was defined everything can still be undone, as a failing restore would:
- * the images it had moved go back to the work directory, the live images
- * moved aside go back in place, the live definition is defined again and the
- * VM resumed from the state the restore saved it in. After the define
- * (every image in place, the domain defined) there is no way back, and it is
- * left to a human as before. Either way the step fails with 50.
+ * virsh reads a definition from a file: it gets one in a private (0700)
+ * directory of the work directory, where nobody else can swap it between our
+ * write and virsh's read, and which a kill leaves for the restore's clean-up.
  */
-export async function recoverInterruptedRestore(ctx: StepContext): Promise<never> {
-  const { vm, virsh, logger } = ctx;
-  const human = (why: string): never => {
-    logger.error({ vm: vm.name, leaf: ctx.leaf }, `${why}; check the VM by hand (docs/restore-runbook.md)`);
-    throw new BackupError(`the restore was interrupted by a daemon restart: ${why}; check the VM by hand`, ReturnCode.interruptedByRestart);
-  };
-  const w = await loadRestoreWork(ctx);
-  const { work } = w;
-  if (w.asNew) return human(`it was restoring a copy as ${w.target}; the original VM was not touched`);
-  const decidedXmlFile = work.retainPath('decided.xml');
-  if (!(await exists(decidedXmlFile))) {
-    throw new BackupError('the restore was interrupted by a daemon restart before it touched the live VM', ReturnCode.interruptedByRestart);
+async function withPrivateXmlFile(workDir: string, name: string, xml: string, use: (file: string) => Promise<void>): Promise<void> {
+  const priv = await mkdtemp(path.join(workDir, PRIVATE_DIR_PREFIX));
+  try {
+    const file = path.join(priv, `${name}.xml`);
+    await writeFile(file, xml, { mode: 0o600 });
+    await use(file);
+  } finally {
+    await rm(priv, { recursive: true, force: true });
   }
-  // A save of the VM our dead process asked for may still run in libvirtd.
-  if (await virsh.domainExists(vm.name)) await waitForDomainJob(ctx);
-  const backupXml = await readFile(w.unretained(work.xmlFileName), 'utf8');
-  const retainedByTarget = retainedImagesByTarget(backupXml, w);
-  const moves = parseDomainDisks(await readFile(decidedXmlFile, 'utf8')).flatMap((d) => {
-    const from = d.device === 'disk' && d.type === 'file' && d.source ? retainedByTarget.get(d.target) : undefined;
-    return from ? [{ from, to: d.source as string }] : [];
-  });
-  const placed: { from: string; to: string }[] = [];
-  for (const m of moves) if (!(await exists(m.from)) && (await exists(m.to))) placed.push(m);
-  const liveXmlFile = work.retainPath('live.xml');
-  const liveSources = (await exists(liveXmlFile)) ? parseDomainDisks(await readFile(liveXmlFile, 'utf8')).flatMap((d) => (d.source ? [d.source] : [])) : [];
-  const asides: { dest: string; aside: string }[] = [];
-  for (const dest of liveSources) {
-    const aside = work.retainPath(`live-${path.basename(dest)}`);
-    if (await exists(aside)) asides.push({ dest, aside });
-  }
-  // Images are moved only after the live VM was undefined: a defined VM with images moved is the decided one.
-  const defined = await virsh.domainExists(vm.name);
-  if (defined && placed.length > 0) return human('the decided VM had been defined already (no way back)');
-  // The live state — renamed into place, or still in the private directory it was written in — is
-  // resumed unless the VM still runs (the restore died before its save completed).
-  let liveStateFile: string | undefined;
-  if (!defined || (await virsh.domState(vm.name)) === 'shut off') {
-    for (const f of [work.retainPath('live.state'), ...(await privateStateFiles(work.retainDir, 'live.state'))]) {
-      if (!liveStateFile && (await exists(f))) liveStateFile = f;
-    }
-  }
-  logger.warn({ vm: vm.name, leaf: ctx.leaf, defined, placed: placed.length, asides: asides.length, liveState: liveStateFile ?? null }, 'recovery: rolling back a restore a daemon restart interrupted');
-  await rollBack(ctx, { placed, asides, undefinedLive: !defined, liveXmlFile, liveStateFile, wasRunning: liveStateFile !== undefined, asNew: false, target: vm.name });
-  if (liveStateFile && path.dirname(liveStateFile) !== work.retainDir) await rmdir(path.dirname(liveStateFile)).catch(() => undefined);
-  throw new BackupError(`the restore was interrupted by a daemon restart before the decided VM was defined; rolled back: ${vm.name} is back on its previous images and definition`, ReturnCode.interruptedByRestart);
 }
 
+/**
+ * Start the decided VM, once defined with its images in place: from the
+ * backup's state file with the decided XML, or cold-booted — the state is a
+ * placeholder (the VM was off: it stays off unless forceStart) or
+ * restoreWithoutState is set, or `cold` (a restore from the state was tried
+ * already and failed). Shared by restoreStep and the recovery that completes it.
+ */
+export async function startDecidedVm(ctx: StepContext, o: { workDir: string; target: string; xml: string; stateFile: string; placeholder: boolean; cold?: boolean }): Promise<'restored' | 'booted' | 'off'> {
+  const { virsh, settings, logger } = ctx;
+  const { target, placeholder } = o;
+  let started: 'restored' | 'booted' | 'off';
+  if (placeholder || settings.restoreWithoutState) {
+    started = !placeholder || settings.forceStart ? 'booted' : 'off';
+  } else if (o.cold) {
+    started = 'booted';
+  } else {
+    try {
+      await withPrivateXmlFile(o.workDir, target, o.xml, (f) => faultPointWhile('restore:restoring-state', virsh.restore(o.stateFile, f)));
+      started = 'restored';
+    } catch (err) {
+      // The decided configuration may not fit the saved machine (more memory, other MACs):
+      // its disks are back and the definition is right, so boot it instead.
+      logger.warn({ vm: target, err: errorMessage(err) }, 'the state file does not fit the decided configuration; cold-booting instead');
+      started = 'booted';
+    }
+  }
+  if (started === 'booted') {
+    try {
+      await virsh.start(target);
+    } catch (err) {
+      throw new BackupError(`cannot start ${target}: ${errorMessage(err)}`, ReturnCode.cannotStartMachine, { cause: err });
+    }
+  }
+  return started;
+}
+
+/**
+ * The restore's end, once the decided VM runs (or stays off by the rules):
+ * the decided directory subtree written, no disk left referencing retain,
+ * and the work directory removed with the previous live images moved aside.
+ * The guest first: the VM runs again before the directory is written, so a
+ * directory failure leaves a running VM and a clear code, not an undefined one.
+ */
+export async function finishRestore(ctx: StepContext, work: BackupLayout, target: string, ldif: LdifEntry[]): Promise<void> {
+  const { virsh, directory, settings, logger } = ctx;
+  try {
+    await directory.writeVmSubtree(target, ldif);
+  } catch (err) {
+    throw new BackupError(`the VM is restored, but its directory entries could not be written (the decided LDIF is ${work.retainPath('decided.ldif')}): ${errorMessage(err)}`, ReturnCode.cannotSaveBackendEntry, { cause: err });
+  }
+  const live = parseDomainDisks(await virsh.dumpXml(target));
+  const stale = live.find((d) => d.backingChain.some((b) => isBelow(settings.retainDirectory, b)));
+  if (stale) throw new BackupError(`restored disk ${stale.target} still references retain`, ReturnCode.chainStillReferencesRetain);
+  // The previous live images moved aside go too: the restore replaced them.
+  await removeRestoreWorkDir(work, settings.retainDirectory, { keepRollback: false, logger });
+}

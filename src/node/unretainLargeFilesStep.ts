@@ -19,6 +19,7 @@ import { checkDecisionLdif } from './restoreDecisionLdif.js';
 import { restoreInputs } from './restoreStep.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 import { requireRoomToUnretain } from './unretainSpace.js';
+import { faultPoint } from './faultPoint.js';
 
 /**
  * unretainLargeFiles: copy the state file and the disk images into the
@@ -91,7 +92,10 @@ export async function unretainLargeFilesStep(ctx: StepContext): Promise<StepResu
     }
     let result;
     try {
-      result = await sparseCopy(source, partial, (done, total) => ctx.onProgress?.({ step: 'unretainLargeFiles', vm: vm.name, leaf: ctx.leaf, message: `copying ${name}`, done, total }), ctx.signal, listed ? digestKindOf(listed) : undefined);
+      result = await sparseCopy(source, partial, (done, total) => {
+        if (done > 0) faultPoint('unretainLargeFiles:copying');
+        ctx.onProgress?.({ step: 'unretainLargeFiles', vm: vm.name, leaf: ctx.leaf, message: `copying ${name}`, done, total });
+      }, ctx.signal, listed ? digestKindOf(listed) : undefined);
     } catch (err) {
       await rm(partial, { force: true });
       throw new BackupError(`cannot copy ${source}: ${errorMessage(err)}`, ReturnCode.cannotCopyImage, { cause: err });
