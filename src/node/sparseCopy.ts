@@ -8,22 +8,25 @@ import { contentDigest, DIGEST_BLOCK, inlineBackend, isZero, NEW_DIGEST, StreamD
 export type CopyResult = DigestedFile;
 
 /**
- * 256 KiB blocks in a ring of eight (2 MiB, whatever the file's size): each
- * slot is read again as soon as its block is hashed and written. Measured
- * here (2 GiB file, page cache warm, libvirt 9 host): reading and writing in
- * 1 MiB blocks cost twice the system time of 256 KiB blocks (1.0-1.1 s
- * against 0.6 s for a synchronous loop) and took 1.6-2.4 times as long;
- * 128 KiB and 512 KiB were in between. A ring of 16 was no faster than 8.
+ * 256 KiB blocks in a ring of sixteen (4 MiB, whatever the file's size):
+ * each slot is read again as soon as its block is hashed and written.
+ * Measured here (2 GiB file, page cache warm): reading and writing in 1 MiB
+ * blocks cost twice the system time of 256 KiB blocks (1.0-1.1 s against
+ * 0.6 s for a synchronous loop) and took 1.6-2.4 times as long; 128 KiB and
+ * 512 KiB were in between. A ring of 16 copied in 1.9-2.1 s where 8 took
+ * 2.1-2.6 s (writes wait while a datasync runs, and the ring rides that
+ * out); 32 was at most a little faster, for 4 MiB more RSS.
  */
 const BLOCK = DIGEST_BLOCK;
-const RING = 8;
+const RING = 16;
 const PROGRESS_EVERY = 64 * 1024 * 1024;
 /**
  * Start writing back this much dirty data while the copy goes on, instead of
  * all of it in the final fsync. Writes into the file wait while a datasync
  * runs (ext4 allocates the delayed blocks then), and the ring must ride that
- * out: at 128 MiB the hash starved for 40-90 ms at each flush, at 64 MiB for
- * 5-25 ms, at 32 MiB rarely.
+ * out: with 1 MiB blocks and a 4 MiB ring the hash starved for 40-90 ms at
+ * each flush at 128 MiB, for 5-25 ms at 64 MiB, rarely at 32 MiB; with the
+ * present ring 64 and 128 MiB were no faster than 32.
  */
 const FLUSH_EVERY = 32 * 1024 * 1024;
 /**
