@@ -24,7 +24,8 @@ npx tsc -p tsconfig.test.json
 
 step "tests: unit, integration (real slapd), e2e (real slapd + libvirt/QEMU)"
 report=$(mktemp /tmp/stoney-vitest-XXXXXX.json)
-trap 'rm -f "$report"' EXIT
+started=$(mktemp /tmp/stoney-run-started-XXXXXX)
+trap 'rm -f "$report" "$started"' EXIT
 set +e
 npx vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@"
 status=$?
@@ -49,6 +50,9 @@ leftover=$(pgrep -f 'slapd -F /tmp/stoney' || true)
 if [[ -n $leftover ]]; then echo "stray slapd processes: $leftover" >&2; status=1; fi
 leftover=$(pgrep -f 'qemu-storage-daemon' || true)
 if [[ -n $leftover ]]; then echo "stray qemu-storage-daemon processes: $leftover" >&2; status=1; fi
+# Killed steps (the crash tests) must not leave files outside the directories recovery cleans.
+leftover=$(find /tmp -maxdepth 1 -name 'stoney-restore-*' -newer "$started" 2>/dev/null || true)
+if [[ -n $leftover ]]; then echo "stray temporary directories: $leftover" >&2; status=1; fi
 if virsh -c "${STONEY_LIBVIRT_URI:-qemu:///system}" list --all --name 2>/dev/null | grep -q '^sbt'; then
   echo "stray test VMs:" >&2; virsh -c "${STONEY_LIBVIRT_URI:-qemu:///system}" list --all --name | grep '^sbt' >&2; status=1
 fi

@@ -35,6 +35,11 @@ export class CommandError extends Error {
   ) {
     super(`${command.join(' ')}: ${reason}${stderr.trim() ? `: ${stderr.trim()}` : ''}`);
   }
+
+  /** The command was killed because it ran past its timeout. */
+  get timedOut(): boolean {
+    return this.reason.startsWith('timed out');
+  }
 }
 
 const DEFAULT_TIMEOUT_MS = 10 * 60 * 1000;

@@ -9,7 +9,7 @@ import { exists } from './durableFs.js';
 import { isPlaceholderState, loadRestoreWork, type RestoreWork } from './restoreWork.js';
 import { finishRestore, retainedImagesByTarget, rollBack, startDecidedVm } from './restoreStep.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
-import { privateStateFiles, waitForDomainJob } from './libvirtLeftovers.js';
+import { BUSY_DOMAIN_LIMIT_MS, privateStateFiles, untilAnswered, waitForDomainJob } from './libvirtLeftovers.js';
 
 /**
  * A daemon died in `restoring`. From the work directory and libvirt, work
@@ -35,7 +35,7 @@ export async function recoverInterruptedRestore(ctx: StepContext): Promise<StepR
     throw new BackupError('the restore was interrupted by a daemon restart before it touched the live VM', ReturnCode.interruptedByRestart);
   }
   // A save of the VM, or the restore of the decided one, our dead process asked for may still run in libvirtd.
-  if (await virsh.domainExists(target)) await waitForDomainJob(ctx, target);
+  if (await untilAnswered(ctx, `whether ${target} exists`, () => virsh.domainExists(target))) await waitForDomainJob(ctx, target);
   const decidedXml = await readFile(decidedXmlFile, 'utf8');
   const backupXml = await readFile(w.unretained(work.xmlFileName), 'utf8');
   const retainedByTarget = retainedImagesByTarget(backupXml, w);
@@ -89,12 +89,11 @@ function fileDiskSources(xml: string): string[] {
 /**
  * How long a domain may stay paused "starting up" (an incoming restore from a
  * state file the dead process asked for) before recovery gives it to a human.
- * libvirt reports no job progress for it, so this is a wall clock, generous
- * for a state file of many GiB read at the slowest disk's speed. (The libvirt
- * of the tests answers no domstate until such a restore is over; this is for
- * one that does.)
+ * libvirt reports no job progress for it, so this is a wall clock. (The
+ * libvirt of the tests answers no domstate until such a restore is over:
+ * untilAnswered asks again for as long.)
  */
-const STARTING_UP_LIMIT_MS = 30 * 60 * 1000;
+const STARTING_UP_LIMIT_MS = BUSY_DOMAIN_LIMIT_MS;
 
 /**
  * Complete a restore that died after `virsh define` of the decided VM, from
@@ -138,13 +137,14 @@ async function completeInterruptedRestore(
     logger.error({ vm: vm.name, leaf: ctx.leaf, target, files: rollbackFiles }, `recovery: ${why}; check the VM by hand (docs/restore-runbook.md)`);
     throw new BackupError(`the restore was interrupted by a daemon restart after ${target} was defined: ${why}; check the VM by hand with ${rollbackFiles.join(', ')} (docs/restore-runbook.md)`, ReturnCode.interruptedByRestart);
   };
-  const definedSources = fileDiskSources(await virsh.dumpXml(target, { inactive: true }));
+  const definedSources = fileDiskSources(await untilAnswered(ctx, `the definition of ${target}`, () => virsh.dumpXml(target, { inactive: true })));
   const decidedSources = fileDiskSources(r.decidedXml);
   if (definedSources.join('\n') !== decidedSources.join('\n') || r.placed.length !== r.moves.length) {
     return human(`the domain ${target} is not the decided one (its disks ${definedSources.join(' ')}, decided.xml's ${decidedSources.join(' ')}; ${r.placed.length} of ${r.moves.length} images in place)`);
   }
-  let reason = await virsh.domStateReason(target);
-  for (const end = Date.now() + STARTING_UP_LIMIT_MS; /^paused \(starting up\)/.test(reason) && Date.now() < end; reason = await virsh.domStateReason(target)) {
+  const stateReason = () => untilAnswered(ctx, `the state of ${target}`, () => virsh.domStateReason(target));
+  let reason = await stateReason();
+  for (const end = Date.now() + STARTING_UP_LIMIT_MS; /^paused \(starting up\)/.test(reason) && Date.now() < end; reason = await stateReason()) {
     await new Promise((res) => setTimeout(res, 500));
   }
   if (/^paused \(starting up\)/.test(reason)) return human(`it has been starting up (a restore from its state file) for ${STARTING_UP_LIMIT_MS / 60_000} minutes`);

@@ -1,5 +1,4 @@
 import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
@@ -99,7 +98,6 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
   } else if (stateDir !== undefined) {
     const state = await createStateFile(ctx, stateDir);
     const stateFile = state.file;
-    const tmp = await mkdtemp(path.join(os.tmpdir(), 'stoney-restore-'));
     let stateMoved = false;
     try {
       progress(`saving memory state to ${stateFile}`);
@@ -118,7 +116,9 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       }
       // From here until restore the VM is stopped.
       faultPoint('snapshot:after-save');
-      const restoreXml = path.join(tmp, 'restore.xml');
+      // Beside the state file, in its private directory: whatever removes that (the step, or a
+      // recovery after a kill) removes this too.
+      const restoreXml = path.join(path.dirname(stateFile), 'restore.xml');
       const swapped: BackupDisk[] = [];
       try {
         await writeFile(restoreXml, stripBackingStores(await virsh.saveImageXml(stateFile)));
@@ -159,7 +159,6 @@ export async function snapshotStep(ctx: StepContext): Promise<StepResult> {
       await moveStateIntoRetain(stateFile, retainState, (done, total) => progress('copying the state file into retain', done, total));
       stateMoved = true;
     } finally {
-      await rm(tmp, { recursive: true, force: true });
       // A VM left stopped (both restores failed, or the images could not be
       // moved back) has its memory only in this file: never delete it then.
       if (stateMoved || (await runsAgain(ctx)) || !(await exists(stateFile))) await state.release();
