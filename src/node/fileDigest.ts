@@ -133,8 +133,13 @@ export class StreamDigest {
   private endPiece(): void {
     if (this.inMiB === 0) return;
     if (this.hashing) {
-      const d = this.backend.digest();
+      const d = Promise.resolve(this.backend.digest());
+      // Handled now: a copy that fails never asks for the result, and its worker,
+      // closed then, rejects this digest — an unhandled rejection would end the
+      // daemon. result() still sees the failure.
+      d.catch(() => undefined);
       this.linesDone = this.linesDone.then(async () => void this.lines.update(`${await d}  -\n`));
+      this.linesDone.catch(() => undefined);
     } else {
       // All zeros: a whole MiB has a constant line; a shorter last piece is hashed once, here.
       const line = this.inMiB === MiB ? ZERO_MIB_LINE : `${createHash('sha256').update(ZEROS.subarray(0, this.inMiB)).digest('hex')}  -\n`;

@@ -3,6 +3,7 @@ import { readdirSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Sha256Worker } from '../../src/node/Sha256Worker.js';
+import { StreamDigest } from '../../src/node/fileDigest.js';
 
 const KiB = 1024;
 const threads = () => readdirSync('/proc/self/task').length;
@@ -102,5 +103,28 @@ describe('Sha256Worker', () => {
       await hasher.close();
     }
     expect(threads()).toBe(before);
+  });
+});
+
+describe('StreamDigest on a worker', () => {
+  it('leaves no unhandled rejection when the worker is closed before the result is asked for (a copy that failed)', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const shared = new SharedArrayBuffer(1024 * KiB);
+      Buffer.from(shared).fill(7);
+      const worker = new Sha256Worker(shared);
+      const digest = new StreamDigest('sha256PerMiB', worker);
+      // One whole MiB of data: its digest is asked of the worker at once.
+      // Each block's own promise is handled, as the copy does (it holds the slot until then).
+      for (let at = 0; at < 1024 * KiB; at += 256 * KiB) digest.add(at, at + 256 * KiB, false)?.catch(() => undefined);
+      await worker.close();
+      await new Promise((r) => setTimeout(r, 50));
+      expect(unhandled).toEqual([]);
+      await expect(digest.result()).rejects.toThrow(/sha256 worker is closed/);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
   });
 });
