@@ -6,6 +6,7 @@ import { parseLdif } from '../domain/restore/ldifRecords.js';
 import type { BackupLayout } from '../domain/layout.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { exists } from './durableFs.js';
+import { DECIDED_STARTING } from './restoreWorkDir.js';
 import { isPlaceholderState, loadRestoreWork, type RestoreWork } from './restoreWork.js';
 import { finishRestore, retainedImagesByTarget, rollBack, startDecidedVm } from './restoreStep.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
@@ -152,16 +153,20 @@ async function completeInterruptedRestore(
   let started: 'restored' | 'booted' | 'off' | 'ran';
   if (/^shut off \((unknown|failed)\)/.test(reason)) {
     const stateFile = w.unretained(work.stateFileName);
+    // Once a start was tried, a guest may have run on the restored images: libvirt
+    // forgets why an inactive domain is off when it restarts (a host reboot says
+    // "unknown" too). Then only a cold boot is safe, and no rollback.
+    const startTried = await exists(work.retainPath(DECIDED_STARTING));
     try {
-      started = await startDecidedVm(ctx, { workDir: work.retainDir, target, xml: r.decidedXml, stateFile, placeholder: await isPlaceholderState(stateFile), cold: reason.includes('failed') });
+      started = await startDecidedVm(ctx, { workDir: work.retainDir, target, xml: r.decidedXml, stateFile, placeholder: await isPlaceholderState(stateFile), cold: startTried || reason.includes('failed') });
     } catch (err) {
       const now = await virsh.domState(target);
       if (now === 'running') {
         // Started meanwhile by the dead process's own `virsh restore`, which outlived it: it is what we wanted.
         logger.warn({ vm: vm.name, target, err: errorMessage(err) }, 'recovery: the decided VM runs although our start failed; completing');
         started = 'ran';
-      } else if (now !== 'shut off') {
-        return human(`starting it failed (${errorMessage(err)}) and it is ${now}`);
+      } else if (now !== 'shut off' || startTried) {
+        return human(`starting it failed (${errorMessage(err)}) and it is ${now}${startTried ? '; a guest may have run on the restored images already, so they are not rolled back' : ''}`);
       } else {
         return rollBackUnstartable(ctx, w, r, err);
       }

@@ -15,7 +15,7 @@ import { assertSafeImageHeader } from './imageHeaderCheck.js';
 import { chmodNoFollow, createPrivateStateFile } from './safeFs.js';
 import { exists, sameFilesystem, writeFileDurably } from './durableFs.js';
 import { isPlaceholderState, loadRestoreWork, siblingVmDn, type RestoreWork } from './restoreWork.js';
-import { PRIVATE_DIR_PREFIX, removeRestoreWorkDir } from './restoreWorkDir.js';
+import { DECIDED_STARTING, PRIVATE_DIR_PREFIX, removeRestoreWorkDir } from './restoreWorkDir.js';
 import { readDecisionLdif } from './restoreDecisionLdif.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 import { faultPoint, faultPointWhile } from './faultPoint.js';
@@ -309,8 +309,10 @@ export async function startDecidedVm(ctx: StepContext, o: { workDir: string; tar
   const { virsh, settings, logger } = ctx;
   const { target, placeholder } = o;
   let started: 'restored' | 'booted' | 'off';
+  const off = placeholder && !settings.forceStart;
+  if (!off) await writeFileDurably(path.join(o.workDir, DECIDED_STARTING), `${new Date().toISOString()}\n`);
   if (placeholder || settings.restoreWithoutState) {
-    started = !placeholder || settings.forceStart ? 'booted' : 'off';
+    started = off ? 'off' : 'booted';
   } else if (o.cold) {
     started = 'booted';
   } else {
@@ -318,10 +320,16 @@ export async function startDecidedVm(ctx: StepContext, o: { workDir: string; tar
       await withPrivateXmlFile(o.workDir, target, o.xml, (f) => faultPointWhile('restore:restoring-state', virsh.restore(o.stateFile, f)));
       started = 'restored';
     } catch (err) {
-      // The decided configuration may not fit the saved machine (more memory, other MACs):
-      // its disks are back and the definition is right, so boot it instead.
-      logger.warn({ vm: target, err: errorMessage(err) }, 'the state file does not fit the decided configuration; cold-booting instead');
-      started = 'booted';
+      if ((await virsh.domState(target).catch(() => undefined)) === 'running') {
+        // libvirtd completed what virsh reported as failed (a timeout, a lost connection).
+        logger.warn({ vm: target, err: errorMessage(err) }, 'virsh restore reported a failure, but the VM runs from the state');
+        started = 'restored';
+      } else {
+        // The decided configuration may not fit the saved machine (more memory, other MACs):
+        // its disks are back and the definition is right, so boot it instead.
+        logger.warn({ vm: target, err: errorMessage(err) }, 'the state file does not fit the decided configuration; cold-booting instead');
+        started = 'booted';
+      }
     }
   }
   if (started === 'booted') {

@@ -28,7 +28,13 @@ type EntryKind =
   /** nothing a restore makes: never touched */
   | 'foreign';
 
-const OWN_FILES = ['conflicts.json', 'decided.xml', 'decided.ldif'];
+/**
+ * Written (durably) just before the decided VM is started: from then on a
+ * guest may have run on the restored images, and recovery never puts the
+ * backup's memory on them again nor rolls them back.
+ */
+export const DECIDED_STARTING = 'decided.starting';
+const OWN_FILES = ['conflicts.json', 'decided.xml', 'decided.ldif', DECIDED_STARTING];
 
 /** A 0700 directory of the restore's (mkdtemp) for what must not be written in the shared directory. */
 export const PRIVATE_DIR_PREFIX = '.stoney-private-';

@@ -72,6 +72,9 @@ export async function sparseCopy(
     let digest: string;
     try {
       digest = await copyBlocks(input, output, size, src, kind, onProgress, signal);
+      // A file that grew meanwhile was copied only in part: a source must not change while copied.
+      const after = (await input.stat()).size;
+      if (after !== size) throw new Error(`${src} changed size while being copied (${size} bytes when it started, ${after} now)`);
       await output.truncate(size);
       await output.sync();
       complete = true;
@@ -226,6 +229,7 @@ class BlockPipeline {
     write(this.o.output, this.o.ring, offset, length, position, (err, written) => {
       this.inFlight--;
       if (err) return this.fail(err);
+      if (written === 0) return this.fail(new Error(`writing the copy made no progress at byte ${position}`));
       this.writtenSinceFlush += written;
       // A regular file takes all of it unless something is wrong; then the rest's write says what.
       if (written < length) this.writeFully(slot, offset + written, length - written, position + written);

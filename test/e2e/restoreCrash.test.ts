@@ -21,11 +21,12 @@ import { execa } from 'execa';
 import { STORAGE_POOL, vmDn, type World } from '../helpers/world.js';
 import { useWorldWithNodeDaemon } from '../helpers/useWorld.js';
 import { ldapModify, ldapSearch } from '../helpers/slapd.js';
-import { backingFileOf, guestReadMatches, guestWrite, virsh, type TinyVm } from '../helpers/libvirt.js';
+import { backingFileOf, guestReadMatches, guestWrite, restartLibvirtd, virsh, type TinyVm } from '../helpers/libvirt.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
 
 const A = 0xab;
 const B = 0xcd;
+const C = 0x5a;
 const CLI = path.resolve('bin/stoney-backup.js');
 /** The VM's memory in the directory after the backup: a restore taking the backup's values puts back 32 MiB. */
 const LIVE_MEMORY = String(64 * 1024 * 1024);
@@ -129,6 +130,27 @@ describe('a restore killed after the decided VM is defined: completed by recover
       await expectNothingLeft(tiny.name, leaf);
     });
   }
+});
+
+describe('a restore killed after its VM ran, which then went off without libvirt knowing why (as after a host reboot)', () => {
+  it('is completed with a cold boot (0): the backup\'s memory is never put back on disks the restored guest has written', async () => {
+    const leaf = '20261122T080800Z';
+    const tiny = await killedRestore('rkran', leaf, 'restore:after-start', undefined, async (vm) => {
+      // The restored guest writes C; then its QEMU goes away and libvirtd restarts, forgetting why it is off.
+      await guestWrite(vm.name, 'vdb', C, '2M', '1M');
+      await execa('virsh', ['-c', w.libvirtUri, 'destroy', vm.name]);
+      await restartLibvirtd();
+      expect(await virsh.domStateReason(vm.name)).toBe('shut off (unknown)');
+    });
+    const after = await w.waitForMode(tiny.name, leaf, ['restored'], 120_000);
+    expect({ rv: after.returnValue, mode: after.mode }).toEqual({ rv: 0, mode: 'restored' });
+    // Booted, not resumed from the backup's memory; what the restored guest wrote is kept.
+    expect(await virsh.domStateReason(tiny.name)).toBe('running (booted)');
+    expect(await guestReadMatches(tiny.name, 'vdb', C, '2M', '1M')).toBe(true);
+    for (const t of ['vda', 'vdb']) expect(await guestReadMatches(tiny.name, t, A, '0', '1M')).toBe(true);
+    expect(await memoryInDirectory(tiny.name)).toBe(BACKUP_MEMORY);
+    await expectNothingLeft(tiny.name, leaf);
+  });
 });
 
 describe('a restore killed after the define whose decided VM cannot be started', () => {

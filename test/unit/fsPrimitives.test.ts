@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { appendFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -179,6 +179,16 @@ describe('sparseCopy', () => {
     // 39 MiB of data (and the blocks around its edges); the 40 MiB of zeros are holes in the copy.
     expect((await stat(dst)).blocks * 512).toBeLessThan(48 * MiB);
     expect(threads()).toBe(before);
+  });
+
+  it('fails on a source that grows while it is copied, and removes the copy', async () => {
+    const file = sub();
+    await writeFile(file, randomBytes(3 * MiB));
+    const dst = sub();
+    // Written to at the copy's first report, as a guest or another writer would.
+    const grow = (done: number) => void (done === 0 && appendFileSync(file, 'more'));
+    await expect(sparseCopy(file, dst, grow)).rejects.toThrow(/changed size while being copied \(3145728 bytes when it started, 3145732 now\)/);
+    expect(existsSync(dst)).toBe(false);
   });
 
   it('copies with the plain sha256 when asked (what older manifests record)', async () => {
