@@ -56,7 +56,14 @@ export async function recoverInterruptedRestore(ctx: StepContext): Promise<StepR
   // Images are moved only after the live VM was undefined (a copy's: before the copy is
   // defined): a defined domain of the target's name with images moved is the decided one —
   // which completeInterruptedRestore checks before it acts.
-  const defined = await virsh.domainExists(target);
+  const defined = await untilAnswered(ctx, `whether ${target} exists`, () => virsh.domainExists(target));
+  if (defined && moves.length === 0 && !asNew) {
+    // No image to tell by: the domain may be the live VM (saved, not yet undefined) or the decided one.
+    throw new BackupError(
+      `the restore was interrupted by a daemon restart and ${target} has no file disk to tell whether it is the live VM or the restored one: nothing was touched; check it by hand with ${work.retainDir} (docs/restore-runbook.md)`,
+      ReturnCode.interruptedByRestart,
+    );
+  }
   if (defined && (placed.length > 0 || asNew)) {
     return completeInterruptedRestore(ctx, w, { decidedXml, moves, placed, asides, liveXmlFile });
   }
@@ -67,7 +74,7 @@ export async function recoverInterruptedRestore(ctx: StepContext): Promise<StepR
   }
   // The live state — renamed into place, or still in the private directory it was written in — is
   // resumed unless the VM still runs (the restore died before its save completed).
-  const liveStateFile = !defined || (await virsh.domState(vm.name)) === 'shut off' ? await savedLiveState(work) : undefined;
+  const liveStateFile = !defined || (await untilAnswered(ctx, `the state of ${vm.name}`, () => virsh.domState(vm.name))) === 'shut off' ? await savedLiveState(work) : undefined;
   logger.warn({ vm: vm.name, leaf: ctx.leaf, defined, placed: placed.length, asides: asides.length, liveState: liveStateFile ?? null }, 'recovery: rolling back a restore a daemon restart interrupted');
   await rollBack(ctx, { placed, asides, undefinedLive: !defined, liveXmlFile, liveStateFile, wasRunning: liveStateFile !== undefined, asNew: false, target: vm.name });
   if (liveStateFile && path.dirname(liveStateFile) !== work.retainDir) await rmdir(path.dirname(liveStateFile)).catch(() => undefined);
@@ -160,7 +167,7 @@ async function completeInterruptedRestore(
     try {
       started = await startDecidedVm(ctx, { workDir: work.retainDir, target, xml: r.decidedXml, stateFile, placeholder: await isPlaceholderState(stateFile), cold: startTried || reason.includes('failed') });
     } catch (err) {
-      const now = await virsh.domState(target);
+      const now = await untilAnswered(ctx, `the state of ${target}`, () => virsh.domState(target));
       if (now === 'running') {
         // Started meanwhile by the dead process's own `virsh restore`, which outlived it: it is what we wanted.
         logger.warn({ vm: vm.name, target, err: errorMessage(err) }, 'recovery: the decided VM runs although our start failed; completing');

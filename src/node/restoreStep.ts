@@ -221,6 +221,11 @@ export async function restoreStep(ctx: StepContext): Promise<StepResult> {
     await assertSafeImageHeader(ctx.qemuImg, from, d.format ?? 'raw', ctx.imageRoots);
     moves.push({ from, to: d.source, target: d.target });
   }
+  if (moves.length === 0) {
+    // Every backup holds a file disk (a VM without one has no backup directory); and
+    // without one, a restore cut short could not be told apart from the live VM.
+    throw new BackupError('the backup\'s domain definition has no file disk: it is not a definition this backup was taken with', ReturnCode.unsafeDomainDefinition);
+  }
   const stateFile = w.unretained(work.stateFileName);
   const placeholder = await isPlaceholderState(stateFile);
   ctx.onProgress?.({ step: 'restore', vm: vm.name, leaf: ctx.leaf, message: `restoring ${target}${asNew ? ` as a new VM from ${vm.name}` : ''}` });

@@ -107,15 +107,21 @@ async function copyBlocks(
   const onWorker = inlineHashing > 0 && size >= WORKER_FROM;
   const backend: HashBackend = onWorker ? new Sha256Worker(shared) : inlineBackend(ring);
   if (!onWorker) inlineHashing++;
+  let copied = false;
   try {
     const digest = new StreamDigest(kind, backend);
     // A report at 0: the copy's throughput is measured from its first byte, even for a file of one report.
     if (onProgress && size > 0) onProgress(0, size);
     await new BlockPipeline({ input: input.fd, output: output.fd, size, src, ring, slots, digest, onProgress, signal }).run();
-    return await digest.result();
+    const result = await digest.result();
+    copied = true;
+    return result;
   } finally {
     if (!onWorker) inlineHashing--;
-    await backend.close();
+    // The copy's own failure is what the caller must hear, not a worker that also failed to end.
+    await backend.close().catch((err: unknown) => {
+      if (copied) throw err;
+    });
   }
 }
 

@@ -97,6 +97,35 @@ describe('a backup whose domain XML was edited by a writer of backup files', () 
   });
 });
 
+describe('a backup whose domain XML lost its file disk', () => {
+  it.each([
+    ['in the XML only: refused with 33 (XML and directory entries disagree)', false, ReturnCode.backendXmlInconsistency],
+    ['in the XML and the LDIF: refused with 58', true, ReturnCode.unsafeDomainDefinition],
+  ])('%s, before anything live is touched', async (_how, alsoLdif, code) => {
+    const leaf = alsoLdif ? '20261122T060300Z' : '20261122T060200Z';
+    const vm = await backedUp(alsoLdif ? 'hnol' : 'hnox', leaf);
+    const layout = layoutOf(vm.name, leaf);
+    const xmlFile = layout.backupPath(`${vm.name}.xml`);
+    const xml = await readFile(xmlFile, 'utf8');
+    const withoutDisk = xml.replace(/<disk type='file' device='disk'>[\s\S]*?<\/disk>\n?/, '');
+    expect(withoutDisk).not.toBe(xml);
+    await writeFile(xmlFile, withoutDisk);
+    if (alsoLdif) {
+      const ldifFile = layout.backupPath(layout.ldifFileName);
+      const entries = (await readFile(ldifFile, 'utf8')).split(/\n\n+/);
+      const kept = entries.filter((e) => !/^dn: sstDisk=vda,/m.test(e));
+      expect(kept.length).toBe(entries.length - 1);
+      await writeFile(ldifFile, kept.join('\n\n'));
+    }
+    const before = { definition: await virsh.dumpXml(vm.name, { inactive: true }), files: await tree(w.imageRoot, w.backupRoot) };
+    const r = await restore(vm.name, leaf, { prefer: 'backup', overrides: {} });
+    expect({ outcome: r.outcome, failedAt: r.failedAt }).toEqual({ outcome: 'failed', failedAt: { mode: 'restored', returnValue: code } });
+    expect(await virsh.domState(vm.name)).toBe('running');
+    expect(await guestReadMatches(vm.name, 'vda', B, '2M', '1M')).toBe(true);
+    expect({ definition: await virsh.dumpXml(vm.name, { inactive: true }), files: await tree(w.imageRoot, w.backupRoot) }).toEqual(before);
+  });
+});
+
 describe('a backup whose disk image header names a host file as backing', () => {
   it('is refused with 59 before the image is opened or anything live is touched', async () => {
     const leaf = '20261122T060100Z';

@@ -3,9 +3,10 @@ import { appendFileSync, existsSync, readdirSync, statSync } from 'node:fs';
 import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { exists, mkdirp, moveFile, sameFilesystem, syncDir, writeFileDurably } from '../../src/node/durableFs.js';
 import { sparseCopy } from '../../src/node/sparseCopy.js';
+import { Sha256Worker } from '../../src/node/Sha256Worker.js';
 import { fileDigest } from '../../src/node/fileDigest.js';
 import { run } from '../../src/hypervisor/exec.js';
 import { freeSpaceOf } from '../../src/node/freeSpace.js';
@@ -235,6 +236,28 @@ describe('sparseCopy', () => {
     expect(most).toBe(before + 1);
     expect(existsSync(dst)).toBe(false);
     expect(threads()).toBe(before);
+  });
+
+  it('reports its own failure, not a hashing worker that fails to end as well', async () => {
+    const first = await sparseFile(randomBytes(70 * MiB), 0, randomBytes(10));
+    const src = await sparseFile(randomBytes(70 * MiB), 0, randomBytes(10));
+    const dst = sub();
+    const ac = new AbortController();
+    const close = Sha256Worker.prototype.close;
+    const spy = vi.spyOn(Sha256Worker.prototype, 'close').mockImplementation(async function (this: Sha256Worker) {
+      await close.call(this);
+      throw new Error('the worker did not end');
+    });
+    try {
+      let second: Promise<unknown> | undefined;
+      const onSecond = (done: number) => void (done > 0 && ac.abort());
+      await sparseCopy(first.file, sub(), () => void (second ??= sparseCopy(src.file, dst, onSecond, ac.signal).catch((err: unknown) => err)));
+      expect(await second).toMatchObject({ name: 'AbortError' });
+      expect(spy).toHaveBeenCalledTimes(1);
+      expect(existsSync(dst)).toBe(false);
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('does not copy at all with an already aborted signal', async () => {
