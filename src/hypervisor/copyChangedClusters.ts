@@ -20,6 +20,8 @@ export interface ChangedClustersCopy {
   speedBytesPerSecond?: number;
   /** poll interval of the job's progress (default 1 s) */
   pollMs?: number;
+  /** called with the bytes the bitmap marks before anything is written; a rejection ends the copy untouched */
+  beforeCopy?: (markedBytes: number) => Promise<void>;
   logger?: Logger;
 }
 
@@ -95,6 +97,7 @@ export async function copyChangedClusters(o: ChangedClustersCopy): Promise<{ byt
   try {
     await Promise.race([greeting, died]);
     await Promise.race([command('qmp_capabilities'), died]);
+    if (o.beforeCopy) await o.beforeCopy(await markedBytes(command, o.bitmap, o.source, died));
     await Promise.race([command('blockdev-backup', { 'job-id': JOB, device: 'src', target: 'dst', sync: 'bitmap', bitmap: o.bitmap, 'bitmap-mode': 'never', 'auto-finalize': true, 'auto-dismiss': true, ...(o.speedBytesPerSecond ? { speed: o.speedBytesPerSecond } : {}) }), died]);
     let watch: ProgressWatch | undefined;
     const stallMs = o.noProgressMs ?? STALL_MS;
@@ -123,4 +126,12 @@ export async function copyChangedClusters(o: ChangedClustersCopy): Promise<{ byt
     proc.kill();
     await proc.ended;
   }
+}
+
+/** What the bitmap of node `src` marks, in bytes (its count), as the daemon reports it. */
+async function markedBytes(command: (execute: string, args?: Record<string, unknown>) => Promise<unknown>, bitmap: string, source: string, died: Promise<never>): Promise<number> {
+  const nodes = (await Promise.race([command('query-named-block-nodes', { flat: true }), died])) as { 'node-name'?: string; 'dirty-bitmaps'?: { name?: string; count?: unknown }[] }[];
+  const count = nodes.find((n) => n['node-name'] === 'src')?.['dirty-bitmaps']?.find((b) => b.name === bitmap)?.count;
+  if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 0) throw new Error(`qemu-storage-daemon reports no dirty bitmap ${bitmap} in ${source}`);
+  return count;
 }

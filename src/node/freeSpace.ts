@@ -32,6 +32,11 @@ export async function requireFreeSpace(dir: string, bytes: number, what: string,
   }
 }
 
+/** Whether `err` is requireFreeSpace's (or freeSpaceOf's) refusal: the answer to pass on, not a failure to work around or rename. */
+export function isSpaceError(err: unknown): boolean {
+  return err instanceof BackupError && (err.code === ReturnCode.notEnoughDiskSpace || err.code === ReturnCode.noDiskSpaceInformation);
+}
+
 /** Bytes a sparse-aware copy of the file writes: its allocated blocks, not its apparent size. */
 export async function allocatedBytes(file: string): Promise<number> {
   const st = await lstat(file);

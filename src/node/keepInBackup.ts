@@ -10,7 +10,7 @@ import { chmodNoFollow, mkdirBelow } from './safeFs.js';
 import { sparseCopy } from './sparseCopy.js';
 import type { ManifestFile } from './backupIterations.js';
 import { storeDiskImage } from './storeDiskImage.js';
-import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
+import { allocatedBytes, isSpaceError, requireFreeSpace } from './freeSpace.js';
 import type { StepContext } from './StepContext.js';
 
 /**
@@ -33,7 +33,8 @@ export async function keepInBackup(ctx: StepContext, source: string, name: strin
   const final = layout.backupPath(name);
   const partial = `${final}.partial`;
   // Room before the copy (47, 48): a backup filesystem found full halfway fails the step anyway.
-  await requireFreeSpace(layout.backupDir, await allocatedBytes(source), `${name} of ${vm.name}`);
+  // A disk image's is checked where it is known how it is stored (storeDiskImage): changes need less.
+  if (kind === 'state') await requireFreeSpace(layout.backupDir, await allocatedBytes(source), `${name} of ${vm.name}`);
   ctx.onProgress?.({ step, vm: vm.name, leaf: ctx.leaf, message: `keeping ${name} in the backup` });
   try {
     await mkdirBelow(settings.rootDirectory, layout.backupDir, settings.directory.mode);
@@ -53,6 +54,7 @@ export async function keepInBackup(ctx: StepContext, source: string, name: strin
     await writeFileDurably(record, `${JSON.stringify(kept)}\n`);
   } catch (err) {
     await rm(partial, { force: true });
+    if (isSpaceError(err)) throw err;
     throw new BackupError(
       `cannot keep ${name} in ${layout.backupDir}: ${errorMessage(err)}`,
       kind === 'state' ? ReturnCode.cannotCopyStateFileToRetain : ReturnCode.cannotCopyImage,

@@ -65,9 +65,12 @@ export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInT
   const retainRoot = settings.retainDirectory;
   const before = parseDomainDisks(await virsh.dumpXml(vm.name));
   const committed: string[] = [];
+  // This backup's first failure to keep a frozen image: every overlay is still committed, then it is thrown.
+  let keepFailure: { err: unknown } | undefined;
   for (const d of before) {
     if (isLiveOverlay(retainRoot, d)) {
-      await commitLiveOverlay(ctx, d, opts.keepPointInTime);
+      const failed = await commitLiveOverlay(ctx, d, opts.keepPointInTime && keepFailure === undefined);
+      keepFailure ??= failed;
       committed.push(d.source);
       continue;
     }
@@ -99,6 +102,7 @@ export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInT
   }
   // Nothing references the committed overlays any more.
   for (const f of committed) await rm(f, { force: true });
+  if (keepFailure) throw keepFailure.err;
 }
 
 /**
@@ -106,19 +110,33 @@ export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInT
  * backup directory, durable before anything changes the original), then
  * commit the overlay into the original and pivot the guest onto it. A commit left running by a dead
  * predecessor is taken over, not started twice.
+ *
+ * When the frozen image cannot be kept (the backup filesystem is full, a
+ * read fails) the backup has failed, but the overlay is committed all the
+ * same and the failure returned: a guest left on an overlay in retain would
+ * keep writing there, and every later backup of it would be refused (55)
+ * until a human folded it back. An abort (the daemon stopping) leaves the
+ * overlay to recovery at the next start instead.
  */
-async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: string }, keepPointInTime: boolean): Promise<void> {
+async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: string }, keepPointInTime: boolean): Promise<{ err: unknown } | undefined> {
   const { vm, virsh, layout, settings, logger } = ctx;
   const frozen = d.backingChain[0];
   if (frozen === undefined || !ctx.imageRoots.some((r) => isBelow(r, frozen)) || isBelow(settings.retainDirectory, frozen)) {
     throw new BackupError(`${d.target} runs on ${d.source}, whose backing ${frozen ?? '(none)'} is not an image of the VM; leaving it for a human`, ReturnCode.wrongStateInformation);
   }
   const job = await virsh.blockJob(vm.name, d.target);
+  let keepFailure: { err: unknown } | undefined;
   if (keepPointInTime && job === undefined) {
     if (path.dirname(d.source) !== layout.retainDir) {
       throw new BackupError(`${d.target} runs on ${d.source}, an overlay of another backup: it was not merged`, ReturnCode.chainStillReferencesRetain);
     }
-    await keepInBackup(ctx, frozen, path.basename(frozen), 'image', 'merge', d.backingFormats[0]);
+    try {
+      await keepInBackup(ctx, frozen, path.basename(frozen), 'image', 'merge', d.backingFormats[0]);
+    } catch (err) {
+      if (ctx.signal?.aborted) throw err;
+      keepFailure = { err };
+      logger.error({ vm: vm.name, leaf: ctx.leaf, disk: d.target, err: errorMessage(err) }, 'the frozen image could not be kept, so this backup fails; committing the overlay all the same');
+    }
   }
   ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `committing ${d.target}` });
   try {
@@ -131,6 +149,7 @@ async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: str
   } catch (err) {
     throw new BackupError(`block commit of ${d.target} failed: ${errorMessage(err)}`, ReturnCode.cannotMergeDiskImages, { cause: err });
   }
+  return keepFailure;
 }
 
 /**

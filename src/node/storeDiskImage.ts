@@ -13,6 +13,7 @@ import { copyChangedClusters } from '../hypervisor/copyChangedClusters.js';
 import type { ImageInfo } from '../hypervisor/qemuImgInfo.js';
 import { trackedChanges, type TrackedChanges } from '../domain/changeTracking.js';
 import type { StepContext } from './StepContext.js';
+import { allocatedBytes, isSpaceError, requireFreeSpace } from './freeSpace.js';
 
 /**
  * Write one disk image of this backup to `partial` (the caller sets mode and
@@ -49,17 +50,19 @@ export async function storeDiskImage(
       try {
         return stored(await writeChangedClusters(ctx, { source, partial, plan, step, imageFileName, bitmap: tracked.bitmap, virtualSize: info?.virtualSize ?? 0 }), 'bitmap');
       } catch (err) {
-        if (ctx.signal?.aborted) throw err;
+        if (ctx.signal?.aborted || isSpaceError(err)) throw err;
         await rm(partial, { force: true });
         logger.warn({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, base: plan.base.leaf, err: errorMessage(err) }, 'copying by the dirty bitmap failed; finding the changes by comparison');
       }
     } else {
       logger.info({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, base: plan.base.leaf, why: tracked.why }, 'no trusted dirty bitmap; finding the changes by comparison');
     }
+    // How much differs is known only afterwards: room for all of it.
+    await requireFreeSpace(layout.backupDir, await allocatedBytes(source), `${imageFileName} of ${vm.name}`);
     try {
       return stored(await writeIncremental(ctx, { source, format: format ?? 'qcow2', partial, plan, step, imageFileName }), 'comparison');
     } catch (err) {
-      if (ctx.signal?.aborted) throw err;
+      if (ctx.signal?.aborted || isSpaceError(err)) throw err;
       // Never a wrong incremental, and never no backup because the base is unreadable: store it whole.
       await rm(partial, { force: true });
       logger.warn({ vm: vm.name, leaf: ctx.leaf, image: imageFileName, base: plan.base.leaf, err: errorMessage(err) }, 'comparing with the previous backup failed; storing the image whole');
@@ -78,6 +81,7 @@ async function storeWhole(
   ctx: StepContext,
   a: { source: string; partial: string; step: string; imageFileName: string; format: ManifestFile['format']; virtualSize: number | undefined; reason: string },
 ): Promise<ManifestFile> {
+  await requireFreeSpace(ctx.layout.backupDir, await allocatedBytes(a.source), `${a.imageFileName} of ${ctx.vm.name}`);
   const r = await sparseCopy(a.source, a.partial, (done, total) => ctx.onProgress?.({ step: a.step, vm: ctx.vm.name, leaf: ctx.leaf, message: `keeping ${a.imageFileName}`, done, total }), ctx.signal);
   return {
     name: path.basename(ctx.layout.backupPath(a.imageFileName)),
@@ -143,6 +147,8 @@ async function writeChangedClusters(
     targetBacking: members.map((m) => m.path),
     // It reads live storage like the merge's block jobs: the same limit (sstVirtualizationBandwidthMerge, MiB/s).
     speedBytesPerSecond: ctx.settings.bandwidthMerge * 1024 * 1024,
+    // Room for what the bitmap marks, checked before QEMU writes a byte: not for the whole disk.
+    beforeCopy: (marked) => requireFreeSpace(ctx.layout.backupDir, marked + incrementalMetadataBytes(a.virtualSize), `the ${mib(marked)} of ${a.imageFileName} changed since ${a.plan.base.leaf}`),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
     logger,
   });
@@ -161,3 +167,15 @@ async function finishIncremental(ctx: StepContext, a: { partial: string; rel: st
   ctx.onProgress?.({ step: a.step, vm: vm.name, leaf: ctx.leaf, message: `stored ${a.imageFileName} (changes only)`, done: r.size, total: r.size });
   return { name: path.basename(ctx.layout.backupPath(a.imageFileName)), ...r };
 }
+
+/**
+ * What a qcow2 image of changed clusters holds besides them, at most: header
+ * and tables (1 MiB), an L2 table per 512 MiB of the disk that has a change
+ * (64 KiB clusters hold 8,192 entries of 8 bytes), refcount blocks, counted
+ * twice as generously.
+ */
+export function incrementalMetadataBytes(virtualSize: number): number {
+  return 1024 * 1024 + Math.ceil(virtualSize / 4096);
+}
+
+const mib = (bytes: number): string => `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;

@@ -15,6 +15,8 @@ import { runRestore } from '../../src/control/runRestore.js';
 import { defaultBatchPolicy } from '../../src/control/decideBatch.js';
 import { ReturnCode } from '../../src/domain/returnCodes.js';
 import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
+import { allocatedBytes, freeSpaceOf } from '../../src/node/freeSpace.js';
+import { readManifest } from '../../src/node/retainStep.js';
 
 /**
  * Node steps that cannot finish leave nothing behind and destroy nothing.
@@ -25,6 +27,8 @@ import { parseDomainDisks } from '../../src/hypervisor/domainXml.js';
  */
 const A = 0xab;
 const B = 0xcd;
+const C = 0x5c;
+const MiB = 1024 * 1024;
 const policy = { ...defaultBatchPolicy, claimTimeoutMs: 60_000 };
 
 let w: World;
@@ -179,8 +183,8 @@ describe('a backup filesystem that fills up during retain', () => {
 });
 
 describe('a backup filesystem without room for a live backup\'s disk image', () => {
-  it('fails the merge with 47 before copying the image; the guest runs on, its writes kept', async () => {
-    const vm = await w.addVm('livefull', { running: true, pattern: A, method: 'live' });
+  it('fails the merge with 47 before copying the image; the guest runs on its own images again, its writes kept', async () => {
+    const vm = await w.addVm('livefull', { running: true, pattern: A, method: 'live', targets: ['vda', 'vdb'] });
     // 48 MiB of data on the disk; the backup filesystem has room for the memory state (32 MiB guest), not for the image too.
     await guestWrite(vm.name, 'vda', B, '1M', '48M');
     const leaf = '20261122T043500Z';
@@ -193,6 +197,66 @@ describe('a backup filesystem without room for a live backup\'s disk image', () 
     expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'merged', rv: ReturnCode.notEnoughDiskSpace });
     expect(await virsh.domState(vm.name)).toBe('running');
     expect(await guestReadMatches(vm.name, 'vda', B, '1M', '48M')).toBe(true);
+    // Both overlays committed — the one whose frozen image could not be kept, and the next one,
+    // which was not copied any more: no later backup is refused for a guest left in retain.
+    const disks = parseDomainDisks(await virsh.dumpXml(vm.name));
+    expect(disks.map((d) => [d.target, d.source, d.backingChain])).toEqual(vm.disks.map((d) => [d.target, d.path, []]));
+    expect((await readdir(w.layoutOf(vm.name, leaf).retainDir)).filter((n) => n.endsWith('.overlay'))).toEqual([]);
+  });
+});
+
+describe('a backup filesystem with room for a live backup\'s changes, not for its whole disk', () => {
+  it('stores the image incrementally: room is asked for what the dirty bitmap marks, not for the disk', async () => {
+    const vm = await w.addVm('liveinc', { running: true, pattern: A, method: 'live', sizeMiB: 128, backupAttributes: ['sstBackupNumberOfIterations: 2'] });
+    await guestWrite(vm.name, 'vda', B, '1M', '96M');
+    const first = '20261122T043600Z';
+    const second = '20261123T043600Z';
+    const backups = path.dirname(w.layoutOf(vm.name, first).backupDir);
+    const batch = async (leaf: string) => (await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger }))[0];
+    await withSmallFilesystem(backups, '200m', async () => {
+      const one = await batch(first);
+      expect({ mode: one?.mode, rv: one?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+      await guestWrite(vm.name, 'vda', C, '20M', '1M');
+      // Filled up to the room the memory state asks for (1.05 × the guest's 32 MiB) and 16 MiB
+      // more: half of what the whole image (97 MiB allocated) would ask for.
+      const image = w.layoutOf(vm.name, first).backupPath(path.basename(vm.disks[0]!.path));
+      expect(await allocatedBytes(image)).toBeGreaterThan(96 * MiB);
+      const free = await freeSpaceOf(backups);
+      const leave = Math.ceil(32 * MiB * 1.05) + 16 * MiB;
+      execFileSync('fallocate', ['-l', String(free - leave), path.join(backups, 'filler')]);
+      const two = await batch(second);
+      expect({ mode: two?.mode, rv: two?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+      const entry = (await readManifest(w.layoutOf(vm.name, second).manifestPath)).files.find((f) => f.name === path.basename(w.layoutOf(vm.name, second).backupPath(path.basename(vm.disks[0]!.path))));
+      expect({ base: entry?.backing?.leaf, by: entry?.changesFoundBy }).toEqual({ base: first, by: 'bitmap' });
+      expect(entry!.size).toBeLessThan(8 * MiB);
+    });
+    expect(await virsh.domState(vm.name)).toBe('running');
+    expect(await guestReadMatches(vm.name, 'vda', C, '20M', '1M')).toBe(true);
+  });
+
+  it('fails the merge with 47 when even the changes have no room, before QEMU writes; the guest runs on, its writes kept', async () => {
+    const vm = await w.addVm('liveinc2', { running: true, pattern: A, method: 'live', backupAttributes: ['sstBackupNumberOfIterations: 2'] });
+    const first = '20261122T043700Z';
+    const second = '20261123T043700Z';
+    const backups = path.dirname(w.layoutOf(vm.name, first).backupDir);
+    const batch = async (leaf: string) => (await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger }))[0];
+    const two = await withSmallFilesystem(backups, '100m', async () => {
+      const one = await batch(first);
+      expect({ mode: one?.mode, rv: one?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+      await guestWrite(vm.name, 'vda', C, '8M', '48M');
+      // Room for what the memory state asks (1.05 × 32 MiB; the state of a guest in firmware
+      // takes little of it) and 2 MiB: not for the 48 MiB the bitmap marks.
+      execFileSync('fallocate', ['-l', String((await freeSpaceOf(backups)) - Math.ceil(32 * MiB * 1.05) - 2 * MiB), path.join(backups, 'filler')]);
+      const r = await batch(second);
+      expect((await readdir(w.layoutOf(vm.name, second).backupDir)).filter((n) => n.endsWith('.partial'))).toEqual([]);
+      return r;
+    });
+    expect({ mode: two?.mode, rv: two?.returnValue }).toEqual({ mode: 'merged', rv: ReturnCode.notEnoughDiskSpace });
+    expect(await virsh.domState(vm.name)).toBe('running');
+    expect(await guestReadMatches(vm.name, 'vda', C, '8M', '48M')).toBe(true);
+    const third = await batch('20261124T043700Z');
+    expect({ mode: third?.mode, rv: third?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    expect(parseDomainDisks(await virsh.dumpXml(vm.name))[0]?.source).toBe(vm.disks[0]!.path);
   });
 });
 
