@@ -47,6 +47,8 @@ export function liveOverlayName(imageFileName: string): string {
  * complete and lets retain list it in the manifest without reading it again.
  */
 export const KEPT_RECORD_SUFFIX = '.kept.json';
+/** In a live backup's retain directory: a frozen image could not be kept, so the backup has failed (keepFailure.ts). */
+export const KEEP_FAILED_RECORD = 'keep-failed.json';
 
 /**
  * Rotation of incremental chains. `.rotation-remove` in a backup directory:

@@ -20,8 +20,13 @@ export interface ChangedClustersCopy {
   speedBytesPerSecond?: number;
   /** poll interval of the job's progress (default 1 s) */
   pollMs?: number;
-  /** called with the bytes the bitmap marks before anything is written; a rejection ends the copy untouched */
-  beforeCopy?: (markedBytes: number) => Promise<void>;
+  /**
+   * Called before anything is written with the most the copy can write: the
+   * clusters the bitmap marks, each rounded up to the target's 64 KiB
+   * clusters (a bitmap finer than that marks a few KiB where a whole cluster
+   * is written). A rejection ends the copy with the target untouched.
+   */
+  beforeCopy?: (bytesToWrite: number) => Promise<void>;
   logger?: Logger;
 }
 
@@ -97,7 +102,7 @@ export async function copyChangedClusters(o: ChangedClustersCopy): Promise<{ byt
   try {
     await Promise.race([greeting, died]);
     await Promise.race([command('qmp_capabilities'), died]);
-    if (o.beforeCopy) await o.beforeCopy(await markedBytes(command, o.bitmap, o.source, died));
+    if (o.beforeCopy) await o.beforeCopy(await bytesToWrite(command, o.bitmap, o.source, died));
     await Promise.race([command('blockdev-backup', { 'job-id': JOB, device: 'src', target: 'dst', sync: 'bitmap', bitmap: o.bitmap, 'bitmap-mode': 'never', 'auto-finalize': true, 'auto-dismiss': true, ...(o.speedBytesPerSecond ? { speed: o.speedBytesPerSecond } : {}) }), died]);
     let watch: ProgressWatch | undefined;
     const stallMs = o.noProgressMs ?? STALL_MS;
@@ -128,10 +133,16 @@ export async function copyChangedClusters(o: ChangedClustersCopy): Promise<{ byt
   }
 }
 
-/** What the bitmap of node `src` marks, in bytes (its count), as the daemon reports it. */
-async function markedBytes(command: (execute: string, args?: Record<string, unknown>) => Promise<unknown>, bitmap: string, source: string, died: Promise<never>): Promise<number> {
-  const nodes = (await Promise.race([command('query-named-block-nodes', { flat: true }), died])) as { 'node-name'?: string; 'dirty-bitmaps'?: { name?: string; count?: unknown }[] }[];
-  const count = nodes.find((n) => n['node-name'] === 'src')?.['dirty-bitmaps']?.find((b) => b.name === bitmap)?.count;
-  if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 0) throw new Error(`qemu-storage-daemon reports no dirty bitmap ${bitmap} in ${source}`);
-  return count;
+/** The target's cluster size: qemu-img create's default, which the caller's target is made with. */
+const TARGET_CLUSTER = 64 * 1024;
+
+/** What the bitmap of node `src` marks (its count, in bytes), rounded up to whole target clusters, as the daemon reports it. */
+async function bytesToWrite(command: (execute: string, args?: Record<string, unknown>) => Promise<unknown>, bitmap: string, source: string, died: Promise<never>): Promise<number> {
+  const nodes = (await Promise.race([command('query-named-block-nodes', { flat: true }), died])) as { 'node-name'?: string; 'dirty-bitmaps'?: { name?: string; count?: unknown; granularity?: unknown }[] }[];
+  const b = nodes.find((n) => n['node-name'] === 'src')?.['dirty-bitmaps']?.find((x) => x.name === bitmap);
+  const { count, granularity } = b ?? {};
+  if (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 0 || typeof granularity !== 'number' || !Number.isSafeInteger(granularity) || granularity <= 0) {
+    throw new Error(`qemu-storage-daemon reports no usable dirty bitmap ${bitmap} in ${source}`);
+  }
+  return Math.ceil(count / granularity) * Math.max(granularity, TARGET_CLUSTER);
 }

@@ -1,4 +1,4 @@
-import { rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
@@ -8,6 +8,8 @@ import type { BlockJobInfo } from '../hypervisor/Virsh.js';
 import { isBelow } from './backupDisks.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { keepInBackup } from './keepInBackup.js';
+import { recordedKeepFailure, recordKeepFailure } from './keepFailure.js';
+import { faultPoint } from './faultPoint.js';
 import { judgeProgress, STALL_MS, stalledMessage, type ProgressWatch } from '../hypervisor/jobProgress.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
@@ -61,15 +63,20 @@ function isLiveOverlay(retainRoot: string, d: DomainDisk): d is DomainDisk & { s
  * snapshot passes false: that backup has failed, only the guest's data counts).
  */
 export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInTime: boolean }): Promise<void> {
-  const { vm, virsh, qemuImg, settings } = ctx;
+  const { vm, virsh, qemuImg, settings, layout } = ctx;
   const retainRoot = settings.retainDirectory;
   const before = parseDomainDisks(await virsh.dumpXml(vm.name));
   const committed: string[] = [];
-  // This backup's first failure to keep a frozen image: every overlay is still committed, then it is thrown.
+  // This backup's failure to keep a frozen image (recorded by a run before a crash, or now):
+  // every overlay is still committed, without being kept, and then it is thrown.
   let keepFailure: { err: unknown } | undefined;
+  if (opts.keepPointInTime) {
+    const recorded = await recordedKeepFailure(ctx);
+    if (recorded) keepFailure = { err: recorded };
+  }
   for (const d of before) {
     if (isLiveOverlay(retainRoot, d)) {
-      const failed = await commitLiveOverlay(ctx, d, opts.keepPointInTime && keepFailure === undefined);
+      const failed = await commitLiveOverlay(ctx, d, { keep: opts.keepPointInTime && keepFailure === undefined, ownOverlaysOnly: opts.keepPointInTime });
       keepFailure ??= failed;
       committed.push(d.source);
       continue;
@@ -100,8 +107,12 @@ export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInT
       }
     }
   }
-  // Nothing references the committed overlays any more.
+  // Nothing references the committed overlays any more, nor one of this backup that a run
+  // which died after its commit left (its disk is flat now, so it was not among those committed).
   for (const f of committed) await rm(f, { force: true });
+  for (const n of await readdir(layout.retainDir).catch(() => [] as string[])) {
+    if (n.endsWith(LIVE_OVERLAY_SUFFIX)) await rm(layout.retainPath(n), { force: true });
+  }
   if (keepFailure) throw keepFailure.err;
 }
 
@@ -118,24 +129,25 @@ export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInT
  * until a human folded it back. An abort (the daemon stopping) leaves the
  * overlay to recovery at the next start instead.
  */
-async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: string }, keepPointInTime: boolean): Promise<{ err: unknown } | undefined> {
+async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: string }, o: { keep: boolean; ownOverlaysOnly: boolean }): Promise<{ err: unknown } | undefined> {
   const { vm, virsh, layout, settings, logger } = ctx;
   const frozen = d.backingChain[0];
   if (frozen === undefined || !ctx.imageRoots.some((r) => isBelow(r, frozen)) || isBelow(settings.retainDirectory, frozen)) {
     throw new BackupError(`${d.target} runs on ${d.source}, whose backing ${frozen ?? '(none)'} is not an image of the VM; leaving it for a human`, ReturnCode.wrongStateInformation);
   }
   const job = await virsh.blockJob(vm.name, d.target);
+  if (o.ownOverlaysOnly && job === undefined && path.dirname(d.source) !== layout.retainDir) {
+    throw new BackupError(`${d.target} runs on ${d.source}, an overlay of another backup: it was not merged`, ReturnCode.chainStillReferencesRetain);
+  }
   let keepFailure: { err: unknown } | undefined;
-  if (keepPointInTime && job === undefined) {
-    if (path.dirname(d.source) !== layout.retainDir) {
-      throw new BackupError(`${d.target} runs on ${d.source}, an overlay of another backup: it was not merged`, ReturnCode.chainStillReferencesRetain);
-    }
+  if (o.keep && job === undefined) {
     try {
       await keepInBackup(ctx, frozen, path.basename(frozen), 'image', 'merge', d.backingFormats[0]);
     } catch (err) {
       if (ctx.signal?.aborted) throw err;
       keepFailure = { err };
-      logger.error({ vm: vm.name, leaf: ctx.leaf, disk: d.target, err: errorMessage(err) }, 'the frozen image could not be kept, so this backup fails; committing the overlay all the same');
+      // Not recorded (retain's filesystem full too?): retain still refuses a backup without the image.
+      await recordKeepFailure(ctx, err).catch((e: unknown) => logger.error({ vm: vm.name, leaf: ctx.leaf, disk: d.target, err: errorMessage(err), recordErr: errorMessage(e) }, 'the frozen image could not be kept, nor the failure recorded; committing the overlay all the same'));
     }
   }
   ctx.onProgress?.({ step: 'merge', vm: vm.name, leaf: ctx.leaf, message: `committing ${d.target}` });
@@ -149,6 +161,7 @@ async function commitLiveOverlay(ctx: StepContext, d: DomainDisk & { source: str
   } catch (err) {
     throw new BackupError(`block commit of ${d.target} failed: ${errorMessage(err)}`, ReturnCode.cannotMergeDiskImages, { cause: err });
   }
+  if (keepFailure) faultPoint('merge:committed-unkept');
   return keepFailure;
 }
 

@@ -60,7 +60,7 @@ export async function recoverInterruptedRestore(ctx: StepContext): Promise<StepR
   if (defined && moves.length === 0 && !asNew) {
     // No image to tell by: the domain may be the live VM (saved, not yet undefined) or the decided one.
     throw new BackupError(
-      `the restore was interrupted by a daemon restart and ${target} has no file disk to tell whether it is the live VM or the restored one: nothing was touched; check it by hand with ${work.retainDir} (docs/restore-runbook.md)`,
+      `the restore was interrupted by a daemon restart and ${target} has no file disk to tell whether it is the live VM or the restored one: recovery changed nothing; check it by hand with ${work.retainDir} — if the restore had saved the live VM, its memory is in live.state there (docs/restore-runbook.md)`,
       ReturnCode.interruptedByRestart,
     );
   }

@@ -151,8 +151,11 @@ async function recoverMerge(ctx: StepContext): Promise<StepResult> {
     const placeholder = !(await isRealStateFile(layout.retainPath(layout.stateFileName)));
     if (placeholder) {
       // We had started this shut-off VM paused for the pull.
-      await mergeIntoLiveImages(ctx, { keepPointInTime: true });
-      await virsh.destroy(vm.name);
+      try {
+        await mergeIntoLiveImages(ctx, { keepPointInTime: true });
+      } finally {
+        await virsh.destroy(vm.name);
+      }
       return { executionTime: {} };
     }
   }

@@ -20,6 +20,7 @@ import { dropEarlierCheckpoints } from './checkpoints.js';
 import { legacyPoolPath } from './backupLocation.js';
 import { finishInterruptedRotation, removeIteration } from './rotateChains.js';
 import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
+import { recordedKeepFailure } from './keepFailure.js';
 import { liveReferenceBelow } from './orphanedRetain.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
@@ -49,8 +50,19 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   const names = inRetain.filter((n) => !n.endsWith('.partial') && !n.endsWith(LIVE_OVERLAY_SUFFIX) && !n.endsWith(KEPT_RECORD_SUFFIX)).sort();
   const kept = await readKeptRecords(layout, inRetain.filter((n) => n.endsWith(KEPT_RECORD_SUFFIX)));
   const keptNames = new Set(kept.map((k) => k.name));
+  // A merge that could not keep a frozen image failed the backup: never finish it without that disk.
+  const keepFailed = await recordedKeepFailure(ctx);
+  if (keepFailed) throw keepFailed;
   for (const required of [layout.stateFileName, layout.xmlFileName, layout.ldifFileName]) {
     if (!names.includes(required) && !keptNames.has(path.basename(layout.backupPath(required)))) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
+  }
+  // Every disk the backup covers (selectBackupDisks: the file disks) is in retain or kept already.
+  for (const d of parseDomainDisks(await readFile(layout.retainPath(layout.xmlFileName), 'utf8'))) {
+    if (d.device !== 'disk' || d.type !== 'file' || d.source === undefined) continue;
+    const image = path.basename(d.source);
+    if (!names.includes(image) && !keptNames.has(path.basename(layout.backupPath(image)))) {
+      throw new BackupError(`the image of disk ${d.target} (${image}) is neither in ${layout.retainDir} nor kept in the backup`, ReturnCode.missingNecessaryFiles);
+    }
   }
   // Room for every copy before the first byte is written (47/48): an ENOSPC
   // halfway would fail the backup anyway, after filling the backup filesystem.

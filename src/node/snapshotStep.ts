@@ -284,7 +284,16 @@ async function liveSnapshotTo(ctx: StepContext, disks: BackupDisk[], allDisks: D
     throw new BackupError(`after the live snapshot, disks ${wrong.map((o) => o.target).join(', ')} were not on their overlays`, ReturnCode.cannotSaveMachineState, { cause: failure });
   }
   // The guest runs again: its memory goes straight to the backup (one copy), not through retain.
-  await keepInBackup(ctx, stateFile, layout.stateFileName, 'state', 'snapshot');
+  try {
+    await keepInBackup(ctx, stateFile, layout.stateFileName, 'state', 'snapshot');
+  } catch (err) {
+    if (ctx.signal?.aborted) throw err;
+    // The backup has failed; the guest must not stay on overlays in retain (every later backup would be refused).
+    logger.error({ vm: vm.name, leaf: ctx.leaf, err: errorMessage(err) }, 'the memory state could not be kept; folding the overlays back');
+    await mergeIntoLiveImages(ctx, { keepPointInTime: false });
+    await rm(stateFile, { force: true });
+    throw err;
+  }
   logger.info({ vm: vm.name, leaf: ctx.leaf, stoppedMs, method: 'live' }, 'live snapshot taken');
   return Math.round(stoppedMs) / 1000;
 }

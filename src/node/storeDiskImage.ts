@@ -148,7 +148,7 @@ async function writeChangedClusters(
     // It reads live storage like the merge's block jobs: the same limit (sstVirtualizationBandwidthMerge, MiB/s).
     speedBytesPerSecond: ctx.settings.bandwidthMerge * 1024 * 1024,
     // Room for what the bitmap marks, checked before QEMU writes a byte: not for the whole disk.
-    beforeCopy: (marked) => requireFreeSpace(ctx.layout.backupDir, marked + incrementalMetadataBytes(a.virtualSize), `the ${mib(marked)} of ${a.imageFileName} changed since ${a.plan.base.leaf}`),
+    beforeCopy: (bytes) => requireFreeSpace(ctx.layout.backupDir, bytes + incrementalMetadataBytes(a.virtualSize), `the ${mib(bytes)} of ${a.imageFileName} changed since ${a.plan.base.leaf}`),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
     logger,
   });

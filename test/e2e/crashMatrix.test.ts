@@ -12,7 +12,7 @@
  * others run in-process with a progress hook that acts at an exact moment.
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { open, readdir, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, stat } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
@@ -252,6 +252,51 @@ describe('libvirtd restarted while the live merge\'s block commit runs', () => {
     const backupImage = w.layoutOf(vm.name, leaf).backupPath(path.basename(vm.disks[0]!.path));
     for (const [pattern, offset] of [[A, '0'], [C, '4M'], [0, '8M'], [0, '47M']] as const) expect({ offset, matches: await imageMatches(backupImage, pattern, offset, '1M') }).toEqual({ offset, matches: true });
     expect(await retainedFiles(vm.name)).toEqual([]);
+    expect(await w.stepLeftovers()).toEqual([]);
+  });
+});
+
+describe('the node daemon killed (SIGKILL) after a live merge could not keep a frozen image and committed its overlay', () => {
+  it('recovery commits the other overlay without keeping it and fails the merge with the recorded 47 (not 0 for a backup without vda); nothing of the backup stays; the next backup finishes', async () => {
+    const vm = await w.addVm('keepfail', { running: true, pattern: A, method: 'live', node: NODE2, targets: ['vda', 'vdb'] });
+    // 48 MiB on vda; the backup filesystem has room for the memory state (32 MiB guest), not for vda's image too.
+    await guestWrite(vm.name, 'vda', B, '1M', '48M');
+    const leaf = '20261130T040000Z';
+    const layout = w.layoutOf(vm.name, leaf);
+    const backups = path.dirname(layout.backupDir);
+    await mkdir(backups, { recursive: true });
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=40m', 'stoney-e2e-small', backups]);
+    try {
+      const first = cliNodeDaemon('merge:committed-unkept');
+      const dn = await w.startSnapshot(vm.name, leaf);
+      expect((await w.waitForMode(vm.name, leaf, ['snapshotted'], 120_000)).returnValue).toBe(0);
+      expect(await readdir(layout.backupDir)).toEqual([`${vm.name}.state.${leaf}`]);
+      await guestWrite(vm.name, 'vdb', C, '4M', '1M'); // after the snapshot: in the overlay
+      expect(await w.directory.casMode(dn, 'snapshotted', 'merge', { state: '0' })).toBe(true);
+      const timer = setTimeout(() => first.kill('SIGTERM'), 90_000);
+      const died = await first.finally(() => clearTimeout(timer));
+      expect({ signal: died.signal, stderr: died.stderr }).toEqual({ signal: 'SIGKILL', stderr: '' });
+      expect((await w.leaf(vm.name, leaf)).mode).toBe('merging');
+      // The run that died had recorded the failure, dropped what the backup had kept and folded vda back; vdb is still on its overlay.
+      expect(await readdir(layout.retainDir)).toContain('keep-failed.json');
+      expect(parseDomainDisks(await virsh.dumpXml(vm.name)).map((d) => path.dirname(d.source!) === layout.retainDir)).toEqual([false, true]);
+      expect(await readdir(layout.backupDir)).toEqual([]);
+      cliNodeDaemon();
+      const merged = await w.waitForMode(vm.name, leaf, ['merged'], 120_000);
+      expect({ mode: merged.mode, rv: merged.returnValue }).toEqual({ mode: 'merged', rv: ReturnCode.notEnoughDiskSpace });
+      await expectIntact(vm, [[A, '0']]);
+      expect(await guestReadMatches(vm.name, 'vda', B, '1M', '48M')).toBe(true);
+      expect(await guestReadMatches(vm.name, 'vdb', C, '4M', '1M')).toBe(true);
+      expect(await readdir(layout.backupDir)).toEqual([]);
+      expect(await w.stepLeftovers()).toEqual([]);
+    } finally {
+      await run('umount', [backups]);
+    }
+    const done = await w.finishBackup(vm.name, '20261130T041000Z');
+    expect({ mode: done.mode, rv: done.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    await expectIntact(vm, [[A, '0']]);
+    expect(await guestReadMatches(vm.name, 'vda', B, '1M', '48M')).toBe(true);
+    expect(await guestReadMatches(vm.name, 'vdb', C, '4M', '1M')).toBe(true);
     expect(await w.stepLeftovers()).toEqual([]);
   });
 });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
@@ -191,7 +191,9 @@ describe('a backup filesystem without room for a live backup\'s disk image', () 
     const layout = w.layoutOf(vm.name, leaf);
     const [done] = await withSmallFilesystem(path.dirname(layout.backupDir), '40m', async () => {
       const r = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger });
-      expect(await readdir(layout.backupDir)).toEqual([`${vm.name}.state.${leaf}`]);
+      // What the failed backup had kept (its memory state) is gone again: it restores nothing and takes room.
+      expect(await readdir(layout.backupDir)).toEqual([]);
+      expect(await readdir(layout.retainDir)).toContain('keep-failed.json');
       return r;
     });
     expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'merged', rv: ReturnCode.notEnoughDiskSpace });
@@ -257,6 +259,50 @@ describe('a backup filesystem with room for a live backup\'s changes, not for it
     const third = await batch('20261124T043700Z');
     expect({ mode: third?.mode, rv: third?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
     expect(parseDomainDisks(await virsh.dumpXml(vm.name))[0]?.source).toBe(vm.disks[0]!.path);
+  });
+});
+
+describe('a backup filesystem that fills up while a live snapshot keeps the memory state', () => {
+  it('fails the snapshot with 24 and folds the overlays back at once; the next backup finishes', async () => {
+    const vm = await w.addVm('livestate', { running: true, pattern: A, method: 'live', targets: ['vda', 'vdb'] });
+    const leaf = '20261122T043800Z';
+    const layout = w.layoutOf(vm.name, leaf);
+    const backups = path.dirname(layout.backupDir);
+    // Room when the snapshot starts; filled up (by someone else) as the state is copied, after the guest moved onto overlays.
+    onProgress = (p) => {
+      if (p.vm === vm.name && p.step === 'snapshot' && p.message.startsWith('keeping')) {
+        onProgress = undefined;
+        fillUp(backups);
+      }
+    };
+    const done = await withSmallFilesystem(backups, '40m', async () => (await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger }))[0]).finally(() => (onProgress = undefined));
+    expect({ mode: done?.mode, rv: done?.returnValue }).toEqual({ mode: 'snapshotted', rv: ReturnCode.cannotCopyStateFileToRetain });
+    expect(await virsh.domState(vm.name)).toBe('running');
+    expect(parseDomainDisks(await virsh.dumpXml(vm.name)).map((d) => [d.target, d.source, d.backingChain])).toEqual(vm.disks.map((d) => [d.target, d.path, []]));
+    await guestWrite(vm.name, 'vdb', B, '2M', '1M');
+    const [next] = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf: '20261123T043800Z', policy, logger: w.logger });
+    expect({ mode: next?.mode, rv: next?.returnValue }).toEqual({ mode: 'finished', rv: 0 });
+    expect(await guestReadMatches(vm.name, 'vdb', B, '2M', '1M')).toBe(true);
+  });
+});
+
+describe('a retain that finds a disk of the backup neither in retain nor kept', () => {
+  it('refuses with 37 rather than finish a backup without that disk', async () => {
+    const vm = await w.addVm('lostkeep', { running: true, pattern: A, method: 'live', targets: ['vda', 'vdb'] });
+    const leaf = '20261122T043900Z';
+    const dn = await w.startSnapshot(vm.name, leaf);
+    expect((await w.waitForMode(vm.name, leaf, ['snapshotted'])).returnValue).toBe(0);
+    expect(await w.directory.casMode(dn, 'snapshotted', 'merge', { state: '0' })).toBe(true);
+    expect((await w.waitForMode(vm.name, leaf, ['merged'])).returnValue).toBe(0);
+    // As if a merge had reported success without keeping vdb's frozen image.
+    const layout = w.layoutOf(vm.name, leaf);
+    const vdb = path.basename(vm.disks[1]!.path);
+    await rm(layout.keptRecordPath(vdb));
+    await rm(layout.backupPath(vdb));
+    expect(await w.directory.casMode(dn, 'merged', 'retain', { state: '0' })).toBe(true);
+    const retained = await w.waitForMode(vm.name, leaf, ['retained']);
+    expect(retained.returnValue).toBe(ReturnCode.missingNecessaryFiles);
+    await expect(stat(layout.manifestPath)).rejects.toThrow(/ENOENT/);
   });
 });
 

@@ -59,6 +59,29 @@ describe('copyChangedClusters', () => {
     expect(header.backingName).toBe(path.basename(previous));
   });
 
+  it('tells beforeCopy the most it can write (marked clusters, rounded up to 64 KiB ones); a refusal there writes nothing', async () => {
+    const { live, previous, incremental } = await image('e');
+    // A bitmap of 4 KiB granularity: four scattered 4 KiB writes mark 16 KiB, but fill four 64 KiB clusters of the target.
+    await run('qemu-img', ['bitmap', '--add', '-g', '4096', live, 'fine']);
+    for (const at of ['1M', '9M', '17M', '25M']) await io(live, `write -P 0x55 ${at} 4K`);
+    const told: Record<string, number> = {};
+    for (const bitmap of ['since-previous', 'fine']) {
+      await expect(copyChangedClusters({ source: live, bitmap, target: incremental, targetBacking: [previous], beforeCopy: async (bytes) => {
+        told[bitmap] = bytes;
+        throw new Error('no room');
+      } })).rejects.toThrow('no room');
+    }
+    expect(told).toEqual({ 'since-previous': 4 * 64 * 1024, fine: 4 * 64 * 1024 });
+    const map = JSON.parse((await run('qemu-img', ['map', '--output=json', '-f', 'qcow2', incremental])).stdout) as { depth: number; data: boolean; zero: boolean }[];
+    expect(map.filter((e) => e.depth === 0 && (e.data || e.zero))).toEqual([]);
+    const ps = await run('pgrep', ['-f', `qemu-storage-daemon.*${dir}`], { okExitCodes: [0, 1] });
+    expect(ps.stdout.trim()).toBe('');
+    // Allowed, the copy writes the four clusters.
+    const r = await copyChangedClusters({ source: live, bitmap: 'fine', target: incremental, targetBacking: [previous], beforeCopy: async () => undefined });
+    expect(r.bytes).toBeGreaterThan(0);
+    await run('qemu-img', ['compare', '-q', '-f', 'qcow2', '-F', 'qcow2', live, incremental]);
+  });
+
   it('fails clearly for a bitmap the image does not have, leaving no process behind', async () => {
     const { live, previous, incremental } = await image('b');
     await expect(copyChangedClusters({ source: live, bitmap: 'no-such-bitmap', target: incremental, targetBacking: [previous] })).rejects.toThrow(/no-such-bitmap/);
