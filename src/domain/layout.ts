@@ -49,6 +49,8 @@ export function liveOverlayName(imageFileName: string): string {
 export const KEPT_RECORD_SUFFIX = '.kept.json';
 /** In a live backup's retain directory: a frozen image could not be kept, so the backup has failed (keepFailure.ts). */
 export const KEEP_FAILED_RECORD = 'keep-failed.json';
+/** In retain while the merge has a shut-off VM started paused: only then may recovery destroy a paused VM. */
+export const STARTED_PAUSED_MARKER = 'started-paused-for-merge';
 
 /**
  * Rotation of incremental chains. `.rotation-remove` in a backup directory:

@@ -1,4 +1,4 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, rmdir } from 'node:fs/promises';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
 import { KEEP_FAILED_RECORD } from '../domain/layout.js';
@@ -22,6 +22,7 @@ export async function recordKeepFailure(ctx: StepContext, err: unknown): Promise
   const code = err instanceof BackupError ? err.code : ReturnCode.cannotCopyImage;
   await writeFileDurably(layout.retainPath(KEEP_FAILED_RECORD), `${JSON.stringify({ code, message: errorMessage(err) })}\n`);
   const dropped = await dropKeptFiles(ctx, await readdir(layout.retainDir));
+  await rmdir(layout.backupDir).catch(() => undefined); // only when empty
   logger.error({ vm: vm.name, leaf: ctx.leaf, code, dropped, err: errorMessage(err) }, 'a frozen image could not be kept: this backup fails; its overlays are committed all the same');
 }
 

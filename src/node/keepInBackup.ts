@@ -54,6 +54,8 @@ export async function keepInBackup(ctx: StepContext, source: string, name: strin
     await writeFileDurably(record, `${JSON.stringify(kept)}\n`);
   } catch (err) {
     await rm(partial, { force: true });
+    // Renamed but not recorded: nothing would ever name it for removal, and it takes room.
+    if (!(await exists(record))) await rm(final, { force: true });
     if (isSpaceError(err)) throw err;
     throw new BackupError(
       `cannot keep ${name} in ${layout.backupDir}: ${errorMessage(err)}`,

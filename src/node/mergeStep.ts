@@ -2,10 +2,12 @@ import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError, errorMessage } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
+import { LIVE_OVERLAY_SUFFIX, STARTED_PAUSED_MARKER } from '../domain/layout.js';
+import { writeFileDurably } from './durableFs.js';
 import { parseDomainDisks, type DomainDisk } from '../hypervisor/domainXml.js';
 import type { BlockJobInfo } from '../hypervisor/Virsh.js';
 import { isBelow } from './backupDisks.js';
+import { liveReferenceBelow } from './orphanedRetain.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { keepInBackup } from './keepInBackup.js';
 import { recordedKeepFailure, recordKeepFailure } from './keepFailure.js';
@@ -32,10 +34,14 @@ export async function mergeStep(ctx: StepContext): Promise<StepResult> {
   // A VM libvirt does not know fails here with cannotFindMachine (Virsh maps it).
   const runState = await virsh.domState(vm.name);
   const startedByUs = runState === 'shut off' || runState === 'shutdown' || runState === 'crashed';
+  const marker = layout.retainPath(STARTED_PAUSED_MARKER);
   if (startedByUs) {
+    // Recovery destroys a paused VM only when this says we started it: a guest paused by its user, or by QEMU, must live on.
+    await writeFileDurably(marker, `${ctx.leaf}\n`);
     try {
       await virsh.start(vm.name, { paused: true });
     } catch (err) {
+      await rm(marker, { force: true });
       throw new BackupError(`cannot start ${vm.name} paused for the merge: ${errorMessage(err)}`, ReturnCode.cannotStartMachine, { cause: err });
     }
   }
@@ -44,7 +50,10 @@ export async function mergeStep(ctx: StepContext): Promise<StepResult> {
   } finally {
     if (startedByUs) {
       // Started paused, never ran guest code: destroying it loses nothing.
-      await virsh.destroy(vm.name).catch((err: unknown) => logger.error({ vm: vm.name, err: errorMessage(err) }, 'cannot stop the VM started for the merge'));
+      await virsh.destroy(vm.name).then(
+        () => rm(marker, { force: true }),
+        (err: unknown) => logger.error({ vm: vm.name, err: errorMessage(err) }, 'cannot stop the VM started for the merge'),
+      );
     }
   }
   const result = { executionTime: { merge: seconds(t0) } };
@@ -110,8 +119,10 @@ export async function mergeIntoLiveImages(ctx: StepContext, opts: { keepPointInT
   // Nothing references the committed overlays any more, nor one of this backup that a run
   // which died after its commit left (its disk is flat now, so it was not among those committed).
   for (const f of committed) await rm(f, { force: true });
-  for (const n of await readdir(layout.retainDir).catch(() => [] as string[])) {
-    if (n.endsWith(LIVE_OVERLAY_SUFFIX)) await rm(layout.retainPath(n), { force: true });
+  const leftovers = (await readdir(layout.retainDir).catch(() => [] as string[])).filter((n) => n.endsWith(LIVE_OVERLAY_SUFFIX));
+  // Both definitions and the image headers must be clear of retain first (the check above read the live XML only).
+  if (leftovers.length > 0 && (await liveReferenceBelow(ctx, layout.retainDir)) === undefined) {
+    for (const n of leftovers) await rm(layout.retainPath(n), { force: true });
   }
   if (keepFailure) throw keepFailure.err;
 }

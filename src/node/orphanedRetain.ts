@@ -3,7 +3,7 @@ import path from 'node:path';
 import { isLeafName } from '../domain/leafName.js';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { KEEP_FAILED_RECORD, KEPT_RECORD_SUFFIX, LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
+import { KEEP_FAILED_RECORD, KEPT_RECORD_SUFFIX, LIVE_OVERLAY_SUFFIX, STARTED_PAUSED_MARKER } from '../domain/layout.js';
 import { parseDomainDisks } from '../hypervisor/domainXml.js';
 import { isImageFormat } from '../hypervisor/QemuImg.js';
 import { leafActive } from '../control/decideBatch.js';
@@ -100,7 +100,7 @@ async function whyNotOrphaned(ctx: StepContext, dir: string): Promise<string | u
 /** The names a backup's retain directory can hold, from the XML it holds. */
 async function backupRetainNames(ctx: StepContext, dir: string): Promise<Set<string>> {
   const { layout } = ctx;
-  const names = new Set([layout.stateFileName, layout.xmlFileName, layout.ldifFileName, KEEP_FAILED_RECORD]);
+  const names = new Set([layout.stateFileName, layout.xmlFileName, layout.ldifFileName, KEEP_FAILED_RECORD, STARTED_PAUSED_MARKER]);
   const xml = await readFile(path.join(dir, layout.xmlFileName), 'utf8').catch(() => '');
   for (const d of parseDomainDisks(xml)) {
     if (d.source === undefined) continue;

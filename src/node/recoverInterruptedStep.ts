@@ -2,7 +2,7 @@ import { readdir, rename, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { BackupError } from '../domain/errors.js';
 import { ReturnCode } from '../domain/returnCodes.js';
-import { LIVE_OVERLAY_SUFFIX } from '../domain/layout.js';
+import { LIVE_OVERLAY_SUFFIX, STARTED_PAUSED_MARKER } from '../domain/layout.js';
 import { startsWithPlaceholder } from './stateFile.js';
 import { dropKeptFiles } from './keepInBackup.js';
 import { stateFileNameOf } from './snapshotStep.js';
@@ -147,18 +147,18 @@ async function removeRetainDirIfNoImages(ctx: StepContext): Promise<void> {
 
 async function recoverMerge(ctx: StepContext): Promise<StepResult> {
   const { virsh, vm, layout } = ctx;
-  if ((await virsh.domainExists(vm.name)) && (await virsh.domState(vm.name)) === 'paused') {
-    const placeholder = !(await isRealStateFile(layout.retainPath(layout.stateFileName)));
-    if (placeholder) {
-      // We had started this shut-off VM paused for the pull.
-      try {
-        await mergeIntoLiveImages(ctx, { keepPointInTime: true });
-      } finally {
-        await virsh.destroy(vm.name);
-      }
-      return { executionTime: {} };
+  const marker = layout.retainPath(STARTED_PAUSED_MARKER);
+  if ((await exists(marker)) && (await virsh.domainExists(vm.name)) && (await virsh.domState(vm.name)) === 'paused') {
+    // The merge had started this shut-off VM paused (it ran no guest code): finish and stop it again.
+    try {
+      await mergeIntoLiveImages(ctx, { keepPointInTime: true });
+    } finally {
+      await virsh.destroy(vm.name);
+      await rm(marker, { force: true });
     }
+    return { executionTime: {} };
   }
+  // Paused by its user or by QEMU, or running: merged as it is, never stopped.
   return mergeStep(ctx);
 }
 

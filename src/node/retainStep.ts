@@ -21,6 +21,7 @@ import { legacyPoolPath } from './backupLocation.js';
 import { finishInterruptedRotation, removeIteration } from './rotateChains.js';
 import { allocatedBytes, requireFreeSpace } from './freeSpace.js';
 import { recordedKeepFailure } from './keepFailure.js';
+import { STARTED_PAUSED_MARKER } from '../domain/layout.js';
 import { liveReferenceBelow } from './orphanedRetain.js';
 import { seconds, type StepContext, type StepResult } from './StepContext.js';
 
@@ -33,7 +34,7 @@ export type { ManifestFile, BackupManifest } from './backupIterations.js';
  * manifest is not finished.
  */
 export async function retainStep(ctx: StepContext): Promise<StepResult> {
-  const { vm, layout, settings, logger } = ctx;
+  const { vm, layout, settings, logger, virsh } = ctx;
   const t0 = performance.now();
   if (!(await exists(layout.retainDir))) {
     throw new BackupError(`nothing to retain: ${layout.retainDir} does not exist`, ReturnCode.missingNecessaryFiles);
@@ -46,22 +47,24 @@ export async function retainStep(ctx: StepContext): Promise<StepResult> {
   // A live snapshot's overlay (already committed and unreferenced, or retain
   // would have refused) is never part of a backup; its disk images are in the
   // backup directory already, recorded in `.kept.json` files.
-  const inRetain = await listRegularFiles(layout.retainDir);
-  const names = inRetain.filter((n) => !n.endsWith('.partial') && !n.endsWith(LIVE_OVERLAY_SUFFIX) && !n.endsWith(KEPT_RECORD_SUFFIX)).sort();
-  const kept = await readKeptRecords(layout, inRetain.filter((n) => n.endsWith(KEPT_RECORD_SUFFIX)));
-  const keptNames = new Set(kept.map((k) => k.name));
-  // A merge that could not keep a frozen image failed the backup: never finish it without that disk.
+  // A merge that could not keep a frozen image failed the backup (with its code): never finish it without that disk.
   const keepFailed = await recordedKeepFailure(ctx);
   if (keepFailed) throw keepFailed;
+  const inRetain = await listRegularFiles(layout.retainDir);
+  const names = inRetain.filter((n) => !n.endsWith('.partial') && !n.endsWith(LIVE_OVERLAY_SUFFIX) && !n.endsWith(KEPT_RECORD_SUFFIX) && n !== STARTED_PAUSED_MARKER).sort();
+  const kept = await readKeptRecords(layout, inRetain.filter((n) => n.endsWith(KEPT_RECORD_SUFFIX)));
+  const keptNames = new Set(kept.map((k) => k.name));
   for (const required of [layout.stateFileName, layout.xmlFileName, layout.ldifFileName]) {
     if (!names.includes(required) && !keptNames.has(path.basename(layout.backupPath(required)))) throw new BackupError(`${required} is missing in ${layout.retainDir}`, ReturnCode.missingNecessaryFiles);
   }
-  // Every disk the backup covers (selectBackupDisks: the file disks) is in retain or kept already.
-  for (const d of parseDomainDisks(await readFile(layout.retainPath(layout.xmlFileName), 'utf8'))) {
-    if (d.device !== 'disk' || d.type !== 'file' || d.source === undefined) continue;
-    const image = path.basename(d.source);
+  // Every disk the backup covers is in retain or kept already. The snapshot chose the live
+  // definition's file disks and saved the persistent one: a disk both name is one it covered.
+  const fileDiskImages = (xml: string) => parseDomainDisks(xml).flatMap((d) => (d.device === 'disk' && d.type === 'file' && d.source !== undefined ? [{ target: d.target, image: path.basename(d.source) }] : []));
+  const liveImages = new Set(fileDiskImages(await virsh.dumpXml(vm.name).catch(() => '')).map((d) => d.image));
+  for (const { target, image } of fileDiskImages(await readFile(layout.retainPath(layout.xmlFileName), 'utf8'))) {
+    if (!liveImages.has(image)) continue;
     if (!names.includes(image) && !keptNames.has(path.basename(layout.backupPath(image)))) {
-      throw new BackupError(`the image of disk ${d.target} (${image}) is neither in ${layout.retainDir} nor kept in the backup`, ReturnCode.missingNecessaryFiles);
+      throw new BackupError(`the image of disk ${target} (${image}) is neither in ${layout.retainDir} nor kept in the backup`, ReturnCode.missingNecessaryFiles);
     }
   }
   // Room for every copy before the first byte is written (47/48): an ENOSPC

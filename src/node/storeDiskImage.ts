@@ -148,7 +148,11 @@ async function writeChangedClusters(
     // It reads live storage like the merge's block jobs: the same limit (sstVirtualizationBandwidthMerge, MiB/s).
     speedBytesPerSecond: ctx.settings.bandwidthMerge * 1024 * 1024,
     // Room for what the bitmap marks, checked before QEMU writes a byte: not for the whole disk.
-    beforeCopy: (bytes) => requireFreeSpace(ctx.layout.backupDir, bytes + incrementalMetadataBytes(a.virtualSize), `the ${mib(bytes)} of ${a.imageFileName} changed since ${a.plan.base.leaf}`),
+    // (Rounded up to whole clusters, dense changes in a fine bitmap count up to 16 times over: never more than the source holds.)
+    beforeCopy: async (bytes) => {
+      const most = Math.min(bytes, await allocatedBytes(a.source));
+      await requireFreeSpace(ctx.layout.backupDir, most + incrementalMetadataBytes(a.virtualSize), `the ${mib(most)} of ${a.imageFileName} changed since ${a.plan.base.leaf}`);
+    },
     ...(ctx.signal ? { signal: ctx.signal } : {}),
     logger,
   });

@@ -28,6 +28,7 @@ const A = 0xab;
 const B = 0xcd;
 const C = 0x5a;
 const CLI = path.resolve('bin/stoney-backup.js');
+const exists = (f: string) => stat(f).then(() => true, () => false);
 /** VMs whose node daemon is the CLI child (node-01 is the in-process one). */
 const NODE2 = 'node-02.example.com';
 
@@ -203,7 +204,6 @@ describe('slapd killed in the middle of retain and started again a few seconds l
     expect((await w.waitForMode(vm.name, leaf, ['snapshotted'])).returnValue).toBe(0);
     expect(await w.directory.casMode(dn, 'snapshotted', 'merge', { state: '0' })).toBe(true);
     expect((await w.waitForMode(vm.name, leaf, ['merged'])).returnValue).toBe(0);
-    const exists = (f: string) => stat(f).then(() => true, () => false);
     await withSlapdKilledDuring((p) => p.vm === vm.name && p.step === 'retain', () => w.directory.casMode(dn, 'merged', 'retain', { state: '0' }), async () =>
       // Retain ends on the host without the directory: manifest written, retain copy gone.
       (await exists(layout.manifestPath)) && !(await exists(layout.retainDir)));
@@ -279,15 +279,15 @@ describe('the node daemon killed (SIGKILL) after a live merge could not keep a f
       expect((await w.leaf(vm.name, leaf)).mode).toBe('merging');
       // The run that died had recorded the failure, dropped what the backup had kept and folded vda back; vdb is still on its overlay.
       expect(await readdir(layout.retainDir)).toContain('keep-failed.json');
+      expect(await exists(layout.backupDir)).toBe(false);
       expect(parseDomainDisks(await virsh.dumpXml(vm.name)).map((d) => path.dirname(d.source!) === layout.retainDir)).toEqual([false, true]);
-      expect(await readdir(layout.backupDir)).toEqual([]);
       cliNodeDaemon();
       const merged = await w.waitForMode(vm.name, leaf, ['merged'], 120_000);
       expect({ mode: merged.mode, rv: merged.returnValue }).toEqual({ mode: 'merged', rv: ReturnCode.notEnoughDiskSpace });
       await expectIntact(vm, [[A, '0']]);
       expect(await guestReadMatches(vm.name, 'vda', B, '1M', '48M')).toBe(true);
       expect(await guestReadMatches(vm.name, 'vdb', C, '4M', '1M')).toBe(true);
-      expect(await readdir(layout.backupDir)).toEqual([]);
+      expect(await exists(layout.backupDir)).toBe(false);
       expect(await w.stepLeftovers()).toEqual([]);
     } finally {
       await run('umount', [backups]);
@@ -297,6 +297,33 @@ describe('the node daemon killed (SIGKILL) after a live merge could not keep a f
     await expectIntact(vm, [[A, '0']]);
     expect(await guestReadMatches(vm.name, 'vda', B, '1M', '48M')).toBe(true);
     expect(await guestReadMatches(vm.name, 'vdb', C, '4M', '1M')).toBe(true);
+    expect(await w.stepLeftovers()).toEqual([]);
+  });
+});
+
+describe('the node daemon killed (SIGKILL) after the live merge of a VM its user had paused, before the report', () => {
+  it('recovery finishes the merge and leaves the guest paused, never destroyed', async () => {
+    const vm = await w.addVm('pausedmerge', { running: true, pattern: A, method: 'live', node: NODE2 });
+    await guestWrite(vm.name, 'vda', C, '4M', '1M');
+    const leaf = '20261130T042000Z';
+    const first = cliNodeDaemon('before-report:merge');
+    const dn = await w.startSnapshot(vm.name, leaf);
+    expect((await w.waitForMode(vm.name, leaf, ['snapshotted'], 120_000)).returnValue).toBe(0);
+    await guestWrite(vm.name, 'vda', B, '8M', '1M'); // after the snapshot: in the overlay
+    await run('virsh', ['-c', w.libvirtUri, 'suspend', vm.name]);
+    expect(await w.directory.casMode(dn, 'snapshotted', 'merge', { state: '0' })).toBe(true);
+    const timer = setTimeout(() => first.kill('SIGTERM'), 90_000);
+    const died = await first.finally(() => clearTimeout(timer));
+    expect({ signal: died.signal, stderr: died.stderr }).toEqual({ signal: 'SIGKILL', stderr: '' });
+    expect((await w.leaf(vm.name, leaf)).mode).toBe('merging');
+    cliNodeDaemon();
+    const merged = await w.waitForMode(vm.name, leaf, ['merged'], 120_000);
+    expect({ mode: merged.mode, rv: merged.returnValue }).toEqual({ mode: 'merged', rv: 0 });
+    expect(await virsh.domState(vm.name)).toBe('paused');
+    await virsh.resume(vm.name);
+    await expectIntact(vm, [[A, '0'], [C, '4M'], [B, '8M']]);
+    const done = await w.finishBackup(vm.name, leaf);
+    expect({ mode: done.mode, rv: done.returnValue }).toEqual({ mode: 'finished', rv: 0 });
     expect(await w.stepLeftovers()).toEqual([]);
   });
 });

@@ -191,8 +191,8 @@ describe('a backup filesystem without room for a live backup\'s disk image', () 
     const layout = w.layoutOf(vm.name, leaf);
     const [done] = await withSmallFilesystem(path.dirname(layout.backupDir), '40m', async () => {
       const r = await runBackupBatch({ directory: w.directory, vms: [(await w.directory.getVm(vm.name))!], leaf, policy, logger: w.logger });
-      // What the failed backup had kept (its memory state) is gone again: it restores nothing and takes room.
-      expect(await readdir(layout.backupDir)).toEqual([]);
+      // What the failed backup had kept (its memory state) is gone again, and its directory: it restores nothing and takes room.
+      expect(await readdir(path.dirname(layout.backupDir))).toEqual([]);
       expect(await readdir(layout.retainDir)).toContain('keep-failed.json');
       return r;
     });
@@ -250,7 +250,8 @@ describe('a backup filesystem with room for a live backup\'s changes, not for it
       // takes little of it) and 2 MiB: not for the 48 MiB the bitmap marks.
       execFileSync('fallocate', ['-l', String((await freeSpaceOf(backups)) - Math.ceil(32 * MiB * 1.05) - 2 * MiB), path.join(backups, 'filler')]);
       const r = await batch(second);
-      expect((await readdir(w.layoutOf(vm.name, second).backupDir)).filter((n) => n.endsWith('.partial'))).toEqual([]);
+      // Nothing of the failed backup stays: no partial image, not even its memory state or directory.
+      expect((await readdir(backups)).sort()).toEqual([first, 'filler']);
       return r;
     });
     expect({ mode: two?.mode, rv: two?.returnValue }).toEqual({ mode: 'merged', rv: ReturnCode.notEnoughDiskSpace });
